@@ -1,0 +1,103 @@
+"""Advantage estimators, one scalar per trajectory (ALGORITHMS.md, "Advantage estimators").
+
+Registry by name, verl `core_algos` style:
+
+    ADVANTAGE_ESTIMATORS["grpo"](rewards, group_ids, cfg) -> Tensor[N]
+
+The learner broadcasts the per-trajectory advantage to the trajectory's action tokens.
+Groups of size 1 get advantage 0 (there is no baseline to compare against).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from training.config import LearnerConfig
+
+AdvantageFn = Callable[[Tensor, Tensor, LearnerConfig], Tensor]
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
+
+GRPO_STD_EPS = 1e-6  # the "+ 1e-6" of A_k = (R_k - mean R) / (std R + 1e-6)
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    def deco(fn: AdvantageFn) -> AdvantageFn:
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+    return deco
+
+
+def _group_index(group_ids: Tensor) -> tuple[Tensor, int]:
+    """Map arbitrary group ids to 0..G-1; returns (index[N], G)."""
+    _, index = torch.unique(group_ids, return_inverse=True)
+    return index, int(index.max().item()) + 1 if index.numel() else 0
+
+
+def _group_sum(values: Tensor, index: Tensor, num_groups: int) -> Tensor:
+    return torch.zeros(num_groups, dtype=values.dtype).index_add_(0, index, values)
+
+
+@register_advantage("grpo")
+def grpo_advantage(rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Tensor:
+    """GRPO: A_k = (R_k - mean(R)) / (std(R) + 1e-6); Dr.GRPO (std_normalize=False): R_k - mean(R).
+
+    std is the unbiased sample std (torch.std default, as in the GRPO/verl reference code);
+    our choice, not the paper's, since the paper does not say which.
+    """
+    r = rewards.to(torch.float32)
+    index, g = _group_index(group_ids)
+    count = _group_sum(torch.ones_like(r), index, g)
+    mean = _group_sum(r, index, g) / count
+    centred = r - mean[index]
+    adv = centred
+    if cfg.std_normalize:
+        var = _group_sum(centred ** 2, index, g) / (count - 1).clamp_min(1)
+        adv = centred / (var.sqrt()[index] + GRPO_STD_EPS)
+    return torch.where(count[index] > 1, adv, torch.zeros_like(adv))
+
+
+@register_advantage("loo")
+def loo_advantage(rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Tensor:
+    """LOOP / RLOO: A_k = R_k - mean_{i != k} R_i = (R_k - (sum R - R_k)/(K-1)). No std."""
+    r = rewards.to(torch.float32)
+    index, g = _group_index(group_ids)
+    count = _group_sum(torch.ones_like(r), index, g)[index]
+    total = _group_sum(r, index, g)[index]
+    loo_mean = (total - r) / (count - 1).clamp_min(1)
+    return torch.where(count > 1, r - loo_mean, torch.zeros_like(r))
+
+
+def compute_advantages(name: str, rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Tensor:
+    """Dispatch by name; float32 [N] advantages, one per trajectory."""
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name](rewards, group_ids, cfg).to(torch.float32)
+
+
+def informative_groups(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """Bool[N]: False where the trajectory's group has all-equal returns (no learning signal).
+
+    Singletons count as uninformative (their advantage is 0 under every estimator).
+    """
+    r = rewards.to(torch.float32)
+    index, g = _group_index(group_ids)
+    gmax = torch.full((g,), -torch.inf).scatter_reduce(0, index, r, reduce="amax")
+    gmin = torch.full((g,), torch.inf).scatter_reduce(0, index, r, reduce="amin")
+    return (gmax > gmin)[index]
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, penalty: float) -> Tensor:
+    """DAPO soft overlong punishment, added to the return:
+
+        0                                           if len <= max_len - buffer
+        -penalty * (len - (max_len - buffer)) / buffer   if max_len - buffer < len <= max_len
+        -penalty                                    if len > max_len
+    buffer == 0 turns it off.
+    """
+    lengths = lengths.to(torch.float32)
+    if buffer <= 0:
+        return torch.zeros_like(lengths)
+    excess = (lengths - (max_len - buffer)).clamp(min=0.0, max=float(buffer))
+    return -penalty * excess / buffer

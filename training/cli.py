@@ -1,0 +1,105 @@
+"""`eprl` command line: train, eval, continue, envs, plot, config.
+
+Configuration problems print one line naming the field and exit with code 2, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, describe, load_run_config
+
+DEFAULT_TASK = Path(__file__).resolve().parent.parent / "tasks" / "default.yaml"
+
+
+def _config_args(p: argparse.ArgumentParser, task_default=None) -> None:
+    p.add_argument("--task", default=task_default, help="task suite YAML (tasks/*.yaml)")
+    p.add_argument("--config", help="run config YAML (model, engine, learner, run sections)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any field, e.g. --set learner.lr=1e-5 (repeatable)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eprl", description="Entropy-preserving RL for multi-turn LLM agents")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train on a task suite (default: the embedded tiny default)")
+    _config_args(p, str(DEFAULT_TASK))
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly from its latest checkpoint")
+    p.add_argument("--iterations", type=int, help="with --resume: extend the run to this many iterations")
+    p = sub.add_parser("continue", help="start a new run on another task suite from a checkpoint's weights")
+    p.add_argument("checkpoint", help="checkpoint directory or run directory")
+    _config_args(p)
+    p = sub.add_parser("eval", help="evaluate a checkpoint (or the configured model) on a suite's eval split")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint or run directory (default: the configured model)")
+    _config_args(p, str(DEFAULT_TASK))
+    sub.add_parser("envs", help="list registered environment ids")
+    p = sub.add_parser("plot", help="plot metrics of one or more runs (overlaid)")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", default="plots", help="output directory for PNGs")
+    sub.add_parser("config", help="print the configuration reference (every field, default, description)")
+    return parser
+
+
+def _cmd_eval(args) -> dict:
+    from .checkpoint import resolve_checkpoint
+    from .loop import Trainer
+    import tempfile
+    cfg = load_run_config(args.task, args.config, args.overrides)
+    if args.checkpoint:
+        path = str(resolve_checkpoint(args.checkpoint) / "model")
+    else:
+        from .policy import resolve_model_path
+        path = resolve_model_path(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp), path, {"model": path})
+        row = trainer.run_eval()
+    return {"model": path, **row}
+
+
+def run(argv=None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "envs":
+        import envs
+        print("\n".join(envs.list_envs()))
+        return 0
+    if args.command == "config":
+        for name, default, desc in describe():
+            print(f"{name:45s} {default:28s} {desc}")
+        return 0
+    if args.command == "plot":
+        from .plot import plot_runs
+        for path in plot_runs(args.runs, args.out):
+            print(path)
+        return 0
+    from . import loop
+    if args.command == "train" and args.resume:
+        summary = loop.resume(args.resume, iterations=args.iterations)
+    elif args.command == "train":
+        summary = loop.train(load_run_config(args.task, args.config, args.overrides))
+    elif args.command == "continue":
+        if not args.task:
+            raise ConfigError("continue: --task is required (the new domain's task suite)")
+        summary = loop.continue_from(args.checkpoint, load_run_config(args.task, args.config, args.overrides))
+    else:
+        summary = _cmd_eval(args)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv=None) -> None:
+    from agents.engines import SamplingError
+    from .policy import ModelLoadError
+    try:
+        code = run(argv)
+    except (ConfigError, SamplingError, ModelLoadError, FileNotFoundError, FileExistsError) as err:
+        print(f"eprl: error: {err}", file=sys.stderr)
+        code = 2
+    except ValueError as err:  # unknown env id, bad env kwargs, unknown algorithm name
+        if type(err).__module__.startswith(("envs", "training", "agents")) or "unknown" in str(err):
+            print(f"eprl: error: {err}", file=sys.stderr)
+            code = 2
+        else:
+            raise
+    sys.exit(code)

@@ -1,0 +1,218 @@
+"""Typed configuration: a task suite (tasks/*.yaml) plus a run config, validated by pydantic.
+
+Every field has a default and a one-line description (`Field(description=...)`); unknown keys
+are errors. `load_run_config` turns YAML files and `--set a.b=c` overrides into a `RunConfig`
+and raises `ConfigError` with one line naming the offending field.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line naming the field (CLI exit code 2)."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- task suite
+class EnvSpec(Strict):
+    id: str = Field("eprl/ArithmeticTool-v0", description="registered environment id (see `eprl envs`)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the environment")
+
+
+class SplitSpec(Strict):
+    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="env kwargs for this split, merged over env.kwargs (e.g. split: test)")
+    num_tasks: Optional[int] = Field(None, description="number of tasks in the split (None: all of a dataset; required for procedural envs in eval)")
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; the learner divides logits by the same value")
+    max_new_tokens: int = Field(64, gt=0, description="token budget of one agent turn")
+    top_p: float = Field(1.0, description="nucleus sampling; != 1 makes learner and sampler probabilities differ, refused unless allow_biased_sampling")
+    top_k: int = Field(0, description="top-k sampling (0 = off); refused unless allow_biased_sampling")
+    allow_biased_sampling: bool = Field(False, description="opt in to top_p/top_k that make the sampler's distribution differ from the learner's")
+    greedy: bool = Field(False, description="argmax decoding (evaluation)")
+
+
+class AgentConfig(Strict):
+    type: str = Field("chat", description="agent type by name (chat)")
+    system_prompt: Optional[str] = Field(None, description="system message prepended to every episode (None: none)")
+    max_turns: int = Field(6, gt=0, description="agent-side cap on turns per episode (the env may truncate earlier)")
+    max_context_tokens: int = Field(1024, gt=0, description="episode stops (truncated) when the token sequence would exceed this")
+
+
+class TaskSuite(Strict):
+    name: str = Field("suite", description="suite name, used in run directories and metrics")
+    env: EnvSpec = Field(default_factory=EnvSpec, description="environment and its kwargs")
+    train: SplitSpec = Field(default_factory=lambda: SplitSpec(env_kwargs={"split": "train"}), description="training split")
+    eval: SplitSpec = Field(default_factory=lambda: SplitSpec(env_kwargs={"split": "test"}, num_tasks=64), description="held-out evaluation split")
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="agent settings")
+    group_size: int = Field(8, ge=1, description="K: trajectories sampled per task (a group)")
+    tasks_per_iteration: int = Field(8, ge=1, description="tasks (groups) sampled per training iteration")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="sampling for training rollouts")
+    eval_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(greedy=True), description="sampling for evaluation")
+    eval_samples: int = Field(1, ge=1, description="samples per eval task (pass@k uses k <= eval_samples)")
+
+
+# ----------------------------------------------------------------------------- run
+class ModelConfig(Strict):
+    name_or_path: Optional[str] = Field(None, description="HF causal LM directory or hub id; None builds the embedded tiny default")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="model compute dtype; log-probs/ratios/entropies stay float32")
+    tiny_sft_steps: int = Field(300, ge=0, description="embedded default: supervised warm-start steps")
+    tiny_sft_noise: float = Field(0.3, ge=0, le=1, description="embedded default: share of warm-start demos with a deliberate mistake")
+    cache_dir: Optional[str] = Field(None, description="where the embedded default model is cached (None: ~/.cache/eprl)")
+    lora: bool = Field(False, description="train a LoRA adapter instead of all weights")
+    lora_rank: int = Field(16, description="LoRA rank")
+    lora_alpha: int = Field(32, description="LoRA alpha")
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="modules that get LoRA adapters")
+
+
+class EngineConfig(Strict):
+    type: str = Field("hf", description="rollout engine by name: hf | vllm")
+    batch_size: int = Field(64, ge=1, description="max sequences generated together")
+
+
+class EntropyControlConfig(Strict):
+    type: Literal["none", "repo_r", "repo_d", "adapo"] = Field("none", description="entropy controller: none | repo_r | repo_d | adapo")
+    target_entropy: Optional[float] = Field(None, description="H*; None = mean action-token entropy of the first iteration")
+    tolerance: float = Field(0.0, ge=0, description="band around H* inside which the controller holds still")
+    zeta: Optional[float] = Field(None, description="initial REPO zeta (None: 1e-3 for repo_r, 1.0 for repo_d)")
+    zeta_min: Optional[float] = Field(None, description="smallest |zeta| (None: 1e-4 repo_r, 1e-3 repo_d)")
+    zeta_max: Optional[float] = Field(None, description="largest |zeta| (None: 0.05 repo_r, 10 repo_d)")
+    adaptive: bool = Field(True, description="adjust zeta / eps_high once per iteration toward H*")
+    gamma: float = Field(1.5, gt=1, description="ADAPO multiplicative step for eps_high")
+    eps_high_min: Optional[float] = Field(None, description="ADAPO lower bound on eps_high (None: eps_low/2)")
+    eps_high_max: float = Field(1.0, description="ADAPO upper bound on eps_high")
+    logp_floor: float = Field(-20.0, description="REPO-R floor on the sampled token's log-prob")
+
+
+class LearnerConfig(Strict):
+    advantage: str = Field("grpo", description="advantage estimator by name: grpo | loo")
+    std_normalize: bool = Field(True, description="grpo: divide by group std (false = Dr.GRPO)")
+    loss: str = Field("ppo", description="policy loss by name: pg | ppo | dapo | gspo")
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field("token_mean", description="how per-token losses are aggregated")
+    eps: float = Field(0.2, description="ppo: symmetric clip epsilon (LOOP uses 0.1)")
+    ppo_lower_bound: Literal["one_minus_eps", "inverse"] = Field("one_minus_eps", description="ppo lower clip bound: 1-eps (standard) or 1/(1+eps) (LOOP code)")
+    eps_low: float = Field(0.2, description="dapo/adapo: lower clip epsilon")
+    eps_high: float = Field(0.28, description="dapo/adapo: upper clip epsilon (ADAPO adapts it)")
+    gspo_eps_low: float = Field(3e-4, description="gspo: lower sequence clip epsilon")
+    gspo_eps_high: float = Field(4e-4, description="gspo: upper sequence clip epsilon")
+    max_len_norm: Optional[int] = Field(None, description="seq_mean_token_sum_norm constant (None: agent.max_context_tokens)")
+    overlong_buffer: int = Field(0, ge=0, description="dapo overlong shaping: linear penalty in the last N tokens before the limit (0 = off)")
+    overlong_penalty: float = Field(1.0, description="dapo overlong shaping: penalty at the limit")
+    drop_zero_advantage: bool = Field(False, description="drop groups whose returns are all equal")
+    dynamic_sampling: bool = Field(False, description="dapo: refill dropped groups by sampling more tasks")
+    max_resample_rounds: int = Field(3, ge=0, description="bound on dynamic-sampling refill rounds")
+    kl_coef: float = Field(0.0, ge=0, description="KL to the reference (initial) policy, k3 estimator (0 = off)")
+    entropy_coef: float = Field(0.0, description="explicit entropy bonus -c*H with exact full-vocabulary H (0 = off)")
+    tis_cap: Optional[float] = Field(None, description="truncated importance sampling cap against inference log-probs (None = off)")
+    old_logprobs: Literal["recompute", "inference"] = Field("recompute", description="where logp_old comes from")
+    entropy_control: EntropyControlConfig = Field(default_factory=EntropyControlConfig, description="REPO / ADAPO entropy control")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    epochs: int = Field(1, ge=1, description="passes over each iteration's batch")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
+    chunk_size: int = Field(256, ge=1, description="sequence chunk for float32 log-prob/entropy (memory)")
+
+
+class RunSection(Strict):
+    iterations: int = Field(20, ge=0, description="training iterations")
+    seed: int = Field(0, description="seed for tasks, sampling and init")
+    out_dir: str = Field("runs", description="parent directory of run directories")
+    name: Optional[str] = Field(None, description="run directory name (None: <suite>-<time>)")
+    checkpoint_every: int = Field(5, ge=1, description="save a checkpoint every N iterations (and at the end)")
+    eval_every: int = Field(0, ge=0, description="evaluate every N iterations (0: only before and after training)")
+    threads: Optional[int] = Field(None, description="torch threads (None: torch default)")
+    progress: bool = Field(True, description="show progress bars")
+
+
+class RunConfig(Strict):
+    task: TaskSuite = Field(default_factory=TaskSuite, description="the task suite (usually loaded from tasks/*.yaml)")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="policy model")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="rollout engine")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="learner (see ALGORITHMS.md)")
+    run: RunSection = Field(default_factory=RunSection, description="loop, seeds, output")
+
+
+# ----------------------------------------------------------------------------- loading
+def _read_yaml(path: str | Path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what}: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{what}: malformed YAML in {path}{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: {path} must hold a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def _set_path(data: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _validate(model: type[BaseModel], data: dict, prefix: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = prefix + ".".join(str(p) for p in first["loc"])
+        msg = "unknown field (check spelling; see the configuration reference in README)" if first["type"] == "extra_forbidden" else first["msg"]
+        got = "" if first["type"] == "extra_forbidden" else f" (got {first.get('input')!r})"
+        raise ConfigError(f"{field}: {msg}{got}") from None
+
+
+def load_task_suite(path: str | Path) -> TaskSuite:
+    """Load and validate one tasks/*.yaml file."""
+    return _validate(TaskSuite, _read_yaml(path, "task suite"), prefix="task.")
+
+
+def load_run_config(task: str | Path | None = None, config: str | Path | None = None,
+                    overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Task suite YAML + optional run YAML + `a.b=c` overrides -> validated RunConfig."""
+    data: dict = _read_yaml(config, "run config") if config else {}
+    if task is not None:
+        data = _merge(data, {"task": _read_yaml(task, "task suite")})
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set learner.lr=1e-5")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), raw)
+    return _validate(RunConfig, data)
+
+
+def describe(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, default, description) for every field: the README's configuration reference."""
+    rows = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe(ann, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append((prefix + name, repr(default), field.description or ""))
+    return rows

@@ -1,0 +1,225 @@
+"""The training recipe: rollout -> learn -> (eval) -> checkpoint, once per iteration.
+
+Three entry points share it: a new run, `resume` (same run, bit-exact continuation from the
+latest checkpoint) and `continue` (new run on a new task suite from a checkpoint's weights,
+fresh optimizer and iteration counter, entropy target kept, parent recorded).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.chat import ChatAgent
+from agents.engines import make_engine
+from agents.rollout import RolloutRunner
+from .advantages import informative_groups
+from .batch import collate
+from .checkpoint import atomic_write_text, latest_checkpoint, load_trainer_state, resolve_checkpoint, save_checkpoint, set_rng_state
+from .config import RunConfig
+from .evaluate import evaluate
+from .learner import Learner
+from .metrics import MetricsLog
+from .policy import env_factory, load_policy, resolve_model_path
+
+
+def sample_tasks(seed: int, iteration: int, round_: int, count: int, num_tasks: int | None) -> list[int]:
+    """Task indices for one iteration: a pure function of (seed, iteration, round) = the data position."""
+    rng = np.random.default_rng([seed, iteration, round_])
+    if num_tasks is None:
+        return rng.integers(0, 2**31 - 1, size=count).tolist()
+    return rng.choice(num_tasks, size=count, replace=count > num_tasks).tolist()
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, model_path: str, meta: dict, log=print):
+        self.cfg, self.run_dir, self.meta, self.log = cfg, Path(run_dir), meta, log
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        suite = cfg.task
+        self.model, self.tokenizer = load_policy(model_path, cfg)
+        self.engine = make_engine(cfg.engine.type, self.model, self.tokenizer, cfg.engine)
+        agent = ChatAgent(self.tokenizer, suite.agent.system_prompt)
+        common = dict(max_turns=suite.agent.max_turns, max_context_tokens=suite.agent.max_context_tokens,
+                      progress=cfg.run.progress)
+        self.train_runner = RolloutRunner(env_factory(suite, "train"), agent, self.engine, **common)
+        self.eval_runner = RolloutRunner(env_factory(suite, "eval"), agent, self.engine, **common)
+        self.num_train_tasks = suite.train.num_tasks or self.train_runner.make_env().unwrapped.num_tasks
+        self.num_eval_tasks = suite.eval.num_tasks or self.eval_runner.make_env().unwrapped.num_tasks
+        if self.num_eval_tasks is None:
+            raise ValueError("task.eval.num_tasks must be set for a procedural environment (it has no fixed size)")
+        self.learner = Learner(self.model, cfg.learner, temperature=suite.sampling.temperature,
+                               max_len_norm=cfg.learner.max_len_norm or suite.agent.max_context_tokens, dtype=cfg.model.dtype)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.evals = MetricsLog(self.run_dir / "eval.jsonl")
+        self.iteration = 0
+
+    # ------------------------------------------------------------------ state
+    def restore(self, ckpt: Path) -> None:
+        state, trainer = load_trainer_state(ckpt)
+        self.learner.load_state_dict(trainer["learner"])
+        set_rng_state(trainer["rng"])
+        self.iteration = state["iteration"]
+        self.metrics.truncate_after(self.iteration - 1)
+        self.evals.truncate_after(self.iteration)
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(self.run_dir, self.iteration, self.model, self.tokenizer,
+                               {"learner": self.learner.state_dict()}, {"meta": self.meta})
+
+    # ------------------------------------------------------------------ phases
+    def run_eval(self) -> dict:
+        suite = self.cfg.task
+        with torch.random.fork_rng():  # evaluation never shifts the training RNG stream
+            torch.manual_seed(self.cfg.run.seed + 7919)
+            result = evaluate(self.eval_runner, self.num_eval_tasks, suite.eval_samples, suite.eval_sampling,
+                              seed=self.cfg.run.seed)
+        row = {"iteration": self.iteration, **result}
+        self.evals.append(row)
+        self.log(f"[eval] after {self.iteration} updates: success {result['eval_success']:.3f} "
+                 f"({int(result['eval_tasks'])} held-out tasks x {suite.eval_samples})")
+        return row
+
+    def collect(self):
+        suite, lc = self.cfg.task, self.cfg.learner
+        trajectories, stats, rounds = [], [], 0
+        groups_wanted = suite.tasks_per_iteration
+        while True:
+            tasks = sample_tasks(self.cfg.run.seed, self.iteration, rounds, groups_wanted, self.num_train_tasks)
+            new, st = self.train_runner.run(tasks, suite.group_size, suite.sampling,
+                                            seed=self.cfg.run.seed * 1_000_003 + self.iteration * 101 + rounds)
+            offset = 1 + max((t.group_id for t in trajectories), default=-1)
+            for t in new:
+                t.group_id += offset
+            trajectories += new
+            stats.append(st)
+            if not lc.dynamic_sampling:
+                break
+            keep = informative_groups(torch.tensor([t.reward for t in trajectories]),
+                                      torch.tensor([t.group_id for t in trajectories]))
+            informative = len({t.group_id for t, k in zip(trajectories, keep) if k})
+            if informative >= suite.tasks_per_iteration or rounds >= lc.max_resample_rounds:
+                break
+            rounds += 1
+        return trajectories, stats, rounds
+
+    def train_iteration(self) -> dict:
+        t0 = time.perf_counter()
+        trajectories, stats, rounds = self.collect()
+        rewards = np.array([t.reward for t in trajectories])
+        row = {"iteration": self.iteration, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+               "success_rate": float(np.mean([t.success for t in trajectories])), "episodes": len(trajectories),
+               "resample_rounds": rounds, "turns_mean": float(np.mean([t.num_turns for t in trajectories])),
+               "episode_tokens_mean": float(np.mean([len(t.token_ids) for t in trajectories])),
+               "time_rollout": sum(s.wall_seconds for s in stats),
+               "rollout_tokens_per_s": sum(s.generated_tokens for s in stats) / max(sum(s.wall_seconds for s in stats), 1e-9)}
+        for reason in sorted({t.termination for t in trajectories}):
+            row[f"end_{reason}"] = sum(t.termination == reason for t in trajectories)
+        if self.cfg.learner.drop_zero_advantage or self.cfg.learner.dynamic_sampling:
+            keep = informative_groups(torch.tensor(rewards, dtype=torch.float32),
+                                      torch.tensor([t.group_id for t in trajectories])).tolist()
+            trajectories = [t for t, k in zip(trajectories, keep) if k]
+            if self.cfg.learner.dynamic_sampling:  # DAPO: train on exactly the target number of groups when possible
+                wanted = sorted({t.group_id for t in trajectories})[:self.cfg.task.tasks_per_iteration]
+                trajectories = [t for t in trajectories if t.group_id in set(wanted)]
+        row["groups_trained"] = len({t.group_id for t in trajectories})
+        if trajectories:
+            row.update(self.learner.step(collate(trajectories, self.tokenizer.pad_token_id)))
+            self.engine.sync_weights(self.model)
+        self.iteration += 1
+        row["time_iteration"] = time.perf_counter() - t0
+        self.metrics.append(row)
+        self.log(f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
+                 f"entropy {row.get('entropy', float('nan')):.3f} rollout {row['time_rollout']:.1f}s "
+                 f"learn {row.get('time_learn', 0.0):.1f}s")
+        return row
+
+    def fit(self) -> dict:
+        run = self.cfg.run
+        if self.iteration == 0 and not self.evals.rows():
+            self.run_eval()
+        while self.iteration < run.iterations:
+            self.train_iteration()
+            if run.eval_every and self.iteration % run.eval_every == 0 and self.iteration < run.iterations:
+                self.run_eval()
+            if self.iteration % run.checkpoint_every == 0 or self.iteration == run.iterations:
+                self.checkpoint()
+        final_eval = self.evals.rows()[-1] if self.evals.rows() and self.evals.rows()[-1]["iteration"] == self.iteration else self.run_eval()
+        return self.summarize(final_eval)
+
+    def summarize(self, final_eval: dict) -> dict:
+        from .plot import plot_runs
+        plots = plot_runs([self.run_dir], self.run_dir / "plots")
+        rows = self.metrics.rows()
+        summary = {"run_dir": str(self.run_dir), "checkpoint": str(latest_checkpoint(self.run_dir)),
+                   "metrics": str(self.metrics.path), "eval": str(self.evals.path), "plots": [str(p) for p in plots],
+                   "iterations": self.iteration, "eval_success_start": self.evals.rows()[0]["eval_success"],
+                   "eval_success_final": final_eval["eval_success"],
+                   "time_rollout_mean": float(np.mean([r["time_rollout"] for r in rows])) if rows else None,
+                   "time_learn_mean": float(np.mean([r.get("time_learn", 0.0) for r in rows])) if rows else None}
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+
+# ---------------------------------------------------------------------- entry points
+def _new_run_dir(cfg: RunConfig) -> Path:
+    name = cfg.run.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.run.out_dir) / name
+    if (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"run directory {run_dir} already holds a run; use `train --resume {run_dir}` or another run.name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
+    run_dir = _new_run_dir(cfg)
+    atomic_write_text(run_dir / "config.json", cfg.model_dump_json(indent=2))
+    atomic_write_text(run_dir / "meta.json", json.dumps(meta, indent=2))
+    torch.manual_seed(cfg.run.seed)
+    np.random.seed(cfg.run.seed)
+    return Trainer(cfg, run_dir, model_path, meta, log)
+
+
+def train(cfg: RunConfig, log=print) -> dict:
+    """A new run from the configured model (the embedded default when none is given)."""
+    model_path = resolve_model_path(cfg, log)
+    return _start(cfg, model_path, {"model": model_path, "parent": None}, log).fit()
+
+
+def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dict:
+    """Continue the same run exactly where its latest checkpoint left it."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: not a run directory (no config.json)")
+    cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    if iterations is not None:
+        cfg.run.iterations = iterations
+    meta = json.loads((run_dir / "meta.json").read_text())
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:  # killed before its first checkpoint: start over in place
+        for name in ("metrics.jsonl", "eval.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+        torch.manual_seed(cfg.run.seed)
+        np.random.seed(cfg.run.seed)
+        trainer = Trainer(cfg, run_dir, meta["model"], meta, log)
+    else:
+        trainer = Trainer(cfg, run_dir, str(ckpt / "model"), meta, log)
+        trainer.restore(ckpt)
+        log(f"resumed {run_dir} at iteration {trainer.iteration} from {ckpt.name}")
+    return trainer.fit()
+
+
+def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
+    """A new run on `cfg.task` from a checkpoint's weights; keeps the entropy target unless set."""
+    ckpt = resolve_checkpoint(checkpoint)
+    _, trainer_state = load_trainer_state(ckpt)
+    parent_target = trainer_state["learner"]["controller"].get("target_entropy")
+    ec = cfg.learner.entropy_control
+    if ec.target_entropy is None and parent_target is not None:
+        ec.target_entropy = parent_target
+    meta = {"model": str(ckpt / "model"), "parent": str(ckpt.resolve()),
+            "parent_run": str(ckpt.parent.parent.resolve()), "inherited_target_entropy": ec.target_entropy}
+    return _start(cfg, str(ckpt / "model"), meta, log).fit()

@@ -1,0 +1,63 @@
+"""Load the policy: the embedded tiny default, any HF causal LM directory / hub id, or a checkpoint.
+
+Parameters stay float32 (master weights); `model.dtype` selects the autocast compute dtype.
+With `model.lora`, a peft LoRA adapter is trained instead of all weights.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .config import RunConfig, TaskSuite
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to pass instead."""
+
+
+def env_factory(suite: TaskSuite, split: str):
+    """A zero-arg callable making the suite's env for `split` ('train' or 'eval')."""
+    import envs
+    spec = getattr(suite, split)
+    # ${VAR} in string kwargs expands from the environment (e.g. ${EPRL_MATH_DATA}/gsm8k_test.jsonl).
+    kwargs = {k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in {**suite.env.kwargs, **spec.env_kwargs}.items()}
+    envs.make(suite.env.id, **kwargs).close()  # fail now, with the env's own message, on a bad id or kwargs
+    return lambda: envs.make(suite.env.id, **kwargs)
+
+
+def resolve_model_path(cfg: RunConfig, log=print) -> str:
+    if cfg.model.name_or_path is not None:
+        return cfg.model.name_or_path
+    from .tiny_default import build_default_policy
+    env_key = {"id": cfg.task.env.id, **cfg.task.env.kwargs, **cfg.task.train.env_kwargs}
+    return str(build_default_policy(env_factory(cfg.task, "train"), env_key, sft_steps=cfg.model.tiny_sft_steps,
+                                    noise=cfg.model.tiny_sft_noise, seed=cfg.run.seed, cache_dir=cfg.model.cache_dir, log=log))
+
+
+def load_policy(path: str, cfg: RunConfig):
+    """(model, tokenizer) from a directory or hub id; wraps LoRA if configured or found."""
+    is_adapter = (Path(path) / "adapter_config.json").is_file()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if is_adapter:
+            from peft import PeftConfig, PeftModel
+            base = AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(path).base_model_name_or_path,
+                                                        dtype=torch.float32)
+            model = PeftModel.from_pretrained(base, path, is_trainable=True)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"model.name_or_path={path!r}: cannot load it ({str(err).splitlines()[0]}). Pass a local "
+                             "HF model directory, a hub id reachable from this machine, or leave it unset for the "
+                             "embedded tiny default.") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.model.lora and not is_adapter:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
+                                                 target_modules=list(cfg.model.lora_target_modules), task_type="CAUSAL_LM"))
+    model.eval()
+    return model, tokenizer
