@@ -26,7 +26,7 @@ def register_env(name: str, entry_point: str | Callable[..., gym.Env], **default
     """Register an env as ``eprl/<name>``; re-registering an id replaces it. Returns the id."""
     env_id = full_id(name)
     gym.registry.pop(env_id, None)
-    gym.register(id=env_id, entry_point=entry_point, kwargs=default_kwargs, disable_env_checker=True)
+    gym.register(id=env_id, entry_point=entry_point, kwargs=default_kwargs)
     return env_id
 
 

@@ -174,6 +174,12 @@ def _new_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
+def check_envs(cfg: RunConfig) -> None:
+    """Fail before any model work on an unknown env id or bad env kwargs."""
+    env_factory(cfg.task, "train")
+    env_factory(cfg.task, "eval")
+
+
 def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
     run_dir = _new_run_dir(cfg)
     atomic_write_text(run_dir / "config.json", cfg.model_dump_json(indent=2))
@@ -185,6 +191,7 @@ def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
 
 def train(cfg: RunConfig, log=print) -> dict:
     """A new run from the configured model (the embedded default when none is given)."""
+    check_envs(cfg)
     model_path = resolve_model_path(cfg, log)
     return _start(cfg, model_path, {"model": model_path, "parent": None}, log).fit()
 
@@ -214,6 +221,7 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
 
 def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
     """A new run on `cfg.task` from a checkpoint's weights; keeps the entropy target unless set."""
+    check_envs(cfg)
     ckpt = resolve_checkpoint(checkpoint)
     _, trainer_state = load_trainer_state(ckpt)
     parent_target = trainer_state["learner"]["controller"].get("target_entropy")

@@ -25,22 +25,15 @@ def split_of(question: str) -> str:
     return "test" if byte < TEST_FRACTION_PER_256 else "train"
 
 
-def _rng(seed: int, split: str, index: int, attempt: int) -> np.random.Generator:
+def _draw(make_one: Callable[[np.random.Generator], tuple | None], seed: int, split: str, index: int):
     if split not in SPLIT_STREAMS:
         raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_STREAMS)}")
-    return np.random.default_rng([seed, SPLIT_STREAMS[split], index, attempt])
-
-
-def _draw(make_one: Callable[[np.random.Generator], tuple], seed: int, split: str, index: int):
-    for attempt in range(10_000):
-        drawn = make_one(_rng(seed, split, index, attempt))
+    rng = np.random.default_rng([seed, SPLIT_STREAMS[split], index])
+    for _ in range(10_000):
+        drawn = make_one(rng)
         if drawn is not None and split_of(drawn[0]) == split:
             return drawn
     raise RuntimeError("could not draw a problem for this split")
-
-
-def _apply(op: str, a: Fraction, b: Fraction) -> Fraction:
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else Fraction(10**9, 7)}[op]
 
 
 def _arithmetic_expression(rng: np.random.Generator, difficulty: int) -> tuple[str, int] | None:
@@ -48,9 +41,7 @@ def _arithmetic_expression(rng: np.random.Generator, difficulty: int) -> tuple[s
     if difficulty == 1:
         a, b, op = int(rng.integers(1, 100)), int(rng.integers(1, 100)), str(rng.choice(ops + ["/"]))
         if op == "/":
-            a = a * b if a * b < 10_000 else a
-            if a % b:
-                return None
+            a = a * b  # exact division
         text = f"{a}{op}{b}"
     elif difficulty == 2:
         a, b, c = (int(x) for x in rng.integers(10, 100, size=3))
@@ -84,17 +75,19 @@ def arithmetic(index: int, split: str = "train", difficulty: int = 1, seed: int 
 
 def _countdown_instance(rng: np.random.Generator, count: int) -> tuple[list[int], str, int] | None:
     numbers = [int(x) for x in rng.integers(1, 100, size=count)]
-    terms = [(Fraction(n), str(n)) for n in numbers]
-    while len(terms) > 1:  # combine two random terms until one expression remains
-        i, j = (int(x) for x in rng.choice(len(terms), size=2, replace=False))
-        (a, ea), (b, eb) = terms[i], terms[j]
-        op = str(rng.choice(["+", "-", "*", "/"]))
-        value = _apply(op, a, b)
-        if value.denominator != 1 or value <= 0 or value > 1000:
+    terms = [(n, str(n)) for n in numbers]
+    while len(terms) > 1:  # combine two random terms with a valid op until one expression remains
+        (a, ea), (b, eb) = terms.pop(int(rng.integers(len(terms)))), terms.pop(int(rng.integers(len(terms))))
+        if a < b:
+            (a, ea), (b, eb) = (b, eb), (a, ea)
+        ops = ["+", "*"] + (["-"] if a > b else []) + (["/"] if a % b == 0 and b > 1 else [])
+        op = ops[int(rng.integers(len(ops)))]
+        value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+        if value > 1000:
             return None
-        terms = [t for k, t in enumerate(terms) if k not in (i, j)] + [(value, f"({ea}{op}{eb})")]
+        terms.append((value, f"({ea}{op}{eb})"))
     value, expr = terms[0]
-    return numbers, expr[1:-1], int(value)
+    return numbers, expr[1:-1], value
 
 
 def countdown(index: int, split: str = "train", seed: int = 0, count: int | None = None) -> Problem:

@@ -1,0 +1,148 @@
+"""MathEnv: answer a math problem in one turn, with retries, or with a calculator/python tool."""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from envs.base import TextEnv
+from envs.math.data import Problem, load_problems
+from envs.math.generators import GENERATORS
+from envs.math.tools import ToolError, calculate
+from envs.math.verify import check_countdown, check_math, extract_boxed
+
+MODES = ("single", "feedback", "tool")
+DEFAULT_MAX_TURNS = {"single": 2, "feedback": 6, "tool": 8}
+MAX_CALLS_PER_TURN = 4
+CHECKERS: dict[str, Callable[[str, Problem], bool]] = {
+    "math": lambda answer, p: check_math(f"\\boxed{{{answer}}}", p.answer),
+    "countdown": lambda answer, p: check_countdown(answer, p.numbers, p.answer),
+}
+ANSWER_HINT = {"math": "Give the final answer as \\boxed{ANSWER}.",
+               "countdown": "Give the equation as \\boxed{EXPRESSION}."}
+INCORRECT = "Incorrect, try again."
+
+
+def _calc_tool(expr: str) -> str:
+    try:
+        return f"<result>{calculate(expr)}</result>"
+    except ToolError as e:
+        return f"<result>error: {e}</result>"
+
+
+def _python_tool(code: str, timeout_s: float = 5, max_output_chars: int = 1000) -> str:
+    from envs.sandbox import run_python
+
+    return f"<output>{run_python(code, timeout_s=timeout_s, max_output_chars=max_output_chars).as_text()}</output>"
+
+
+TOOLS: dict[str, tuple[str, Callable[[str], str]]] = {  # name -> (usage hint, run)
+    "calc": ("use a calculator: write <calc>EXPRESSION</calc> to get <result>VALUE</result>", _calc_tool),
+    "python": ("run Python: write <python>CODE</python> to get <output>PRINTED</output>", _python_tool),
+}
+
+
+def _calls(text: str, tool: str) -> tuple[list[str], bool]:
+    """Complete ``<tool>...</tool>`` bodies in ``text`` and whether some call is left unclosed."""
+    bodies = re.findall(rf"<{tool}>(.*?)</{tool}>", text, flags=re.S)
+    return bodies, text.count(f"<{tool}>") != len(bodies) or text.count(f"</{tool}>") != len(bodies)
+
+
+class MathEnv(TextEnv):
+    """A math problem per episode; reward 1.0 for a correct ``\\boxed{}`` answer, else 0.0.
+
+    source: "arithmetic" / "countdown" (procedural) or a dataset (JSONL path, name, ``hf:`` id).
+    mode: "single" (judge the first answer), "feedback" (retry up to ``max_attempts``),
+    "tool" (``<calc>`` and optionally ``<python>`` calls until an answer or ``max_turns``).
+    """
+
+    def __init__(self, source: str | None = None, split: str = "train", difficulty: int = 1,
+                 mode: str = "single", max_turns: int | None = None, max_attempts: int = 3,
+                 checker: str | None = None, tools: tuple[str, ...] = ("calc",), seed: int = 0,
+                 num_tasks: int | None = None, limit: int | None = None):
+        super().__init__()
+        if source is None:
+            raise ValueError("MathEnv needs source=: 'arithmetic', 'countdown', a JSONL path or a dataset id")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        unknown = set(tools) - set(TOOLS)
+        if unknown:
+            raise ValueError(f"unknown tools {sorted(unknown)}; choose from {sorted(TOOLS)}")
+        self.source, self.split, self.difficulty, self.mode, self.seed = source, split, difficulty, mode, seed
+        self.tools = tuple(tools) if mode == "tool" else ()
+        self.max_attempts = max_attempts
+        self.max_turns = max_turns or DEFAULT_MAX_TURNS[mode]
+        self._problems = None if source in GENERATORS else load_problems(source, split, limit)
+        if self._problems is not None and not self._problems:
+            raise ValueError(f"no problems in {source!r} (split={split!r})")
+        self._num_tasks = len(self._problems) if self._problems is not None else num_tasks
+        if checker is None:
+            checker = "countdown" if source == "countdown" or (self._problems and self._problems[0].numbers) else "math"
+        if checker not in CHECKERS:
+            raise ValueError(f"unknown checker {checker!r}; choose from {sorted(CHECKERS)}")
+        self.checker = checker
+        self.problem: Problem | None = None
+
+    @property
+    def num_tasks(self) -> int | None:
+        return self._num_tasks
+
+    def problem_at(self, index: int) -> Problem:
+        if self._problems is not None:
+            return self._problems[index]
+        kwargs = {"difficulty": self.difficulty} if self.source == "arithmetic" else {}
+        return GENERATORS[self.source](index, split=self.split, seed=self.seed, **kwargs)
+
+    def instructions(self) -> str:
+        hints = [ANSWER_HINT[self.checker]]
+        if self.tools:
+            hints.insert(0, "You can " + " and ".join(TOOLS[t][0] for t in self.tools) + ".")
+        if self.mode == "feedback":
+            hints.append(f"You have {self.max_attempts} attempts.")
+        return " ".join(hints)
+
+    def format_error(self) -> str:
+        usage = " or ".join(f"<{t}>...</{t}>" for t in self.tools)
+        return f"Format error: {ANSWER_HINT[self.checker]}" + (f" Or call a tool: {usage}." if usage else "")
+
+    def _reset_task(self, index: int) -> tuple[str, dict]:
+        self.problem = self.problem_at(index)
+        self.stats = {"turns": 0, "tool_calls": 0, "format_errors": 0, "attempts": 0}
+        return f"{self.problem.question}\n{self.instructions()}", {"task_id": self.problem.id, "task_index": index}
+
+    def _step_text(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        stats = self.stats
+        stats["turns"] += 1
+        info = {"task_id": self.problem.id, "format_error": False}
+        answer = extract_boxed(action)
+        if answer is not None:  # a turn with an answer is judged; its tool calls are ignored
+            stats["attempts"] += 1
+            success = CHECKERS[self.checker](answer, self.problem)
+            info["answer"] = answer
+            if success or self.mode != "feedback" or stats["attempts"] >= self.max_attempts:
+                return self._end("", success, info, terminated=True)
+            obs = INCORRECT
+        else:
+            obs = self._run_tools(action, info)
+        if stats["turns"] >= self.max_turns:
+            return self._end(obs, False, info, terminated=False)
+        return obs, 0.0, False, False, {**info, **stats}
+
+    def _run_tools(self, action: str, info: dict) -> str:
+        results, broken = [], False
+        for name in self.tools:
+            bodies, unclosed = _calls(action, name)
+            broken |= unclosed
+            results += [TOOLS[name][1](body) for body in bodies[:MAX_CALLS_PER_TURN]]
+        self.stats["tool_calls"] += len(results)
+        if broken or not results:
+            self.stats["format_errors"] += 1
+            info["format_error"] = True
+            if broken:
+                return f"Format error: close every tool call, e.g. <{self.tools[0]}>...</{self.tools[0]}>."
+            return self.format_error()
+        return "\n".join(results)
+
+    def _end(self, obs: str, success: bool, info: dict, terminated: bool):
+        info = {**info, **self.stats, "success": bool(success), "answer": info.get("answer"),
+                "gold": self.problem.answer}
+        return obs, float(success), terminated, not terminated, info

@@ -1,0 +1,90 @@
+"""Config validation: one clear line naming the field, exit code 2, no traceback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.config import ConfigError, RunConfig, describe, load_run_config, load_task_suite
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_task_suite_in_repo_validates():
+    suites = sorted((REPO / "tasks").glob("*.yaml"))
+    assert len(suites) >= 3
+    for path in suites:
+        suite = load_task_suite(path)
+        assert suite.group_size >= 1 and suite.env.id.startswith("eprl/")
+
+
+def test_overrides_reach_nested_fields_with_yaml_types():
+    cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=[
+        "learner.lr=1e-5", "learner.entropy_control.type=repo_r", "task.group_size=4", "model.name_or_path=/x"])
+    assert cfg.learner.lr == 1e-5 and isinstance(cfg.learner.lr, float)
+    assert cfg.learner.entropy_control.type == "repo_r"
+    assert cfg.task.group_size == 4
+    assert cfg.model.name_or_path == "/x"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["learner.lr=-1"], "learner.lr: Input should be greater than 0"),
+    (["learner.lrr=1"], "learner.lrr: unknown field"),
+    (["learner.entropy_control.type=magic"], "learner.entropy_control.type: Input should be"),
+    (["task.group_size=many"], "task.group_size: Input should be a valid integer"),
+    (["learner.lr"], "expected KEY=VALUE"),
+])
+def test_bad_values_name_the_field(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(REPO / "tasks" / "default.yaml", overrides=overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nenv: {id: eprl/Arithmetic-v0\n  kwargs: [\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML in .*bad.yaml \(line \d+"):
+        load_task_suite(bad)
+    with pytest.raises(ConfigError, match="file not found: .*nope.yaml"):
+        load_run_config(tmp_path / "nope.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_task_suite(listy)
+
+
+def test_every_field_is_documented():
+    rows = describe(RunConfig)
+    assert len(rows) > 60
+    assert [name for name, _, desc in rows if not desc] == []
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngroup_size: [\n")
+    for args, needle in [(["train", "--task", str(bad)], "malformed YAML"),
+                         (["train", "--set", "learner.loss_agg=mean"], "learner.loss_agg"),
+                         (["train", "--task", str(tmp_path / "missing.yaml")], "file not found"),
+                         (["train", "--set", "task.env.id=eprl/NoSuchEnv-v0", "--set", "model.name_or_path=/nonexistent"],
+                          "unknown environment id 'eprl/NoSuchEnv-v0'"),
+                         (["train", "--set", "model.name_or_path=/nonexistent/model"], "model.name_or_path='/nonexistent/model': cannot load it"),
+                         (["continue", str(tmp_path)], "--task is required")]:
+        proc = _cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert needle in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_cli_lists_envs_and_prints_reference():
+    envs = _cli("envs")
+    assert envs.returncode == 0 and "eprl/ArithmeticTool-v0" in envs.stdout.split()
+    ref = _cli("config")
+    assert ref.returncode == 0 and "learner.entropy_control.zeta" in ref.stdout
