@@ -21,7 +21,8 @@ from torch.utils.checkpoint import checkpoint
 def _chunk_logp_entropy(lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float,
                         with_entropy: bool) -> tuple[Tensor, Optional[Tensor]]:
     """One chunk: hidden [n,H], targets [n] -> logp [n] f32, entropy [n] f32 | None."""
-    logits = lm_head(hidden).float()
+    logits = lm_head(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # 16-bit -> f32 (f64 stays)
     if temperature != 1.0:
         logits = logits / temperature
     logz = torch.logsumexp(logits, dim=-1)
@@ -36,7 +37,8 @@ def _chunk_logp_entropy(lm_head: nn.Module, hidden: Tensor, targets: Tensor, tem
 def token_logprobs_and_entropy(hidden: Tensor, lm_head: nn.Module, targets: Tensor, *,
                                temperature: float = 1.0, chunk_size: int = 256,
                                with_entropy: bool = True) -> tuple[Tensor, Optional[Tensor]]:
-    """hidden [B,T,H] (any dtype), targets [B,T] long -> (log p(targets) [B,T], H [B,T] | None), float32.
+    """hidden [B,T,H] (any dtype), targets [B,T] long -> (log p(targets) [B,T], H [B,T] | None), float32
+    (float64 if the head computes in float64, for tests).
 
     Gradients flow into `hidden` and the lm_head parameters (checkpointed per chunk).
     """

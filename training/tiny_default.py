@@ -52,7 +52,7 @@ def scripted_actions(question: str, answer: str, rng: random.Random, noise: floa
 
 def demonstration_messages(env, task_index: int, rng: random.Random, noise: float) -> list[dict[str, str]]:
     obs, info = env.reset(options={"task_index": task_index})
-    problem = env.unwrapped.current_problem
+    problem = env.unwrapped.problem
     messages = [{"role": "user", "content": obs}]
     policy = scripted_actions(problem.question, problem.answer, rng, noise)
     action = next(policy)

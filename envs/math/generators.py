@@ -40,8 +40,9 @@ def _arithmetic_expression(rng: np.random.Generator, difficulty: int) -> tuple[s
     ops = ["+", "-", "*"]
     if difficulty == 1:
         a, b, op = int(rng.integers(1, 100)), int(rng.integers(1, 100)), str(rng.choice(ops + ["/"]))
-        if op == "/":
-            a = a * b  # exact division
+        if op == "/":  # exact division with a dividend below 100
+            b = int(rng.integers(2, 10))
+            a = b * int(rng.integers(1, 99 // b + 1))
         text = f"{a}{op}{b}"
     elif difficulty == 2:
         a, b, c = (int(x) for x in rng.integers(10, 100, size=3))

@@ -12,6 +12,7 @@ from fractions import Fraction
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_LINE = re.compile(r"(?im)^\W*(?:final\s+)?answer\s*(?:is)?\s*[:=]\s*(.+?)\s*$")
+_PLAIN_NUMBER = re.compile(r"^-?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$")
 MAX_EXPRESSION_CHARS = 200
 
 
@@ -68,6 +69,8 @@ def check_math(pred_text: str, gold: str) -> bool:
     answer = (answer if answer is not None else pred_text).strip()
     if not answer or len(answer) > 1000:
         return False
+    if _PLAIN_NUMBER.match(answer) and _PLAIN_NUMBER.match(str(gold).strip()):  # fast path, no sympy
+        return Fraction(answer.replace(",", "")) == Fraction(str(gold).strip().replace(",", ""))
     if threading.current_thread() is threading.main_thread():
         return _verify(answer, str(gold))
     return _process_pool().submit(_verify, answer, str(gold)).result()
