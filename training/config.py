@@ -65,7 +65,7 @@ class TaskSuite(Strict):
 class ModelConfig(Strict):
     name_or_path: Optional[str] = Field(None, description="HF causal LM directory or hub id; None builds the embedded tiny default")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="model compute dtype; log-probs/ratios/entropies stay float32")
-    tiny_sft_steps: int = Field(300, ge=0, description="embedded default: supervised warm-start steps")
+    tiny_sft_steps: int = Field(200, ge=0, description="embedded default: supervised warm-start steps")
     tiny_sft_noise: float = Field(0.3, ge=0, le=1, description="embedded default: share of warm-start demos with a deliberate mistake")
     cache_dir: Optional[str] = Field(None, description="where the embedded default model is cached (None: ~/.cache/eprl)")
     lora: bool = Field(False, description="train a LoRA adapter instead of all weights")

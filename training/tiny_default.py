@@ -88,7 +88,7 @@ def build_model(tokenizer, seed: int) -> Qwen3ForCausalLM:
     return Qwen3ForCausalLM(config)
 
 
-def supervised_warm_start(model, tokenizer, conversations, steps: int, seed: int, batch_size: int = 32,
+def supervised_warm_start(model, tokenizer, conversations, steps: int, seed: int, batch_size: int = 16,
                           lr: float = 2e-3, log=print) -> list[float]:
     """Cross-entropy on action tokens only (the same masks the RL learner uses)."""
     agent = ChatAgent(tokenizer)

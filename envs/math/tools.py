@@ -33,6 +33,10 @@ def _eval(node: ast.AST) -> Fraction | float:
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitXor):
         raise ToolError("'^' is not a power; use **")
+    if isinstance(node, ast.Name):
+        raise ToolError(f"unsupported syntax: name {node.id!r} (numbers only)")
+    if isinstance(node, ast.Call):
+        raise ToolError("unsupported syntax: function calls are not allowed")
     raise ToolError(f"unsupported syntax: {type(node).__name__}")
 
 

@@ -1,0 +1,96 @@
+"""Checkpoints: a run killed with SIGKILL and resumed ends bit-identical to an uninterrupted one;
+`continue` starts a new run on another suite from a checkpoint (fresh optimizer, parent recorded)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["model.tiny_sft_steps=30", "task.group_size=2", "task.tasks_per_iteration=3", "task.eval.num_tasks=3",
+         "task.eval_samples=1", "task.sampling.max_new_tokens=12", "task.eval_sampling.max_new_tokens=12",
+         "run.threads=1", "run.progress=false", "learner.lr=1e-3", "learner.entropy_control.type=adapo"]
+
+
+def _cmd(cache: Path, out: Path, name: str, *extra: str) -> list[str]:
+    sets = SMALL + [f"model.cache_dir={cache}", f"run.out_dir={out}", f"run.name={name}", *extra]
+    return [sys.executable, "-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
+            *[a for s in sets for a in ("--set", s)]]
+
+
+def _run(cmd, **kw):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _weights(run_dir: Path) -> dict:
+    ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(ckpt / "model" / "model.safetensors"))
+
+
+def _training_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s")} for r in rows]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_exact(tmp_path, eprl_cache):
+    iters = ["run.iterations=6", "run.checkpoint_every=2"]
+    _run(_cmd(eprl_cache, tmp_path, "full", *iters))
+    full = tmp_path / "full"
+    proc = subprocess.Popen(_cmd(eprl_cache, tmp_path, "killed", *iters), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not (latest.exists() and latest.read_text().strip() == "iter_000002"):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = tmp_path / "killed"
+    assert not (killed / "summary.json").exists(), "the run finished before it was killed"
+    _run([sys.executable, "-m", "training", "train", "--resume", str(killed)])
+    a, b = _weights(full), _weights(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert _training_rows(full) == _training_rows(killed)
+    # and the weights did change from the warm start
+    start = load_file(str(Path(json.loads((full / "meta.json").read_text())["model"]) / "model.safetensors"))
+    assert any(not torch.equal(start[k], a[k]) for k in a if k in start)
+
+
+@pytest.mark.slow
+def test_continue_on_a_second_suite(tmp_path, eprl_cache):
+    _run(_cmd(eprl_cache, tmp_path, "parent", "run.iterations=2", "run.checkpoint_every=1"))
+    parent = tmp_path / "parent"
+    parent_state = torch.load(parent / "checkpoints" / "iter_000002" / "trainer.pt", weights_only=False)
+    target = parent_state["learner"]["controller"]["target_entropy"]
+    assert target is not None and target > 0
+    sets = [s for s in SMALL if not s.startswith("task.")] + [
+        "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2", "task.eval_samples=1",
+        f"run.out_dir={tmp_path}", "run.name=child", "run.iterations=2"]
+    _run([sys.executable, "-m", "training", "continue", str(parent), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
+          *[a for s in sets for a in ("--set", s)]])
+    child = tmp_path / "child"
+    meta = json.loads((child / "meta.json").read_text())
+    assert meta["parent"] == str((parent / "checkpoints" / "iter_000002").resolve())
+    assert meta["inherited_target_entropy"] == pytest.approx(target)
+    rows = [json.loads(l) for l in (child / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]  # fresh iteration counter
+    assert json.loads((child / "config.json").read_text())["task"]["name"] == "arith-hard"
+    child_state = torch.load(child / "checkpoints" / "iter_000002" / "trainer.pt", weights_only=False)
+    steps = [s["step"] for s in child_state["learner"]["optimizer"]["state"].values()]
+    assert steps and max(float(s) for s in steps) == 2  # a fresh optimizer made exactly 2 steps
+    assert child_state["learner"]["controller"]["target_entropy"] == pytest.approx(target)
+    # it started from the parent's weights, not the warm start
+    assert Path(meta["model"]) == (parent / "checkpoints" / "iter_000002" / "model").resolve() or \
+        Path(meta["model"]).resolve() == (parent / "checkpoints" / "iter_000002" / "model").resolve()
