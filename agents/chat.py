@@ -60,14 +60,18 @@ class ChatAgent:
         state.append(self._encode(self._render(messages, generation_prompt=True)), mask=0)
         return state
 
+    def parse_action(self, text: str) -> str:
+        """The env's action for an assistant message; subclasses extract e.g. code blocks."""
+        return text
+
     def record_action(self, state: EpisodeState, token_ids: list[int], logprobs: list[float]) -> str:
-        """Append generated tokens verbatim (mask 1); return the message text the env receives."""
+        """Append generated tokens verbatim (mask 1); return the action the env receives (`parse_action`)."""
         start = len(state.token_ids)
         state.append(token_ids, mask=1, logprobs=logprobs)
         state.turn_spans.append((start, len(state.token_ids)))
         text = self.tokenizer.decode([t for t in token_ids if t not in self.stop_token_ids], skip_special_tokens=False)
         state.messages.append({"role": "assistant", "content": text})
-        return text
+        return self.parse_action(text)
 
     def record_observation(self, state: EpisodeState, observation: str) -> None:
         """Tokenize the env's reply as a template delta (mask 0), after the prefix check."""

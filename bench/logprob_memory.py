@@ -58,10 +58,15 @@ def child(args: argparse.Namespace) -> dict:
         ent = -(logp_all.exp() * logp_all).sum(-1)
         return logp, ent
 
-    def chunked():
+    ckpt_head = nn.Sequential(head)  # not a plain nn.Linear: forces the torch.utils.checkpoint path
+
+    def chunked():  # fused path (plain nn.Linear head)
         return token_logprobs_and_entropy(hidden, head, targets, chunk_size=args.chunk)
 
-    fn = naive if args.variant == "naive" else chunked
+    def checkpointed():
+        return token_logprobs_and_entropy(hidden, ckpt_head, targets, chunk_size=args.chunk)
+
+    fn = {"naive": naive, "chunked": chunked, "checkpoint": checkpointed}[args.variant]
 
     def step() -> float:
         hidden.grad = None
@@ -75,7 +80,7 @@ def child(args: argparse.Namespace) -> dict:
     times = [step()]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     times += [step() for _ in range(args.reps - 1)]
-    return {"variant": args.variant, "chunk_size": args.chunk if args.variant == "chunked" else None,
+    return {"variant": args.variant, "chunk_size": args.chunk if args.variant != "naive" else None,
             "peak_delta_mib": (peak - base) / 1024, "baseline_rss_mib": base / 1024,
             "times_s": times, "median_s": statistics.median(times), "threads": torch.get_num_threads()}
 
@@ -97,7 +102,8 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--chunks", type=int, nargs="+", default=[256])
-    p.add_argument("--variant", choices=["naive", "chunked"], help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint-chunks", type=int, nargs="*", default=[], help="also time the generic checkpoint path")
+    p.add_argument("--variant", choices=["naive", "chunked", "checkpoint"], help=argparse.SUPPRESS)
     p.add_argument("--chunk", type=int, default=256, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:  # child process
@@ -105,11 +111,12 @@ def main() -> None:
         return
     common = ["--tokens", str(args.tokens), "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--reps", str(args.reps)]
     runs = []
-    for variant, chunk in [("naive", 0)] + [("chunked", c) for c in args.chunks]:
+    variants = [("naive", 0)] + [("chunked", c) for c in args.chunks] + [("checkpoint", c) for c in args.checkpoint_chunks]
+    for variant, chunk in variants:
         cmd = [sys.executable, __file__, *common, "--variant", variant, "--chunk", str(chunk)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
-        print(f"{variant:8s} chunk={chunk:5d}  peak +{runs[-1]['peak_delta_mib']:9.1f} MiB  median {runs[-1]['median_s']:.2f} s", flush=True)
+        print(f"{variant:10s} chunk={chunk:5d}  peak +{runs[-1]['peak_delta_mib']:9.1f} MiB  median {runs[-1]['median_s']:.2f} s", flush=True)
     naive = runs[0]
     for r in runs[1:]:
         r["mem_ratio_vs_naive"] = r["peak_delta_mib"] / naive["peak_delta_mib"]

@@ -18,22 +18,24 @@ def _reference(hidden, head, targets, temperature):
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 7, 64])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_chunked_equals_unchunked_values_and_grads(chunk_size, temperature):
+@pytest.mark.parametrize("path", ["fused", "checkpoint"])
+def test_chunked_equals_unchunked_values_and_grads(chunk_size, temperature, path):
     torch.manual_seed(0)
     B, T, H, V = 2, 9, 16, 50
-    head = nn.Linear(H, V, bias=True)
+    linear = nn.Linear(H, V, bias=True)
+    head = linear if path == "fused" else nn.Sequential(linear)  # non-Linear head: torch.utils.checkpoint path
     hidden = torch.randn(B, T, H, requires_grad=True)
     targets = torch.randint(0, V, (B, T))
     gl, ge = torch.randn(B, T), torch.randn(B, T)  # arbitrary upstream gradients for both outputs
 
     lp, ent = token_logprobs_and_entropy(hidden, head, targets, temperature=temperature, chunk_size=chunk_size)
     ((lp * gl).sum() + (ent * ge).sum()).backward()
-    got = (hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
+    got = (hidden.grad.clone(), linear.weight.grad.clone(), linear.bias.grad.clone())
     hidden.grad = None
     head.zero_grad()
     rlp, rent = _reference(hidden, head, targets, temperature)
     ((rlp * gl).sum() + (rent * ge).sum()).backward()
-    want = (hidden.grad, head.weight.grad, head.bias.grad)
+    want = (hidden.grad, linear.weight.grad, linear.bias.grad)
 
     assert lp.dtype == ent.dtype == torch.float32 and lp.shape == (B, T)
     assert torch.allclose(lp, rlp, atol=1e-6) and torch.allclose(ent, rent, atol=1e-6)
@@ -41,10 +43,12 @@ def test_chunked_equals_unchunked_values_and_grads(chunk_size, temperature):
         assert g.abs().sum() > 0 and torch.allclose(g, w, atol=1e-6)
 
 
-def test_chunks_are_checkpointed_so_full_logits_are_not_saved():
+@pytest.mark.parametrize("path", ["fused", "checkpoint"])
+def test_chunks_are_checkpointed_so_full_logits_are_not_saved(path):
     """Autograd must save nothing of size [tokens x vocab]: at most one chunk's worth during backward."""
     B, T, H, V, chunk = 1, 64, 8, 1000, 16
     head = nn.Linear(H, V, bias=False)
+    head = head if path == "fused" else nn.Sequential(head)
     hidden = torch.randn(B, T, H, requires_grad=True)
     saved = []
 

@@ -3,10 +3,15 @@
 For each token, with z = lm_head(h) / temperature upcast to float32:
     log p(y)  = z_y - logsumexp(z)
     H         = logsumexp(z) - sum_j softmax(z)_j * z_j        (= -sum_j p_j log p_j)
-The flattened tokens are cut into chunks of `chunk_size`; each chunk runs under
-`torch.utils.checkpoint` (non-reentrant), so neither the forward nor the backward ever holds
-the float32 [tokens x vocab] logits whole: only one chunk's logits exist at a time, and they
-are recomputed for that chunk during backward. Gradients equal the unchunked computation.
+The flattened tokens are cut into chunks of `chunk_size` and checkpointed per chunk, so neither
+the forward nor the backward ever holds the float32 [tokens x vocab] logits whole: only one
+chunk's logits exist at a time, recomputed for that chunk during backward. Gradients equal the
+unchunked computation. Two implementations of the same thing:
+- any head module: each chunk runs under `torch.utils.checkpoint` (non-reentrant);
+- a plain nn.Linear head (the usual lm_head): `_FusedLinearLogpEntropy`, the same recompute
+  written by hand so the [vocab x hidden] weight gradient is accumulated in one buffer instead of
+  being allocated and summed once per chunk (which costs ~2 weight-sizes of memory and much time;
+  see bench/logprob_memory.py). Our choice, not the paper's.
 """
 from __future__ import annotations
 
@@ -34,19 +39,85 @@ def _chunk_logp_entropy(lm_head: nn.Module, hidden: Tensor, targets: Tensor, tem
     return logp, entropy
 
 
+class _FusedLinearLogpEntropy(torch.autograd.Function):
+    """Fast path for a plain nn.Linear head: the same per-chunk recomputation as checkpointing,
+    written out by hand so that backward writes each chunk's weight gradient into ONE buffer
+    (addmm_) instead of allocating and summing a [vocab x hidden] gradient per chunk, and reuses
+    the recomputed logits buffer in place. With g_lp, g_H the upstream gradients and z the
+    (temperature-scaled) logits of a token, p = softmax(z):
+        d logp / d z_j = 1[j = y] - p_j
+        d H    / d z_j = -p_j (log p_j + H) = -p_j (z_j - logsumexp(z) + H)
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, with_entropy):
+        n, dt = hidden.shape[0], torch.promote_types(weight.dtype, torch.float32)
+        logp, logz, ent = (hidden.new_empty(n, dtype=dt) for _ in range(3))
+        for s in range(0, n, chunk_size):
+            z = F.linear(hidden[s:s + chunk_size], weight, bias).to(dt).div_(temperature)
+            lz = torch.logsumexp(z, -1)
+            logz[s:s + chunk_size] = lz
+            logp[s:s + chunk_size] = z.gather(-1, targets[s:s + chunk_size, None]).squeeze(-1) - lz
+            if with_entropy:
+                ent[s:s + chunk_size] = lz - (torch.softmax(z, -1) * z).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, logz, ent)
+        ctx.temperature, ctx.chunk_size, ctx.with_entropy = temperature, chunk_size, with_entropy
+        return (logp, ent) if with_entropy else (logp, None)
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent):
+        hidden, weight, bias, targets, logz, ent = ctx.saved_tensors
+        n, c, temp = hidden.shape[0], ctx.chunk_size, ctx.temperature
+        dt = logz.dtype
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g_h = torch.empty_like(hidden) if need_h else None
+        g_w = torch.zeros_like(weight, dtype=dt) if need_w else None   # one accumulator, float32+
+        g_b = torch.zeros_like(bias, dtype=dt) if need_b else None
+        g_lp = torch.zeros_like(logz) if g_lp is None else g_lp.to(dt)
+        use_ent = ctx.with_entropy and g_ent is not None
+        for s in range(0, n, c):
+            h, lz = hidden[s:s + c], logz[s:s + c, None]
+            z = F.linear(h, weight, bias).to(dt).div_(temp)            # recompute (checkpointing)
+            p = torch.exp(z - lz)
+            gz = z.sub_(lz).add_(ent[s:s + c, None]).mul_(g_ent[s:s + c, None].to(dt)) if use_ent else z.zero_()
+            gz.add_(g_lp[s:s + c, None]).mul_(p).neg_()                 # -p (g_lp + g_H (log p + H))
+            gz.scatter_add_(-1, targets[s:s + c, None], g_lp[s:s + c, None])  # + g_lp 1[j = y]
+            del p
+            gz.div_(temp)
+            gz16 = gz.to(weight.dtype)
+            if need_h:
+                g_h[s:s + c] = gz16 @ weight
+            if need_w:
+                g_w.addmm_(gz16.t().to(dt), h.to(dt))
+            if need_b:
+                g_b.add_(gz.sum(0))
+        g_w = g_w.to(weight.dtype) if need_w else None
+        g_b = g_b.to(bias.dtype) if need_b else None
+        return g_h, g_w, g_b, None, None, None, None
+
+
 def token_logprobs_and_entropy(hidden: Tensor, lm_head: nn.Module, targets: Tensor, *,
                                temperature: float = 1.0, chunk_size: int = 256,
                                with_entropy: bool = True) -> tuple[Tensor, Optional[Tensor]]:
     """hidden [B,T,H] (any dtype), targets [B,T] long -> (log p(targets) [B,T], H [B,T] | None), float32
     (float64 if the head computes in float64, for tests).
 
-    Gradients flow into `hidden` and the lm_head parameters (checkpointed per chunk).
+    Gradients flow into `hidden` and the lm_head parameters. A plain nn.Linear head takes the
+    fused path (_FusedLinearLogpEntropy); any other head module (e.g. LoRA-wrapped) runs each
+    chunk under torch.utils.checkpoint. Both recompute one chunk's logits at a time in backward.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     shape = targets.shape
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_y = targets.reshape(-1)
+    if flat_y.numel() == 0:
+        empty = flat_h.new_zeros(shape, dtype=torch.float32)
+        return empty, (empty.clone() if with_entropy else None)
+    if type(lm_head) is nn.Linear:
+        lp, ent = _FusedLinearLogpEntropy.apply(flat_h, lm_head.weight, lm_head.bias, flat_y,
+                                                float(temperature), chunk_size, with_entropy)
+        return lp.reshape(shape), (ent.reshape(shape) if with_entropy else None)
     need_ckpt = torch.is_grad_enabled() and (flat_h.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
     logps, ents = [], []
     for start in range(0, flat_y.numel(), chunk_size):
@@ -57,9 +128,6 @@ def token_logprobs_and_entropy(hidden: Tensor, lm_head: nn.Module, targets: Tens
             lp, ent = _chunk_logp_entropy(lm_head, h, y, temperature, with_entropy)
         logps.append(lp)
         ents.append(ent)
-    if not logps:  # zero tokens
-        empty = flat_h.new_zeros(shape, dtype=torch.float32)
-        return empty, (empty.clone() if with_entropy else None)
     logp = torch.cat(logps).reshape(shape)
     entropy = torch.cat(ents).reshape(shape) if with_entropy else None
     return logp, entropy

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.chat import ChatAgent
+from agents import make_agent
 from agents.engines import make_engine
 from agents.rollout import RolloutRunner
 from .advantages import informative_groups
@@ -42,7 +42,7 @@ class Trainer:
         suite = cfg.task
         self.model, self.tokenizer = load_policy(model_path, cfg)
         self.engine = make_engine(cfg.engine.type, self.model, self.tokenizer, cfg.engine)
-        agent = ChatAgent(self.tokenizer, suite.agent.system_prompt)
+        agent = make_agent(suite.agent.type, self.tokenizer, suite.agent.system_prompt)
         common = dict(max_turns=suite.agent.max_turns, max_context_tokens=suite.agent.max_context_tokens,
                       progress=cfg.run.progress)
         self.train_runner = RolloutRunner(env_factory(suite, "train"), agent, self.engine, **common)
