@@ -133,3 +133,16 @@ def test_peft_wrapped_model():
     got.sum().backward()
     lora_grads = [p.grad for n, p in lora.named_parameters() if "lora_" in n]
     assert lora_grads and all(g is not None for g in lora_grads)
+
+
+def test_fused_backward_without_entropy():
+    torch.manual_seed(3)
+    head = nn.Linear(8, 40)
+    hidden = torch.randn(3, 4, 8, requires_grad=True)
+    targets = torch.randint(0, 40, (3, 4))
+    lp, ent = token_logprobs_and_entropy(hidden, head, targets, chunk_size=5, with_entropy=False)
+    lp.sum().backward()
+    got = hidden.grad.clone()
+    hidden.grad = None
+    _reference(hidden, head, targets, 1.0)[0].sum().backward()
+    assert ent is None and torch.allclose(got, hidden.grad, atol=1e-6)
