@@ -22,4 +22,7 @@ def make_agent(name: str, tokenizer, system_prompt: str | None = None) -> ChatAg
     return AGENTS[name](tokenizer, system_prompt=system_prompt)
 
 
+from . import react  # noqa: E402,F401  (registers "react")
+
+
 __all__ = ["AGENTS", "ChatAgent", "TemplatePrefixError", "Trajectory", "make_agent", "register_agent"]

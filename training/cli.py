@@ -39,6 +39,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", default="plots", help="output directory for PNGs")
     sub.add_parser("config", help="print the configuration reference (every field, default, description)")
+    sub.add_parser("appworld-setup", help="build the AppWorld virtualenv and (without APPWORLD_ROOT) the stand-in world",
+                   add_help=False)
     return parser
 
 
@@ -59,6 +61,10 @@ def _cmd_eval(args) -> dict:
 
 
 def run(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["appworld-setup"]:
+        from envs.appworld.setup import main as appworld_setup
+        return appworld_setup(argv[1:])
     args = _build_parser().parse_args(argv)
     if args.command == "envs":
         import envs

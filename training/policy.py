@@ -31,9 +31,14 @@ def env_factory(suite: TaskSuite, split: str):
 def resolve_model_path(cfg: RunConfig, log=print) -> str:
     if cfg.model.name_or_path is not None:
         return cfg.model.name_or_path
-    from .tiny_default import build_default_policy
-    env_key = {"id": cfg.task.env.id, **cfg.task.env.kwargs, **cfg.task.train.env_kwargs}
-    return str(build_default_policy(env_factory(cfg.task, "train"), env_key, sft_steps=cfg.model.tiny_sft_steps,
+    from .config import EnvSpec, TaskSuite
+    from .tiny_default import WARM_START_ENV, build_default_policy
+    # The scripted warm-start expert knows calculator arithmetic; other suites start from that policy too.
+    suite = cfg.task if cfg.task.env.id == WARM_START_ENV else TaskSuite(env=EnvSpec(id=WARM_START_ENV, kwargs={"difficulty": 2, "max_turns": 4}))
+    if suite is not cfg.task:
+        log(f"no model given: warm-starting the tiny default on {WARM_START_ENV} (the scripted expert's domain)")
+    env_key = {"id": suite.env.id, **suite.env.kwargs, **suite.train.env_kwargs}
+    return str(build_default_policy(env_factory(suite, "train"), env_key, sft_steps=cfg.model.tiny_sft_steps,
                                     noise=cfg.model.tiny_sft_noise, seed=cfg.run.seed, cache_dir=cfg.model.cache_dir, log=log))
 
 

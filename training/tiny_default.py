@@ -30,6 +30,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MODEL_SHAPE = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=48,
                    intermediate_size=512, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=10000.0)
 CACHE_VERSION = 1
+WARM_START_ENV = "eprl/ArithmeticTool-v0"
 
 
 # ----------------------------------------------------------------------------- demonstrations
