@@ -51,6 +51,17 @@ class RolloutRunner:
         self.max_turns, self.max_context_tokens, self.progress = max_turns, max_context_tokens, progress
         self._pool: list[gym.Env] = []
 
+    def episode_metrics(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+        """The env's own evaluation metrics (e.g. AppWorld's TGC/SGC) over finished episodes."""
+        infos = [{**t.info, "task_id": t.task_id, "success": t.success} for t in trajectories]
+        return self._envs(1)[0].unwrapped.episode_metrics(infos)
+
+    def close(self) -> None:
+        """Close every pooled env (AppWorld envs stop their servers)."""
+        for env in self._pool:
+            env.close()
+        self._pool.clear()
+
     def _envs(self, n: int) -> list[gym.Env]:
         while len(self._pool) < n:
             self._pool.append(self.make_env())

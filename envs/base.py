@@ -84,6 +84,11 @@ class TextEnv(gym.Env[str, str]):
             return index
         return int(self.np_random.integers(n if n is not None else 2**31 - 1))
 
+    def episode_metrics(self, infos: list[dict]) -> dict[str, float]:
+        """Env-specific evaluation metrics over finished episodes' final `info` dicts
+        (each also holds `task_id` and `success`); merged into `eprl eval` results."""
+        return {}
+
     def _reset_task(self, index: int) -> tuple[str, dict]:
         raise NotImplementedError
 

@@ -181,3 +181,12 @@ def test_environment_tokens_never_reach_the_loss_on_a_real_trajectory(env, tiny_
     assert "ZeroDivisionError" in env_text and "Packing list" in env_text  # observations live in mask-0 tokens
     for start, end in traj.turn_spans:
         assert set(traj.loss_mask[start:end]) == {1}
+
+
+def test_episode_metrics_report_tgc_sgc_and_mark_the_standin(env):
+    infos = [{"task_id": "aaa_1", "success": True, "difficulty": 1}, {"task_id": "aaa_2", "success": False, "difficulty": 2},
+             {"task_id": "bbb_1", "success": True, "difficulty": 1}, {"task_id": "bbb_2", "success": True, "difficulty": 2}]
+    m = env.episode_metrics(infos)
+    assert m["appworld_standin"] == 1.0
+    assert m["tgc"] == 75.0 and m["sgc"] == 50.0  # scenario aaa fails one of its tasks
+    assert m["difficulty_1_tgc"] == 100.0 and m["difficulty_2_tgc"] == 50.0

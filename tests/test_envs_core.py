@@ -48,9 +48,12 @@ def test_builtin_ids_registered():
 @pytest.mark.parametrize("env_id", list_envs())
 def test_check_env_passes_on_every_registered_env(env_id, tiny_jsonl):
     env = make(env_id, **_make_kwargs(env_id, tiny_jsonl))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env.unwrapped)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_env(env.unwrapped)
+    finally:
+        env.close()
     assert [str(w.message) for w in caught] == []
 
 

@@ -56,7 +56,10 @@ def _cmd_eval(args) -> dict:
         path = resolve_model_path(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp), path, {"model": path})
-        row = trainer.run_eval()
+        try:
+            row = trainer.run_eval()
+        finally:
+            trainer.close()
     return {"model": path, **row}
 
 

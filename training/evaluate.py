@@ -29,4 +29,5 @@ def summarize(trajectories, prefix: str = "eval_") -> dict[str, float]:
 
 def evaluate(runner, num_tasks: int, samples: int, sampling, seed: int, prefix: str = "eval_") -> dict[str, float]:
     trajectories, stats = runner.run(list(range(num_tasks)), samples, sampling, seed=seed, desc="eval")
-    return {**summarize(trajectories, prefix), f"{prefix}seconds": stats.wall_seconds}
+    env_metrics = {f"{prefix}{k}": v for k, v in runner.episode_metrics(trajectories).items()}
+    return {**summarize(trajectories, prefix), **env_metrics, f"{prefix}seconds": stats.wall_seconds}

@@ -137,7 +137,17 @@ class Trainer:
                  f"learn {row.get('time_learn', 0.0):.1f}s")
         return row
 
+    def close(self) -> None:
+        self.train_runner.close()
+        self.eval_runner.close()
+
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict:
         run = self.cfg.run
         if self.iteration == 0 and not self.evals.rows():
             self.run_eval()

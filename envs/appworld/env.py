@@ -15,7 +15,9 @@ import shutil
 import uuid
 from pathlib import Path
 
+
 from envs.appworld.client import AppWorldClient
+from envs.appworld.metrics import summarize
 from envs.appworld.server import AppWorldServer, AppWorldServerError
 from envs.appworld.setup import world_root
 from envs.base import TextEnv
@@ -57,6 +59,8 @@ class AppWorldEnv(TextEnv):
         if reward not in ("dense", "success"):
             raise ValueError(f"reward must be 'dense' (fraction of tests passed) or 'success', got {reward!r}")
         self.root = Path(root).expanduser() if root else world_root()
+        # The stand-in builder leaves this marker: results on that world are never AppWorld scores.
+        self.standin = (self.root / "data" / "standin_world.json").is_file()
         self.split, self.reward_type = split, reward
         self.task_ids = load_split(self.root, split, difficulty, denylist)
         if not self.task_ids:
@@ -158,6 +162,15 @@ class AppWorldEnv(TextEnv):
         self._open = None
         if not self.keep_outputs:
             shutil.rmtree(self.root / "experiments" / "outputs" / self.experiment, ignore_errors=True)
+
+    def episode_metrics(self, infos: list[dict]) -> dict[str, float]:
+        """TGC / SGC (percent), overall and per difficulty; `appworld_standin` = 1 marks stand-in results."""
+        summary = summarize(infos)
+        out = {"appworld_standin": float(self.standin)}
+        for group, values in summary.items():
+            prefix = "" if group == "aggregate" else f"{group}_"
+            out.update({f"{prefix}tgc": values["tgc"], f"{prefix}sgc": values["sgc"]})
+        return out
 
     def close(self) -> None:
         self._finish_world()
