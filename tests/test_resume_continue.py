@@ -95,3 +95,9 @@ def test_continue_on_a_second_suite(tmp_path, eprl_cache):
     # it started from the parent's weights, not the warm start
     assert Path(meta["model"]) == (parent / "checkpoints" / "iter_000002" / "model").resolve() or \
         Path(meta["model"]).resolve() == (parent / "checkpoints" / "iter_000002" / "model").resolve()
+    # `eprl eval` on the child run's checkpoint reports held-out success for its suite
+    proc = _run([sys.executable, "-m", "training", "eval", str(child), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
+                 "--set", "task.eval.num_tasks=2", "--set", "task.eval_samples=2", "--set", "run.progress=false"])
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["model"].endswith("iter_000002/model") and result["eval_tasks"] == 2.0
+    assert 0.0 <= result["eval_success"] <= 1.0 and "eval_pass@2" in result
