@@ -39,6 +39,7 @@ def child(args: argparse.Namespace) -> dict:
     import torch
     from torch import nn
 
+    from training.fused_loss import fused_token_objective
     from training.logprobs import token_logprobs_and_entropy
 
     torch.manual_seed(0)
@@ -56,33 +57,40 @@ def child(args: argparse.Namespace) -> dict:
         logp_all = torch.log_softmax(logits, -1)
         logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
         ent = -(logp_all.exp() * logp_all).sum(-1)
-        return logp, ent
+        return (logp * g_lp).sum() + (ent * g_ent).sum()
 
     ckpt_head = nn.Sequential(head)  # not a plain nn.Linear: forces the torch.utils.checkpoint path
 
-    def chunked():  # fused path (plain nn.Linear head)
-        return token_logprobs_and_entropy(hidden, head, targets, chunk_size=args.chunk)
+    def chunked():  # recompute-in-backward path for a plain nn.Linear head (_FusedLinearLogpEntropy)
+        logp, ent = token_logprobs_and_entropy(hidden, head, targets, chunk_size=args.chunk)
+        return (logp * g_lp).sum() + (ent * g_ent).sum()
 
     def checkpointed():
-        return token_logprobs_and_entropy(hidden, ckpt_head, targets, chunk_size=args.chunk)
+        logp, ent = token_logprobs_and_entropy(hidden, ckpt_head, targets, chunk_size=args.chunk)
+        return (logp * g_lp).sum() + (ent * g_ent).sum()
 
-    fn = {"naive": naive, "chunked": chunked, "checkpoint": checkpointed}[args.variant]
+    def fused():  # training/fused_loss.py: same objective, gradients formed in the forward (3 matmuls)
+        return fused_token_objective(hidden, head, targets, lambda lp, h, x: x["a"] * lp + x["b"] * h,
+                                     chunk_size=args.chunk, extra={"a": g_lp, "b": g_ent})[0]
+
+    fn = {"naive": naive, "chunked": chunked, "checkpoint": checkpointed, "fused": fused}[args.variant]
 
     def step() -> float:
         hidden.grad = None
         head.weight.grad.zero_()
         t0 = time.perf_counter()
-        logp, ent = fn()
-        ((logp * g_lp).sum() + (ent * g_ent).sum()).backward()
+        fn().backward()  # objective sum(g_lp * logp + g_ent * H): the same upstream gradients in every variant
         return time.perf_counter() - t0
 
+    load_start = os.getloadavg()
     base = _rss_kib()
     times = [step()]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     times += [step() for _ in range(args.reps - 1)]
     return {"variant": args.variant, "chunk_size": args.chunk if args.variant != "naive" else None,
             "peak_delta_mib": (peak - base) / 1024, "baseline_rss_mib": base / 1024,
-            "times_s": times, "median_s": statistics.median(times), "threads": torch.get_num_threads()}
+            "times_s": times, "median_s": statistics.median(times), "threads": torch.get_num_threads(),
+            "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
 
 
 def machine() -> dict:
@@ -95,15 +103,22 @@ def machine() -> dict:
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
+def _load(x) -> str:
+    return "/".join(f"{v:.2f}" for v in x)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--vocab", type=int, default=151_936)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--reps", type=int, default=1, help="1 keeps the default run near 3.5 min on 2 cores")
-    p.add_argument("--chunks", type=int, nargs="+", default=[256])
+    p.add_argument("--chunks", type=int, nargs="*", default=[256], help="chunk sizes of the recompute-in-backward path")
+    p.add_argument("--fused-chunks", type=int, nargs="*", default=[256], help="chunk sizes of training/fused_loss.py")
     p.add_argument("--checkpoint-chunks", type=int, nargs="*", default=[], help="also time the generic checkpoint path")
-    p.add_argument("--variant", choices=["naive", "chunked", "checkpoint"], help=argparse.SUPPRESS)
+    p.add_argument("--keep-previous", action="store_true",
+                   help="carry over rows of the previous results file for (variant, chunk) pairs not re-run, marked with their run")
+    p.add_argument("--variant", choices=["naive", "chunked", "checkpoint", "fused"], help=argparse.SUPPRESS)
     p.add_argument("--chunk", type=int, default=256, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:  # child process
@@ -111,19 +126,29 @@ def main() -> None:
         return
     common = ["--tokens", str(args.tokens), "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--reps", str(args.reps)]
     runs = []
-    variants = [("naive", 0)] + [("chunked", c) for c in args.chunks] + [("checkpoint", c) for c in args.checkpoint_chunks]
+    load_start, date = os.getloadavg(), datetime.datetime.now().isoformat(timespec="seconds")
+    variants = ([("naive", 0)] + [("fused", c) for c in args.fused_chunks] + [("chunked", c) for c in args.chunks]
+                + [("checkpoint", c) for c in args.checkpoint_chunks])
     for variant, chunk in variants:
         cmd = [sys.executable, __file__, *common, "--variant", variant, "--chunk", str(chunk)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
+        runs.append({**json.loads(out.strip().splitlines()[-1]), "run": date})
         print(f"{variant:10s} chunk={chunk:5d}  peak +{runs[-1]['peak_delta_mib']:9.1f} MiB  median {runs[-1]['median_s']:.2f} s", flush=True)
     naive = runs[0]
     for r in runs[1:]:
         r["mem_ratio_vs_naive"] = r["peak_delta_mib"] / naive["peak_delta_mib"]
         r["time_ratio_vs_naive"] = r["median_s"] / naive["median_s"]
         r["meets_goal"] = r["mem_ratio_vs_naive"] <= 1 / 8 and r["time_ratio_vs_naive"] <= 1.15
-    result = {"machine": machine(), "setup": {"tokens": args.tokens, "vocab": args.vocab, "hidden": args.hidden,
-                                              "reps": args.reps, "dtype": "float32"}, "runs": runs}
+    mach = {**machine(), "date": date, "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
+    prev_file = RESULTS / "logprob_memory.json"
+    if args.keep_previous and prev_file.is_file():
+        prev = json.loads(prev_file.read_text())
+        done = {(r["variant"], r["chunk_size"]) for r in runs}
+        for r in prev["runs"]:
+            if (r["variant"], r["chunk_size"]) not in done and r["variant"] != "naive":
+                runs.append({**r, "run": r.get("run", prev["machine"]["date"])})  # ratios vs that run's naive
+    result = {"machine": mach, "setup": {"tokens": args.tokens, "vocab": args.vocab, "hidden": args.hidden,
+                                         "reps": args.reps, "dtype": "float32"}, "runs": runs}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "logprob_memory.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "logprob_memory.md").write_text(markdown(result))
@@ -135,23 +160,35 @@ def markdown(res: dict) -> str:
              f"{s['tokens']} tokens, vocab {s['vocab']:,}, hidden {s['hidden']}, float32, forward + backward "
              f"(upstream gradients on log-probs and entropies); median of {s['reps']} repetitions.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['mem_total']} RAM, "
-             f"torch {m['torch']}, Python {m['python']}, {m['date']}.", "",
+             f"torch {m['torch']}, Python {m['python']}, {m['date']}."
+             + (f" Load average (1/5/15 min) {_load(m['loadavg_start'])} at the start, {_load(m['loadavg_end'])} at the end"
+                " (shared machine: other jobs ran at the same time)." if "loadavg_start" in m else ""), "",
              "Peak memory: ru_maxrss minus VmRSS just before the first step, in a fresh subprocess per variant; "
              "inputs, the lm_head weight and its gradient buffer are allocated before the baseline.", "",
-             "| variant | chunk | peak extra memory (MiB) | vs naive | median time (s) | vs naive | goal (<=1/8 mem, <=1.15x time) |",
-             "|---|---|---|---|---|---|---|"]
+             "| variant | chunk | peak extra memory (MiB) | vs naive | median time (s) | times (s) | vs naive | goal (<=1/8 mem, <=1.15x time) | run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         ratio_m = f"{r['mem_ratio_vs_naive']:.3f}" if "mem_ratio_vs_naive" in r else "1"
         ratio_t = f"{r['time_ratio_vs_naive']:.2f}x" if "time_ratio_vs_naive" in r else "1x"
         goal = ("met" if r["meets_goal"] else "not met") if "meets_goal" in r else "-"
         lines.append(f"| {r['variant']} | {r['chunk_size'] or '-'} | {r['peak_delta_mib']:.0f} | {ratio_m} | "
-                     f"{r['median_s']:.2f} | {ratio_t} | {goal} |")
-    lines += ["", "Why the time goal (<= 1.15x) is not reachable by chunking with recompute: the head matmul "
-              "(2 x tokens x hidden x vocab FLOPs, ~1.27 TFLOP here) dominates, naive runs it 3 times "
-              "(forward, grad-hidden, grad-weight) and any scheme that does not keep the logits must run "
-              "the forward one more time in backward: ~4/3 of the FLOPs. The fused path (plain nn.Linear "
-              "head) also avoids the per-chunk [vocab x hidden] weight-gradient buffers of "
-              "torch.utils.checkpoint, hence its lower memory."]
+                     f"{r['median_s']:.2f} | {', '.join(f'{t:.1f}' for t in r['times_s'])} | {ratio_t} | {goal} | "
+                     f"{r.get('run', m['date'])}{'' if r.get('run', m['date']) == m['date'] else ' (earlier run)'} |")
+    lines += ["", "Variants: `naive` = full float32 logits + log_softmax under autograd; `chunked` = "
+              "training/logprobs.py recompute-in-backward path for an nn.Linear head; `checkpoint` = the same under "
+              "torch.utils.checkpoint (any head); `fused` = training/fused_loss.py, objective "
+              "sum(g_lp * logp + g_ent * H) with the gradients formed per chunk in the forward. All variants "
+              "back-propagate the same objective (same upstream gradients g_lp, g_ent).", "",
+              "Why recompute cannot meet the time goal (<= 1.15x): the head matmul (2 x tokens x hidden x vocab "
+              "FLOPs, ~1.27 TFLOP here) dominates; naive runs it 3 times (forward, grad-hidden, grad-weight) and "
+              "recomputing the logits in backward adds a 4th: ~4/3 of the FLOPs. The fused path runs it 3 times, "
+              "like naive, and needs the objective to be token-separable (sum_t f_t(logp_t, H_t)), which the "
+              "per-token policy losses with token_mean / seq_mean_token_mean / seq_mean_token_sum_norm "
+              "aggregation are. The nn.Linear paths also avoid the per-chunk [vocab x hidden] weight-gradient "
+              "buffers of torch.utils.checkpoint, hence their lower memory.", "",
+              "Rows marked '(earlier run)' come from a different run of this script, with a different machine "
+              "load; their ratios are against that run's own naive row and their absolute times are not "
+              "directly comparable with the rows of the latest run."]
     return "\n".join(lines) + "\n"
 
 

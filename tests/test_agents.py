@@ -109,3 +109,23 @@ def test_no_prompt_or_observation_token_reaches_the_loss(tiny_model, tiny_tokeni
     masked = batch.action_mask == 0
     assert torch.count_nonzero(grad[masked]) == 0, "a prompt/observation position received gradient"
     assert torch.count_nonzero(grad[~masked]) == int((~masked).sum())
+
+
+def test_threaded_env_workers_give_identical_trajectories(tiny_model, tiny_tokenizer):
+    import envs
+    from agents.rollout import RolloutRunner
+    agent = ChatAgent(tiny_tokenizer)
+    engine = make_engine("hf", tiny_model, tiny_tokenizer, EngineConfig())
+    sampling = SamplingConfig(max_new_tokens=8)
+    results = []
+    for workers in (0, 3):
+        runner = RolloutRunner(lambda: envs.make("eprl/ArithmeticTool-v0", difficulty=1, max_turns=3), agent, engine,
+                               max_turns=3, max_context_tokens=400, progress=False, env_workers=workers)
+        torch.manual_seed(5)
+        trajs, stats = runner.run([3, 8], group_size=2, sampling=sampling, seed=11)
+        runner.close()
+        results.append([(t.token_ids, t.loss_mask, t.reward, t.termination, t.task_id) for t in trajs])
+        assert stats.episodes == 4 and stats.generated_tokens == sum(sum(t.loss_mask) for t in trajs)
+    assert results[0] == results[1]
+    assert [r[4] for r in results[0]][::2] == [r[4] for r in results[0]][1::2]  # groups share their task
+    assert len({r[4] for r in results[0]}) == 2

@@ -46,6 +46,7 @@ class AgentConfig(Strict):
     system_prompt: Optional[str] = Field(None, description="system message prepended to every episode (None: none)")
     max_turns: int = Field(6, gt=0, description="agent-side cap on turns per episode (the env may truncate earlier)")
     max_context_tokens: int = Field(1024, gt=0, description="episode stops (truncated) when the token sequence would exceed this")
+    env_workers: int = Field(0, ge=0, description="threads that reset/step envs concurrently (I/O-bound envs like AppWorld); 0 = main thread")
 
 
 class TaskSuite(Strict):

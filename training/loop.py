@@ -44,7 +44,7 @@ class Trainer:
         self.engine = make_engine(cfg.engine.type, self.model, self.tokenizer, cfg.engine)
         agent = make_agent(suite.agent.type, self.tokenizer, suite.agent.system_prompt)
         common = dict(max_turns=suite.agent.max_turns, max_context_tokens=suite.agent.max_context_tokens,
-                      progress=cfg.run.progress)
+                      progress=cfg.run.progress, env_workers=suite.agent.env_workers)
         self.train_runner = RolloutRunner(env_factory(suite, "train"), agent, self.engine, **common)
         self.eval_runner = RolloutRunner(env_factory(suite, "eval"), agent, self.engine, **common)
         self.num_train_tasks = suite.train.num_tasks or self.train_runner.make_env().unwrapped.num_tasks
