@@ -78,6 +78,14 @@ class ModelConfig(Strict):
 class EngineConfig(Strict):
     type: str = Field("hf", description="rollout engine by name: hf | vllm")
     batch_size: int = Field(64, ge=1, description="max sequences generated together")
+    gpu_memory_utilization: float = Field(0.15, gt=0, le=1, description="vllm: share of GPU memory for weights + KV cache (on CPU: share of RAM)")
+    max_model_len: Optional[int] = Field(None, gt=0, description="vllm: max prompt + generation tokens per sequence (None: the model's)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="vllm: weights/compute dtype (auto: the learner model's dtype)")
+    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs / torch.compile (faster start, slower decoding)")
+    launch_server: bool = Field(False, description="vllm: start a `vllm serve` on 127.0.0.1 and use it over HTTP instead of an in-process LLM")
+    server_urls: list[str] = Field(default_factory=list, description="vllm: URLs of running OpenAI-compatible vLLM servers (several = replicas, round-robin)")
+    server_timeout: float = Field(600.0, gt=0, description="vllm server: seconds to wait for /health at launch and for one request")
+    weights_dir: Optional[str] = Field(None, description="vllm: where synced weights are written (None: a temp dir); servers given by URL must see it")
 
 
 class EntropyControlConfig(Strict):

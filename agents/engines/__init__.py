@@ -22,5 +22,6 @@ def make_engine(name: str, model, tokenizer, cfg) -> Engine:
 
 
 from . import hf  # noqa: E402,F401  (registers "hf")
+from . import vllm  # noqa: E402,F401  (registers "vllm"; imports the vllm package only when built)
 
 __all__ = ["ENGINES", "Engine", "Generation", "SamplingError", "check_unbiased", "make_engine", "register_engine"]
