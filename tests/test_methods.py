@@ -58,3 +58,29 @@ def test_method_runs_and_logs_every_metric(method, tmp_path, eprl_cache):
         assert all("eps_high" in r for r in trained)
     assert trained[-1]["cumulative_entropy"] == pytest.approx(sum(r["entropy"] for r in trained))
     assert summary["eval_success_final"] is not None
+
+
+def test_controller_sees_the_pre_update_entropy_even_with_differentiable_entropy(tiny_model, tiny_tokenizer):
+    """repo_d / entropy bonus compute in-update entropy; the logged `entropy` (and the controller's H)
+    must still be the pre-update policy's, identical to what a method without that term logs."""
+    import torch
+    from agents.trajectory import Trajectory
+    from training.batch import collate
+    from training.config import LearnerConfig
+    from training.learner import Learner
+    torch.manual_seed(0)
+    ids = torch.randint(3, len(tiny_tokenizer), (4, 12)).tolist()
+    trajs = [Trajectory(t, [0] * 6 + [1] * 6, [0.0] * 12, [(6, 12)], float(k % 2), bool(k % 2), "t", 0, "terminated")
+             for k, t in enumerate(ids)]
+    batch = collate(trajs, tiny_tokenizer.pad_token_id)
+    logged = {}
+    for name, overrides in {"plain": {}, "bonus": {"entropy_coef": 0.5}, "repo_d": {}}.items():
+        model = type(tiny_model)(tiny_model.config)
+        model.load_state_dict(tiny_model.state_dict())
+        cfg = LearnerConfig(lr=0.05, epochs=2, minibatches=2, **overrides)
+        if name == "repo_d":
+            cfg.entropy_control.type = "repo_d"
+        logged[name] = Learner(model, cfg, temperature=1.0, max_len_norm=64).step(batch)
+    assert logged["bonus"]["entropy"] == pytest.approx(logged["plain"]["entropy"], abs=1e-6)
+    assert logged["repo_d"]["entropy"] == pytest.approx(logged["plain"]["entropy"], abs=1e-6)
+    assert logged["bonus"]["entropy_in_update"] != pytest.approx(logged["bonus"]["entropy"], abs=1e-6)

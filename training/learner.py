@@ -98,7 +98,10 @@ class Learner:
                     sums[key] = sums.get(key, 0.0) + float(value)
                 steps += 1
         self.model.eval()
-        metrics.update({k: v / steps for k, v in sums.items()})
+        # The iteration's entropy H is the pre-update policy's on this batch (what the controller targets);
+        # the loss's in-update entropy, when it computes one, is logged separately.
+        in_update = {("entropy_in_update" if k == "entropy" else k): v / steps for k, v in sums.items()}
+        metrics = {**in_update, **metrics}
         self.cumulative_entropy += metrics["entropy"]
         self.controller.update(metrics["entropy"])
         action_tokens = float(mask.sum())
