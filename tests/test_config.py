@@ -35,6 +35,10 @@ def test_overrides_reach_nested_fields_with_yaml_types():
     (["learner.entropy_control.type=magic"], "learner.entropy_control.type: Input should be"),
     (["task.group_size=many"], "task.group_size: Input should be a valid integer"),
     (["learner.lr"], "expected KEY=VALUE"),
+    (["learner.loss=ppo2"], "learner.loss: Value error, unknown policy loss 'ppo2'; registered: dapo, gspo, pg, ppo"),
+    (["learner.advantage=gae"], "learner.advantage: Value error, unknown advantage estimator 'gae'"),
+    (["engine.type=sglang"], "engine.type: Value error, unknown engine 'sglang'; registered: hf, vllm"),
+    (["task.agent.type=cot"], "task.agent.type: Value error, unknown agent type 'cot'"),
 ])
 def test_bad_values_name_the_field(overrides, message):
     with pytest.raises(ConfigError) as err:

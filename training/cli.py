@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     except (ConfigError, SamplingError, ModelLoadError, FileNotFoundError, FileExistsError) as err:
         print(f"eprl: error: {err}", file=sys.stderr)
         code = 2
-    except ValueError as err:  # unknown env id, bad env kwargs, unknown algorithm name
+    except ValueError as err:  # unknown env id or bad env kwargs (raised by the env itself)
         if type(err).__module__.startswith(("envs", "training", "agents")) or "unknown" in str(err):
             print(f"eprl: error: {err}", file=sys.stderr)
             code = 2

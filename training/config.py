@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -19,6 +19,12 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _registered(name: str, registry: dict, what: str) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(sorted(registry))}")
+    return name
 
 
 # ----------------------------------------------------------------------------- task suite
@@ -42,11 +48,17 @@ class SamplingConfig(Strict):
 
 
 class AgentConfig(Strict):
-    type: str = Field("chat", description="agent type by name (chat)")
+    type: str = Field("chat", description="agent type by name: chat | react")
     system_prompt: Optional[str] = Field(None, description="system message prepended to every episode (None: none)")
     max_turns: int = Field(6, gt=0, description="agent-side cap on turns per episode (the env may truncate earlier)")
     max_context_tokens: int = Field(1024, gt=0, description="episode stops (truncated) when the token sequence would exceed this")
     env_workers: int = Field(0, ge=0, description="threads that reset/step envs concurrently (I/O-bound envs like AppWorld); 0 = main thread")
+
+    @field_validator("type")
+    @classmethod
+    def _known_agent(cls, v: str) -> str:
+        from agents import AGENTS  # registries are imported lazily: they import this module
+        return _registered(v, AGENTS, "agent type")
 
 
 class TaskSuite(Strict):
@@ -77,6 +89,12 @@ class ModelConfig(Strict):
 
 class EngineConfig(Strict):
     type: str = Field("hf", description="rollout engine by name: hf | vllm")
+
+    @field_validator("type")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        from agents.engines import ENGINES
+        return _registered(v, ENGINES, "engine")
     batch_size: int = Field(64, ge=1, description="max sequences generated together")
     gpu_memory_utilization: float = Field(0.15, gt=0, le=1, description="vllm: share of GPU memory for weights + KV cache (on CPU: share of RAM)")
     max_model_len: Optional[int] = Field(None, gt=0, description="vllm: max prompt + generation tokens per sequence (None: the model's)")
@@ -130,6 +148,18 @@ class LearnerConfig(Strict):
     epochs: int = Field(1, ge=1, description="passes over each iteration's batch")
     minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
     chunk_size: int = Field(256, ge=1, description="sequence chunk for float32 log-prob/entropy (memory)")
+
+    @field_validator("advantage")
+    @classmethod
+    def _known_advantage(cls, v: str) -> str:
+        from .advantages import ADVANTAGE_ESTIMATORS
+        return _registered(v, ADVANTAGE_ESTIMATORS, "advantage estimator")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        from .losses import POLICY_LOSSES
+        return _registered(v, POLICY_LOSSES, "policy loss")
 
 
 class RunSection(Strict):
