@@ -6,7 +6,7 @@ One training run per method, one at a time, each in its own subprocess (`eprl tr
 tasks/default.yaml with no model given, so the cached warm-started tiny policy in $EPRL_CACHE,
 default /work/scratch/cache, is reused). Every run shares the COMMON overrides (seed, lr, epochs,
 minibatches, iterations, eval cadence, threads); only the METHODS overrides differ. The settings
-(lr 1e-3, 2 epochs x 2 minibatches) are deliberately aggressive so that GRPO's entropy falls
+(default lr 3e-4, 2 epochs x 2 minibatches; lr 1e-3 broke the tiny policy) are deliberately aggressive so that GRPO's entropy falls
 within a few dozen iterations on this tiny model.
 
 Run directories: /work/scratch/entropy_study/<method> (replaced on each run of that method).
