@@ -1,5 +1,4 @@
 """MathEnv episodes in every mode, generators, problem loading and the calculator."""
-import json
 import sys
 import types
 

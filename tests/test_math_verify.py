@@ -1,6 +1,5 @@
 """Answer extraction, math-verify decisions on real data, and the countdown checker."""
 import itertools
-import json
 import threading
 
 import pytest

@@ -97,7 +97,7 @@ def build_world(root: Path | None = None, venv: Path | None = None, force: bool 
     """Build the stand-in world at ROOT/data with the venv's python (about 30 s)."""
     root, venv = root or world_root(), venv or venv_dir()
     cmd = [venv_python(venv), BUILDER, "--root", root] + (["--force"] if force else [])
-    _run(cmd, "building the stand-in AppWorld world", f"see the error above; rebuild with `eprl appworld-setup --force-world`",
+    _run(cmd, "building the stand-in AppWorld world", "see the error above; rebuild with `eprl appworld-setup --force-world`",
          cwd=str(BUILDER.parent))
     return root
 
