@@ -163,7 +163,7 @@ class LearnerConfig(Strict):
 
 
 class RunSection(Strict):
-    iterations: int = Field(20, ge=0, description="training iterations")
+    iterations: int = Field(50, ge=0, description="training iterations")
     seed: int = Field(0, description="seed for tasks, sampling and init")
     out_dir: str = Field("runs", description="parent directory of run directories")
     name: Optional[str] = Field(None, description="run directory name (None: <suite>-<time>)")
