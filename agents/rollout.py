@@ -61,6 +61,11 @@ class RolloutRunner:
         with ThreadPoolExecutor(min(self.env_workers, len(items))) as pool:
             return list(pool.map(fn, items))
 
+    @property
+    def num_tasks(self) -> int | None:
+        """Size of the env's task set (None: procedural, unbounded)."""
+        return self._envs(1)[0].unwrapped.num_tasks
+
     def episode_metrics(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
         """The env's own evaluation metrics (e.g. AppWorld's TGC/SGC) over finished episodes."""
         infos = [{**t.info, "task_id": t.task_id, "success": t.success} for t in trajectories]

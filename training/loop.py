@@ -47,8 +47,8 @@ class Trainer:
                       progress=cfg.run.progress, env_workers=suite.agent.env_workers)
         self.train_runner = RolloutRunner(env_factory(suite, "train"), agent, self.engine, **common)
         self.eval_runner = RolloutRunner(env_factory(suite, "eval"), agent, self.engine, **common)
-        self.num_train_tasks = suite.train.num_tasks or self.train_runner.make_env().unwrapped.num_tasks
-        self.num_eval_tasks = suite.eval.num_tasks or self.eval_runner.make_env().unwrapped.num_tasks
+        self.num_train_tasks = suite.train.num_tasks or self.train_runner.num_tasks
+        self.num_eval_tasks = suite.eval.num_tasks or self.eval_runner.num_tasks
         if self.num_eval_tasks is None:
             raise ValueError("task.eval.num_tasks must be set for a procedural environment (it has no fixed size)")
         self.learner = Learner(self.model, cfg.learner, temperature=suite.sampling.temperature,
@@ -157,7 +157,8 @@ class Trainer:
                 self.run_eval()
             if self.iteration % run.checkpoint_every == 0 or self.iteration == run.iterations:
                 self.checkpoint()
-        final_eval = self.evals.rows()[-1] if self.evals.rows() and self.evals.rows()[-1]["iteration"] == self.iteration else self.run_eval()
+        done = self.evals.rows()
+        final_eval = done[-1] if done and done[-1]["iteration"] == self.iteration else self.run_eval()
         return self.summarize(final_eval)
 
     def summarize(self, final_eval: dict) -> dict:
