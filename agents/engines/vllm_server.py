@@ -17,6 +17,14 @@ POST /collective_rpc {"method": "eprl_reload_weights", "kwargs": {"weights_path"
 extension, see vllm.py; servers we did not launch without it get plain "reload_weights") then
 POST /reset_prefix_cache. A launched server is restarted if that fails; a server given by URL must run
 with VLLM_SERVER_DEV_MODE=1 and see `weights_dir` on its filesystem, otherwise sync raises.
+
+LoRA: the server serves the base weights and is launched with `--enable-lora --max-lora-rank R
+--max-loras 1` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (which adds the adapter endpoints). Each
+synced adapter version is loaded with POST /v1/load_lora_adapter {"lora_name": "eprl-v{n}",
+"lora_path": dir} (vLLM loads it eagerly, under a fresh int id), the previous one is removed with
+POST /v1/unload_lora_adapter {"lora_name": ...}, and completions ask for "model": "eprl-v{n}".
+A server given by URL must have been started with those flags and that variable, and see
+`weights_dir`; otherwise loading fails with an error saying so.
 """
 from __future__ import annotations
 
@@ -33,7 +41,7 @@ from pathlib import Path
 import httpx
 
 from .base import Generation
-from .vllm import WORKER_EXTENSION, to_generation
+from .vllm import WORKER_EXTENSION, Adapter, to_generation
 
 log = logging.getLogger("eprl.engines.vllm")
 MODEL_NAME = "eprl-policy"
@@ -51,7 +59,7 @@ def free_port() -> int:
 class LaunchedServer:
     """A vLLM OpenAI-compatible server subprocess we own."""
 
-    def __init__(self, model_dir: Path, cfg, dtype: str, seed: int):
+    def __init__(self, model_dir: Path, cfg, dtype: str, seed: int, max_lora_rank: int | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(model_dir).parent / f"server-{self.port}.log"
@@ -65,6 +73,9 @@ class LaunchedServer:
         if cfg.enforce_eager:
             cmd += ["--enforce-eager"]
         env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
+        if max_lora_rank:
+            cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "1"]
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         self._log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
@@ -113,25 +124,28 @@ class LaunchedServer:
 class ServerBackend:
     """Round-robin /v1/completions client over one launched server or the given URLs."""
 
-    def __init__(self, model_dir: Path, cfg, dtype: str, seed: int):
-        self.cfg, self.dtype, self.seed = cfg, dtype, seed
+    def __init__(self, model_dir: Path, cfg, dtype: str, seed: int, max_lora_rank: int | None = None,
+                 adapter: Adapter | None = None):
+        self.cfg, self.dtype, self.seed, self.max_lora_rank = cfg, dtype, seed, max_lora_rank
         self.server: LaunchedServer | None = None
         if cfg.server_urls:
             self.urls = [u.rstrip("/") for u in cfg.server_urls]
         else:
-            self.server = LaunchedServer(model_dir, cfg, dtype, seed)
+            self.server = LaunchedServer(model_dir, cfg, dtype, seed, max_lora_rank)
             self.urls = [self.server.url]
         self.client = httpx.Client(timeout=cfg.server_timeout)
         self.models = [self._model_name(u) for u in self.urls]
         self._next = 0
+        if adapter is not None:
+            self.switch_adapter(adapter, None)
 
     def _model_name(self, url: str) -> str:
         resp = self.client.get(f"{url}/v1/models")
         resp.raise_for_status()
         return resp.json()["data"][0]["id"]
 
-    def _complete(self, replica: int, prompts: list[list[int]], fields: dict) -> list[Generation]:
-        body = dict(fields, model=self.models[replica], prompt=prompts, return_tokens_as_token_ids=True,
+    def _complete(self, replica: int, prompts: list[list[int]], fields: dict, model: str | None) -> list[Generation]:
+        body = dict(fields, model=model or self.models[replica], prompt=prompts, return_tokens_as_token_ids=True,
                     return_token_ids=True, stream=False)
         resp = self.client.post(f"{self.urls[replica]}/v1/completions", json=body)
         if resp.status_code != 200:
@@ -147,7 +161,8 @@ class ServerBackend:
             raise RuntimeError(f"vllm server: token_ids {choice['token_ids']} differ from logprob tokens {ids}")
         return to_generation(ids, lp.get("token_logprobs", []), choice.get("finish_reason"))
 
-    def generate(self, prompts, fields: dict) -> list[Generation]:
+    def generate(self, prompts, fields: dict, adapter: Adapter | None = None) -> list[Generation]:
+        model = adapter.name if adapter is not None else None
         n = len(self.urls)
         start, self._next = self._next, (self._next + len(prompts)) % n
         shares: list[list[int]] = [[] for _ in range(n)]       # prompt indices per replica
@@ -155,7 +170,7 @@ class ServerBackend:
             shares[(start + i) % n].append(i)
         jobs = [(r, idx) for r, idx in enumerate(shares) if idx]
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            futures = [pool.submit(self._complete, r, [[int(t) for t in prompts[i]] for i in idx], fields)
+            futures = [pool.submit(self._complete, r, [[int(t) for t in prompts[i]] for i in idx], fields, model)
                        for r, idx in jobs]
             out: list[Generation | None] = [None] * len(prompts)
             for (_, idx), fut in zip(jobs, futures):
@@ -191,6 +206,40 @@ class ServerBackend:
                 self.server = LaunchedServer(path, self.cfg, self.dtype, self.seed)
                 self.urls = [self.server.url]
                 self.models = [self._model_name(self.server.url)]
+
+    # ------------------------------------------------------------------ LoRA
+    def _load_adapter(self, url: str, adapter: Adapter) -> None:
+        try:
+            resp = self._post(f"{url}/v1/load_lora_adapter", {"lora_name": adapter.name, "lora_path": str(adapter.path)})
+        except httpx.HTTPError as err:
+            raise RuntimeError(f"vllm engine: cannot reach {url} to load LoRA adapter {adapter.name} ({err})") from err
+        if resp.status_code == 200:
+            return
+        hint = ("" if self.server is not None else
+                f" A server given by URL must run with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and `--enable-lora "
+                f"--max-lora-rank {self.max_lora_rank} --max-loras 1` (or a larger rank / more LoRAs), and see "
+                f"engine.weights_dir ({adapter.path.parent}) on its filesystem.")
+        what = "no /v1/load_lora_adapter endpoint" if resp.status_code in (404, 405) and "lora" not in resp.text.lower() \
+            else f"{resp.status_code}: {resp.text[:300]}"
+        raise RuntimeError(f"vllm engine: loading LoRA adapter {adapter.name} from {adapter.path} on {url} failed "
+                           f"({what}).{hint}")
+
+    def _unload_adapter(self, url: str, adapter: Adapter) -> None:
+        try:
+            resp = self._post(f"{url}/v1/unload_lora_adapter", {"lora_name": adapter.name})
+            if resp.status_code != 200:
+                log.warning("vllm engine: unloading LoRA adapter %s on %s answered %d: %s",
+                            adapter.name, url, resp.status_code, resp.text[:200])
+        except httpx.HTTPError as err:
+            log.warning("vllm engine: unloading LoRA adapter %s on %s failed: %s", adapter.name, url, err)
+
+    def switch_adapter(self, new: Adapter, old: Adapter | None) -> None:
+        """Load `new` on every replica (requests name it from now on), then unload `old`."""
+        for url in self.urls:
+            self._load_adapter(url, new)
+        if old is not None:
+            for url in self.urls:
+                self._unload_adapter(url, old)
 
     def close(self) -> None:
         self.client.close()
