@@ -26,6 +26,9 @@ class PolicyBatch:
     def select(self, rows: torch.Tensor) -> "PolicyBatch":
         return PolicyBatch(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
 
+    def to(self, device) -> "PolicyBatch":
+        return PolicyBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
 
 def collate(trajectories: Sequence[Trajectory], pad_id: int) -> PolicyBatch:
     width = max(len(t.token_ids) for t in trajectories)

@@ -82,18 +82,25 @@ def run(argv=None) -> int:
         for path in plot_runs(args.runs, args.out):
             print(path)
         return 0
-    from . import loop
-    if args.command == "train" and args.resume:
-        summary = loop.resume(args.resume, iterations=args.iterations)
-    elif args.command == "train":
-        summary = loop.train(load_run_config(args.task, args.config, args.overrides))
-    elif args.command == "continue":
-        if not args.task:
-            raise ConfigError("continue: --task is required (the new domain's task suite)")
-        summary = loop.continue_from(args.checkpoint, load_run_config(args.task, args.config, args.overrides))
-    else:
-        summary = _cmd_eval(args)
-    print(json.dumps(summary, indent=2))
+    from . import distributed, loop
+    if args.command == "eval":
+        print(json.dumps(_cmd_eval(args), indent=2))
+        return 0
+    distributed.init_distributed()  # under torchrun: one process per rank (no-op otherwise)
+    main = distributed.is_main()
+    try:
+        if args.command == "train" and args.resume:
+            summary = loop.resume(args.resume, iterations=args.iterations)
+        elif args.command == "train":
+            summary = loop.train(load_run_config(args.task, args.config, args.overrides))
+        else:
+            if not args.task:
+                raise ConfigError("continue: --task is required (the new domain's task suite)")
+            summary = loop.continue_from(args.checkpoint, load_run_config(args.task, args.config, args.overrides))
+    finally:
+        distributed.close_distributed()
+    if main:  # the other ranks' summary is empty
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -147,6 +147,7 @@ class LearnerConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     epochs: int = Field(1, ge=1, description="passes over each iteration's batch")
     minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
+    micro_batch_tokens: Optional[int] = Field(None, ge=1, description="gradient accumulation: split each minibatch (each rank's share under torchrun) into micro-batches of at most this many padded tokens (None: one pass)")
     chunk_size: int = Field(256, ge=1, description="sequence chunk for float32 log-prob/entropy (memory)")
 
     @field_validator("advantage")

@@ -6,8 +6,13 @@ REPO changes the advantage, A' = A - beta * L; ADAPO moves the upper clip bound 
 Both are steered once per iteration toward a target entropy H*.
 
 Registry by name: CONTROLLERS["repo_r"] is a class; `make_controller(cfg)` builds one.
-Every controller has `shape_advantages`, `eps_high`, `update`, `metrics`, `state_dict`,
-`load_state_dict` and the attribute `needs_entropy`.
+Every controller has `shape_advantages`, `shaping_stats`, `eps_high`, `update`, `metrics`,
+`state_dict`, `load_state_dict` and the attributes `needs_entropy`, `minibatch_stats`.
+
+A controller whose shaping uses a statistic of the whole minibatch (`minibatch_stats`, REPO-D's c)
+exposes its additive parts as `shaping_stats(...)`: the learner sums them over micro-batches and
+ranks and passes the total as `shape_advantages(..., stats=total)`, so that shaping a part of the
+minibatch gives the same advantages as shaping all of it at once.
 """
 from __future__ import annotations
 
@@ -43,14 +48,20 @@ class EntropyController:
     Afterwards, if adaptive and |H - H*| > tolerance, `_step(entropy_low = H < H*)`.
     """
     needs_entropy: bool = False
+    minibatch_stats: bool = False  # shaping needs sums over the whole minibatch (shaping_stats)
 
     def __init__(self, cfg: LearnerConfig):
         self.cfg = cfg
         self.ec = cfg.entropy_control
         self.target_entropy: Optional[float] = self.ec.target_entropy
 
-    def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor) -> Tensor:
+    def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor,
+                         stats: Optional[Tensor] = None) -> Tensor:
         return adv
+
+    def shaping_stats(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor) -> Optional[Tensor]:
+        """Additive minibatch statistics the shaping needs (None: it needs none)."""
+        return None
 
     def eps_high(self, default: float) -> float:
         return default
@@ -134,7 +145,8 @@ class RepoR(_ZetaController):
     """
     defaults = (1e-3, 1e-4, 0.05)
 
-    def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor) -> Tensor:
+    def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor,
+                         stats: Optional[Tensor] = None) -> Tensor:
         m = mask > 0
         adv32 = adv.to(torch.float32)
         lp = torch.where(m, logp.detach().to(torch.float32), torch.zeros_like(adv32)).clamp_min(self.ec.logp_floor)
@@ -151,23 +163,37 @@ class RepoD(_ZetaController):
         c  = sum(pi * A * L) / sum(pi * L^2)      (the beta that cancels Theorem 1's drop)
         A' = A - zeta * c * L
     c = 0 when the denominator is zero (e.g. every token deterministic).
+    The two sums are `shaping_stats`; a caller holding only part of the minibatch passes their
+    totals over the whole minibatch as `stats`.
     """
     defaults = (1.0, 1e-3, 10.0)
     needs_entropy = True
+    minibatch_stats = True
 
-    def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor) -> Tensor:
+    @staticmethod
+    def _terms(adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor):
+        """(mask, A, L, pi) in float32 (float64 inputs stay float64), zero outside action tokens."""
         if entropy is None:
             raise ValueError("repo_d needs the exact entropy (controller.needs_entropy is True)")
         m = mask > 0
-        zero = torch.zeros_like(adv, dtype=torch.float32)
-        adv32 = adv.to(torch.float32)
-        lp = torch.where(m, logp.detach().to(torch.float32), zero)
-        L = torch.where(m, lp + entropy.detach().to(torch.float32), zero)
-        a = torch.where(m, adv32, zero)
-        pi = torch.where(m, torch.exp(lp), zero)
-        num, den = (pi * a * L).sum(), (pi * L * L).sum()
-        c = num / den if float(den) > 1e-12 else torch.zeros((), dtype=torch.float32)
+        dt = torch.promote_types(logp.dtype, torch.float32)
+        zero = torch.zeros_like(adv, dtype=dt)
+        lp = torch.where(m, logp.detach().to(dt), zero)
+        L = torch.where(m, lp + entropy.detach().to(dt), zero)
+        return m, torch.where(m, adv.to(dt), zero), L, torch.where(m, torch.exp(lp), zero)
+
+    def shaping_stats(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor) -> Tensor:
+        """[sum(pi * A * L), sum(pi * L^2)] over these action tokens (float32, or float64 inputs' float64)."""
+        _, a, L, pi = self._terms(adv, logp, entropy, mask)
+        return torch.stack([(pi * a * L).sum(), (pi * L * L).sum()])
+
+    def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor,
+                         stats: Optional[Tensor] = None) -> Tensor:
+        m, _, L, _ = self._terms(adv, logp, entropy, mask)
+        num, den = self.shaping_stats(adv, logp, entropy, mask) if stats is None else stats
+        c = num / den if float(den) > 1e-12 else torch.zeros((), dtype=L.dtype)
         self.last_c = float(c)
+        adv32 = adv.to(L.dtype)
         return torch.where(m, adv32 - self.zeta * c * L, adv32)
 
     def metrics(self) -> dict[str, float]:

@@ -5,22 +5,59 @@
     loss = policy_loss(logp, logp_old, A', mask)     (pg | ppo | dapo | gspo, by name)
 then, once per iteration, the entropy controller moves zeta / eps_high toward the target entropy.
 Every log-prob, ratio and entropy is float32; the model may compute in bf16/fp16 under autocast.
+
+Each minibatch is one optimizer step; its rows may be cut into micro-batches by token budget
+(`micro_batch_tokens`) and, under torchrun, shared out over ranks (training/microbatch.py, FSDP2
+in training/distributed.py). Gradients are accumulated over the parts, and every part's loss is
+divided by the *whole minibatch's* normalizers (losses.AggNorm; REPO-D's c from sums over the
+whole minibatch), so the update equals the single-pass, single-process one up to float rounding.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 
 import torch
 
+from . import distributed
 from .advantages import compute_advantages, overlong_penalty
 from .batch import PolicyBatch
 from .config import LearnerConfig
 from .entropy_control import make_controller
 from .logprobs import model_logprobs
-from .losses import LossInputs, compute_policy_loss
+from .losses import AggNorm, LossInputs, compute_policy_loss
+from .microbatch import MicroBatch, plan
 from .numerics import DTYPES, entropy_stats, make_grad_scaler, mismatch_stats
+
+
+class _PartMetrics:
+    """One minibatch's loss metrics from its parts (micro-batches, ranks). loss and pg_loss are
+    summed: with the minibatch's normalizers the parts add up to the minibatch's value. ratio_max
+    is the max. The others are means weighted by the part's action tokens (exact for token means;
+    for gspo's sequence-level clip fractions an approximation). Our choice, not the paper's."""
+    SUMMED = ("loss", "pg_loss")
+
+    def __init__(self):
+        self.parts: list[tuple[dict[str, float], float, bool]] = []
+
+    def add(self, metrics: dict[str, float], weight: float, dummy: bool) -> None:
+        self.parts.append((metrics, weight, dummy))
+
+    def result(self) -> dict[str, float]:
+        if len(self.parts) == 1 and not distributed.active():
+            return dict(self.parts[0][0])  # one pass: the values as computed
+        keys = sorted(self.parts[0][0])
+        real = [(m, w) for m, w, dummy in self.parts if not dummy]  # dummies (training/microbatch.py) count for nothing
+        sums = [sum(m[k] if k in self.SUMMED else m[k] * w for m, w in real) for k in keys] + [sum(w for _, w in real)]
+        sums = distributed.all_reduce_(torch.tensor(sums, dtype=torch.float64)).tolist()
+        top = distributed.all_reduce_(torch.tensor([max((m["ratio_max"] for m, _ in real), default=-math.inf)],
+                                                   dtype=torch.float64), op="max").item()
+        weight = sums[-1]
+        out = {k: v if k in self.SUMMED else (v / weight if weight > 0 else 0.0) for k, v in zip(keys, sums)}
+        out["ratio_max"] = top if top > -math.inf else 1.0
+        return out
 
 
 class Learner:
@@ -28,11 +65,17 @@ class Learner:
         self.model, self.cfg = model, cfg
         self.temperature, self.max_len_norm = temperature, max_len_norm
         self.dtype = DTYPES[dtype]
+        # The reference is copied before sharding: FSDP modules cannot be deep-copied.
+        self.reference = self._frozen_copy(model) if cfg.kl_coef > 0 else None
+        if distributed.active():  # under torchrun: shard in place (the caller's `model` is now FSDP)
+            distributed.shard_model(model, dtype)
+            if self.reference is not None:
+                distributed.shard_model(self.reference, dtype)
+        self.device = distributed.device()
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
-        self.scaler = make_grad_scaler(dtype)
+        self.scaler = make_grad_scaler(dtype, sharded=distributed.active())
         self.controller = make_controller(cfg)
-        self.reference = self._frozen_copy(model) if cfg.kl_coef > 0 else None
         self.cumulative_entropy = 0.0
 
     @staticmethod
@@ -52,6 +95,37 @@ class Learner:
             return model_logprobs(model, batch.input_ids, batch.attention_mask, temperature=self.temperature,
                                   chunk_size=self.cfg.chunk_size, with_entropy=with_entropy)
 
+    @torch.no_grad()
+    def _full_logprobs(self, model, batch: PolicyBatch, lengths: torch.Tensor, with_entropy: bool):
+        """(logp, entropy | None) [B, T-1] of the whole batch, in micro-batches. Under torchrun each
+        rank computes its rows into zeros and the ranks sum: every row comes from exactly one rank."""
+        logp = ent = None
+        for mb in plan(torch.arange(len(batch)), lengths, self.cfg.micro_batch_tokens):
+            lp, en = self._logprobs(model, mb.take(batch), with_entropy)
+            if logp is None:
+                logp = lp.new_zeros(batch.action_mask.shape)
+                ent = lp.new_zeros(batch.action_mask.shape) if with_entropy else None
+            if not mb.dummy:
+                logp[mb.rows, :mb.width - 1] = lp
+                if with_entropy:
+                    ent[mb.rows, :mb.width - 1] = en
+        distributed.reshard(model)
+        distributed.all_reduce_(logp)
+        return logp, (distributed.all_reduce_(ent) if with_entropy else None)
+
+    @torch.no_grad()
+    def _shaping_stats(self, batch: PolicyBatch, mbs: list[MicroBatch], seq_adv: torch.Tensor) -> torch.Tensor:
+        """The controller's minibatch sums (REPO-D) under the current policy: a no-grad pass over
+        this rank's micro-batches, summed over ranks."""
+        total = None
+        for mb in mbs:
+            sub = mb.take(batch)
+            logp, ent = self._logprobs(self.model, sub, with_entropy=True)
+            part = self.controller.shaping_stats(seq_adv[mb.rows, None] * sub.action_mask, logp, ent, sub.action_mask)
+            total = part if total is None else total + part
+        distributed.reshard(self.model)
+        return distributed.all_reduce_(total)
+
     def advantages(self, batch: PolicyBatch) -> torch.Tensor:
         rewards = batch.rewards
         if self.cfg.overlong_buffer:
@@ -61,40 +135,26 @@ class Learner:
         return compute_advantages(self.cfg.advantage, rewards, batch.group_ids, self.cfg)
 
     def step(self, batch: PolicyBatch) -> dict[str, float]:
-        """One iteration's update; returns its metrics."""
+        """One iteration's update; returns its metrics. Under torchrun every rank calls it with the same batch."""
         t0 = time.perf_counter()
-        cfg, mask = self.cfg, batch.action_mask
+        cfg = self.cfg
+        batch = batch.to(self.device)
+        mask, lengths = batch.action_mask, batch.attention_mask.sum(1)
         seq_adv = self.advantages(batch)
-        with torch.no_grad():
-            self.model.eval()
-            old_logp, entropy = self._logprobs(self.model, batch, with_entropy=True)
-            ref_logp = self._logprobs(self.reference, batch, with_entropy=False)[0] if self.reference is not None else None
+        self.model.eval()
+        old_logp, entropy = self._full_logprobs(self.model, batch, lengths, with_entropy=True)
+        ref_logp = self._full_logprobs(self.reference, batch, lengths, False)[0] if self.reference is not None else None
         metrics = {**entropy_stats(entropy, old_logp, mask), **mismatch_stats(old_logp, batch.inference_logp, mask)}
         if cfg.old_logprobs == "inference":
             old_logp = batch.inference_logp
-        needs_entropy_grad = self.controller.needs_entropy or cfg.entropy_coef != 0
         self.model.train()
         sums: dict[str, float] = {}
         steps = 0
         for _ in range(cfg.epochs):
-            for rows in torch.randperm(len(batch)).chunk(cfg.minibatches):
-                mb = batch.select(rows)
-                logp, mb_entropy = self._logprobs(self.model, mb, with_entropy=needs_entropy_grad)
-                adv_tok = seq_adv[rows, None] * mb.action_mask
-                adv_tok = self.controller.shape_advantages(
-                    adv_tok, logp.detach(), mb_entropy.detach() if mb_entropy is not None else entropy[rows], mb.action_mask)
-                inputs = LossInputs(logp=logp, old_logp=old_logp[rows], advantages=adv_tok, mask=mb.action_mask,
-                                    entropy=mb_entropy, ref_logp=None if ref_logp is None else ref_logp[rows],
-                                    inference_logp=mb.inference_logp)
-                loss, loss_metrics = compute_policy_loss(cfg, inputs, eps_high=self.controller.eps_high(cfg.eps_high),
-                                                         max_len_norm=self.max_len_norm)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                for key, value in {**loss_metrics, "loss": loss.item(), "grad_norm": float(grad_norm)}.items():
+            perm = distributed.broadcast_(torch.randperm(len(batch)))  # rank 0's order on every rank
+            for rows in perm.chunk(cfg.minibatches):
+                step_metrics = self._minibatch_step(batch, rows, lengths, seq_adv, old_logp, entropy, ref_logp)
+                for key, value in step_metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
                 steps += 1
         self.model.eval()
@@ -112,12 +172,47 @@ class Learner:
                        action_tokens=action_tokens)
         return metrics
 
+    def _minibatch_step(self, batch, rows, lengths, seq_adv, old_logp, entropy, ref_logp) -> dict[str, float]:
+        """One optimizer step on the minibatch `rows`: this rank's micro-batches, gradients accumulated."""
+        cfg, ctl = self.cfg, self.controller
+        mbs = plan(rows, lengths, cfg.micro_batch_tokens)
+        norm = AggNorm.of(batch.action_mask[rows])
+        eps_high = ctl.eps_high(cfg.eps_high)
+        needs_entropy_grad = ctl.needs_entropy or cfg.entropy_coef != 0
+        # REPO-D's c is a minibatch statistic: over several parts, from a no-grad pass first.
+        stats = self._shaping_stats(batch, mbs, seq_adv) if ctl.minibatch_stats and len(mbs) > 1 else None
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = _PartMetrics()
+        for mb in mbs:
+            sub = mb.take(batch)
+            logp, mb_entropy = self._logprobs(self.model, sub, with_entropy=needs_entropy_grad)
+            ent = mb_entropy.detach() if mb_entropy is not None else mb.cut(entropy)
+            adv_tok = seq_adv[mb.rows, None] * sub.action_mask
+            if ctl.minibatch_stats and len(mbs) == 1 and distributed.active():  # one part per rank: sum the ranks'
+                stats = distributed.all_reduce_(ctl.shaping_stats(adv_tok, logp.detach(), ent, sub.action_mask))
+            adv_tok = ctl.shape_advantages(adv_tok, logp.detach(), ent, sub.action_mask, stats=stats)
+            inputs = LossInputs(logp=logp, old_logp=mb.cut(old_logp), advantages=adv_tok, mask=sub.action_mask,
+                                entropy=mb_entropy, ref_logp=mb.cut(ref_logp), inference_logp=sub.inference_logp)
+            loss, loss_metrics = compute_policy_loss(cfg, inputs, eps_high=eps_high, max_len_norm=self.max_len_norm,
+                                                     norm=norm)
+            self.scaler.scale(loss).backward()
+            parts.add(loss_metrics, float(sub.action_mask.sum()), mb.dummy)
+        self.scaler.unscale_(self.optimizer)
+        # Under FSDP the gradients are DTensors: clip_grad_norm_ computes the global norm over all shards.
+        grad_norm = distributed.local_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {**parts.result(), "grad_norm": grad_norm}
+
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "controller": self.controller.state_dict(), "cumulative_entropy": self.cumulative_entropy}
+        """Collective under torchrun (the optimizer state is gathered whole, keyed by parameter name)."""
+        return {"optimizer": distributed.full_optimizer_state(self.model, self.optimizer),
+                "scaler": self.scaler.state_dict(), "controller": self.controller.state_dict(),
+                "cumulative_entropy": self.cumulative_entropy}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        """From a checkpoint of any world size; every rank passes the full state."""
+        distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.controller.load_state_dict(state["controller"])
         self.cumulative_entropy = state["cumulative_entropy"]

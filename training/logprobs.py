@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from . import distributed
+
 
 def _chunk_logp_entropy(lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float,
                         with_entropy: bool) -> tuple[Tensor, Optional[Tensor]]:
@@ -155,6 +157,32 @@ def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return backbone, head
 
 
+def _hidden_of(out) -> Tensor:
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _last_hidden(model: nn.Module, backbone: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
+    """The backbone's last hidden states [B,T,H].
+
+    Under FSDP2 (training/distributed.py) it is the root module's forward hooks that all-gather the
+    root's parameters (embeddings, final norm, lm_head) and schedule their gradient reduction;
+    calling the backbone directly would skip them. So a sharded model runs its own forward, with
+    logits for the last position only (`logits_to_keep=1`, negligible), and the backbone's output
+    is captured on the way. FSDP2 keeps the root unsharded after forward (backward needs it at
+    once), so the chunked head below then reads the full lm_head weight, and its gradient lands
+    in the unsharded parameter that FSDP reduces after backward.
+    """
+    if not distributed.is_sharded(model):
+        return _hidden_of(backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False))
+    captured: list[Tensor] = []
+    handle = backbone.register_forward_hook(lambda _m, _args, out: captured.append(_hidden_of(out)))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
 def model_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor] = None, *,
                    temperature: float = 1.0, chunk_size: int = 256,
                    with_entropy: bool = True) -> tuple[Tensor, Optional[Tensor]]:
@@ -164,7 +192,6 @@ def model_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Optional
     next-token distribution, with logits divided by `temperature` (same as the sampler).
     """
     backbone, head = causal_lm_parts(model)
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    hidden = _last_hidden(model, backbone, input_ids, attention_mask)
     return token_logprobs_and_entropy(hidden[:, :-1], head, input_ids[:, 1:], temperature=temperature,
                                       chunk_size=chunk_size, with_entropy=with_entropy)

@@ -3,9 +3,16 @@
 Three entry points share it: a new run, `resume` (same run, bit-exact continuation from the
 latest checkpoint) and `continue` (new run on a new task suite from a checkpoint's weights,
 fresh optimizer and iteration counter, entropy target kept, parent recorded).
+
+Under torchrun (training/distributed.py) rank 0 alone runs rollouts, evaluation, logging and
+checkpoint writing; it broadcasts each iteration's collated batch and every rank takes part in
+the sharded update. Rank 0's engine samples from a plain full copy of the policy, refreshed from
+the gathered weights after every update: one more model copy in rank 0's CPU memory and one
+all-gather of the weights per iteration.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -16,6 +23,7 @@ import torch
 from agents import make_agent
 from agents.engines import make_engine
 from agents.rollout import RolloutRunner
+from . import distributed
 from .advantages import informative_groups
 from .batch import collate
 from .checkpoint import atomic_write_text, latest_checkpoint, load_trainer_state, resolve_checkpoint, save_checkpoint, set_rng_state
@@ -40,17 +48,23 @@ class Trainer:
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         suite = cfg.task
+        self.main = distributed.is_main()
         self.model, self.tokenizer = load_policy(model_path, cfg)
-        self.engine = make_engine(cfg.engine.type, self.model, self.tokenizer, cfg.engine)
-        agent = make_agent(suite.agent.type, self.tokenizer, suite.agent.system_prompt)
-        common = dict(max_turns=suite.agent.max_turns, max_context_tokens=suite.agent.max_context_tokens,
-                      progress=cfg.run.progress, env_workers=suite.agent.env_workers)
-        self.train_runner = RolloutRunner(env_factory(suite, "train"), agent, self.engine, **common)
-        self.eval_runner = RolloutRunner(env_factory(suite, "eval"), agent, self.engine, **common)
-        self.num_train_tasks = suite.train.num_tasks or self.train_runner.num_tasks
-        self.num_eval_tasks = suite.eval.num_tasks or self.eval_runner.num_tasks
-        if self.num_eval_tasks is None:
-            raise ValueError("task.eval.num_tasks must be set for a procedural environment (it has no fixed size)")
+        # rollout_model: what the engine samples from and checkpoints are written from (rank 0 only).
+        self.rollout_model = self.model
+        if distributed.active():  # the learner shards self.model below; rank 0 keeps a plain copy
+            self.rollout_model = copy.deepcopy(self.model) if self.main else None
+        if self.main:
+            self.engine = make_engine(cfg.engine.type, self.rollout_model, self.tokenizer, cfg.engine)
+            agent = make_agent(suite.agent.type, self.tokenizer, suite.agent.system_prompt)
+            common = dict(max_turns=suite.agent.max_turns, max_context_tokens=suite.agent.max_context_tokens,
+                          progress=cfg.run.progress, env_workers=suite.agent.env_workers)
+            self.train_runner = RolloutRunner(env_factory(suite, "train"), agent, self.engine, **common)
+            self.eval_runner = RolloutRunner(env_factory(suite, "eval"), agent, self.engine, **common)
+            self.num_train_tasks = suite.train.num_tasks or self.train_runner.num_tasks
+            self.num_eval_tasks = suite.eval.num_tasks or self.eval_runner.num_tasks
+            if self.num_eval_tasks is None:
+                raise ValueError("task.eval.num_tasks must be set for a procedural environment (it has no fixed size)")
         self.learner = Learner(self.model, cfg.learner, temperature=suite.sampling.temperature,
                                max_len_norm=cfg.learner.max_len_norm or suite.agent.max_context_tokens, dtype=cfg.model.dtype)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
@@ -63,15 +77,31 @@ class Trainer:
         self.learner.load_state_dict(trainer["learner"])
         set_rng_state(trainer["rng"])
         self.iteration = state["iteration"]
-        self.metrics.truncate_after(self.iteration - 1)
-        self.evals.truncate_after(self.iteration)
+        if self.main:
+            self.metrics.truncate_after(self.iteration - 1)
+            self.evals.truncate_after(self.iteration)
 
-    def checkpoint(self) -> Path:
-        return save_checkpoint(self.run_dir, self.iteration, self.model, self.tokenizer,
-                               {"learner": self.learner.state_dict()}, {"meta": self.meta})
+    def checkpoint(self) -> Path | None:
+        """Every rank gathers (collective); rank 0 writes the full, unsharded state."""
+        learner_state = self.learner.state_dict()
+        path = None
+        if self.main:
+            path = save_checkpoint(self.run_dir, self.iteration, self.rollout_model, self.tokenizer,
+                                   {"learner": learner_state}, {"meta": self.meta})
+        distributed.barrier()
+        return path
+
+    def sync_weights(self) -> None:
+        """The engine gets the updated weights (under torchrun: gathered into rank 0's plain copy)."""
+        if distributed.active():
+            distributed.copy_full_weights(self.model, self.rollout_model)
+        if self.main:
+            self.engine.sync_weights(self.rollout_model)
 
     # ------------------------------------------------------------------ phases
     def run_eval(self) -> dict:
+        if not self.main:
+            return {}
         suite = self.cfg.task
         with torch.random.fork_rng():  # evaluation never shifts the training RNG stream
             torch.manual_seed(self.cfg.run.seed + 7919)
@@ -108,6 +138,24 @@ class Trainer:
 
     def train_iteration(self) -> dict:
         t0 = time.perf_counter()
+        row, batch = self.rollouts() if self.main else ({}, None)
+        batch = distributed.broadcast_object(batch)
+        if batch is not None:
+            learned = self.learner.step(batch)
+            self.sync_weights()
+            row.update(learned)
+        self.iteration += 1
+        if not self.main:
+            return row
+        row["time_iteration"] = time.perf_counter() - t0
+        self.metrics.append(row)
+        self.log(f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
+                 f"entropy {row.get('entropy', float('nan')):.3f} rollout {row['time_rollout']:.1f}s "
+                 f"learn {row.get('time_learn', 0.0):.1f}s")
+        return row
+
+    def rollouts(self):
+        """This iteration's episodes -> (metrics row, collated batch, or None if nothing to learn from)."""
         trajectories, stats, rounds = self.collect()
         rewards = np.array([t.reward for t in trajectories])
         row = {"iteration": self.iteration, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
@@ -126,20 +174,12 @@ class Trainer:
                 wanted = sorted({t.group_id for t in trajectories})[:self.cfg.task.tasks_per_iteration]
                 trajectories = [t for t in trajectories if t.group_id in set(wanted)]
         row["groups_trained"] = len({t.group_id for t in trajectories})
-        if trajectories:
-            row.update(self.learner.step(collate(trajectories, self.tokenizer.pad_token_id)))
-            self.engine.sync_weights(self.model)
-        self.iteration += 1
-        row["time_iteration"] = time.perf_counter() - t0
-        self.metrics.append(row)
-        self.log(f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
-                 f"entropy {row.get('entropy', float('nan')):.3f} rollout {row['time_rollout']:.1f}s "
-                 f"learn {row.get('time_learn', 0.0):.1f}s")
-        return row
+        return row, (collate(trajectories, self.tokenizer.pad_token_id) if trajectories else None)
 
     def close(self) -> None:
-        self.train_runner.close()
-        self.eval_runner.close()
+        if self.main:
+            self.train_runner.close()
+            self.eval_runner.close()
 
     def fit(self) -> dict:
         try:
@@ -149,7 +189,7 @@ class Trainer:
 
     def _fit(self) -> dict:
         run = self.cfg.run
-        if self.iteration == 0 and not self.evals.rows():
+        if self.main and self.iteration == 0 and not self.evals.rows():
             self.run_eval()
         while self.iteration < run.iterations:
             self.train_iteration()
@@ -157,6 +197,8 @@ class Trainer:
                 self.run_eval()
             if self.iteration % run.checkpoint_every == 0 or self.iteration == run.iterations:
                 self.checkpoint()
+        if not self.main:
+            return {}
         done = self.evals.rows()
         final_eval = done[-1] if done and done[-1]["iteration"] == self.iteration else self.run_eval()
         return self.summarize(final_eval)
@@ -191,10 +233,17 @@ def check_envs(cfg: RunConfig) -> None:
     env_factory(cfg.task, "eval")
 
 
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
 def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
-    run_dir = _new_run_dir(cfg)
-    atomic_write_text(run_dir / "config.json", cfg.model_dump_json(indent=2))
-    atomic_write_text(run_dir / "meta.json", json.dumps(meta, indent=2))
+    run_dir = None
+    if distributed.is_main():  # rank 0 names and writes the run directory; the others get its name
+        run_dir = _new_run_dir(cfg)
+        atomic_write_text(run_dir / "config.json", cfg.model_dump_json(indent=2))
+        atomic_write_text(run_dir / "meta.json", json.dumps(meta, indent=2))
+    run_dir = distributed.broadcast_object(run_dir)
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
     return Trainer(cfg, run_dir, model_path, meta, log)
@@ -202,13 +251,16 @@ def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
 
 def train(cfg: RunConfig, log=print) -> dict:
     """A new run from the configured model (the embedded default when none is given)."""
+    log = log if distributed.is_main() else _quiet
     check_envs(cfg)
-    model_path = resolve_model_path(cfg, log)
+    with distributed.main_first():  # rank 0 builds the embedded default's cache, the others find it
+        model_path = resolve_model_path(cfg, log)
     return _start(cfg, model_path, {"model": model_path, "parent": None}, log).fit()
 
 
 def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dict:
     """Continue the same run exactly where its latest checkpoint left it."""
+    log = log if distributed.is_main() else _quiet
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"--resume {run_dir}: not a run directory (no config.json)")
@@ -218,8 +270,10 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
     meta = json.loads((run_dir / "meta.json").read_text())
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:  # killed before its first checkpoint: start over in place
-        for name in ("metrics.jsonl", "eval.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
+        if distributed.is_main():
+            for name in ("metrics.jsonl", "eval.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+        distributed.barrier()
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
         trainer = Trainer(cfg, run_dir, meta["model"], meta, log)
@@ -232,6 +286,7 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
 
 def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
     """A new run on `cfg.task` from a checkpoint's weights; keeps the entropy target unless set."""
+    log = log if distributed.is_main() else _quiet
     check_envs(cfg)
     ckpt = resolve_checkpoint(checkpoint)
     _, trainer_state = load_trainer_state(ckpt)

@@ -3,7 +3,12 @@
 Registries by name, verl `core_algos` style:
 
     POLICY_LOSSES["ppo"](batch, cfg, eps_high) -> PolicyTerms   (per-token loss + clip stats)
-    LOSS_AGGREGATIONS["token_mean"](per_token, mask, max_len_norm) -> scalar
+    LOSS_AGGREGATIONS["token_mean"](per_token, mask, max_len_norm, norm=None) -> scalar
+
+`norm` (an `AggNorm`) holds the aggregation's denominators computed once from a whole
+minibatch; with it, micro-batches and data-parallel ranks that each hold some of the minibatch's
+rows produce losses (and gradients) that add up to the whole minibatch's. Without it the
+denominators come from `mask` itself.
 
 `compute_policy_loss` adds the optional terms (truncated IS, k3 KL, entropy bonus) and
 aggregates. Everything is computed in float32 (float64 inputs stay float64, for gradcheck).
@@ -13,6 +18,7 @@ the loss, the metrics or the gradients.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -42,8 +48,20 @@ class PolicyTerms:
     units: Tensor      # bool, like ratio: which entries count for the metrics
 
 
+@dataclass(frozen=True)
+class AggNorm:
+    """Denominators of the aggregations over a whole minibatch (each clamped to >= 1)."""
+    tokens: float  # action tokens (token_mean)
+    seqs: float    # sequences with at least one action token (seq_mean_token_mean, seq_mean_token_sum_norm)
+
+    @classmethod
+    def of(cls, mask: Tensor) -> "AggNorm":
+        m = mask > 0
+        return cls(tokens=float(m.sum().clamp_min(1)), seqs=float((m.sum(-1) > 0).sum().clamp_min(1)))
+
+
 LossFn = Callable[[LossInputs, LearnerConfig, float], PolicyTerms]
-AggFn = Callable[[Tensor, Tensor, Optional[int]], Tensor]
+AggFn = Callable[..., Tensor]  # (x, mask, max_len_norm, norm: Optional[AggNorm] = None) -> scalar
 POLICY_LOSSES: dict[str, LossFn] = {}
 LOSS_AGGREGATIONS: dict[str, AggFn] = {}
 
@@ -155,13 +173,13 @@ def gspo_loss(batch: LossInputs, cfg: LearnerConfig, eps_high: float) -> PolicyT
 
 # ----------------------------------------------------------------------------- aggregation
 @register_aggregation("token_mean")
-def token_mean(x: Tensor, m: Tensor, max_len_norm: Optional[int]) -> Tensor:
+def token_mean(x: Tensor, m: Tensor, max_len_norm: Optional[int], norm: Optional[AggNorm] = None) -> Tensor:
     """sum over all action tokens of the minibatch / number of action tokens (DAPO)."""
-    return _masked(x, m).sum() / m.sum().clamp_min(1)
+    return _masked(x, m).sum() / (m.sum().clamp_min(1) if norm is None else norm.tokens)
 
 
 @register_aggregation("seq_mean_token_mean")
-def seq_mean_token_mean(x: Tensor, m: Tensor, max_len_norm: Optional[int]) -> Tensor:
+def seq_mean_token_mean(x: Tensor, m: Tensor, max_len_norm: Optional[int], norm: Optional[AggNorm] = None) -> Tensor:
     """mean over sequences of (mean over the sequence's action tokens) (GRPO).
 
     Sequences without action tokens are left out of the mean (our choice, not the paper's).
@@ -169,11 +187,11 @@ def seq_mean_token_mean(x: Tensor, m: Tensor, max_len_norm: Optional[int]) -> Te
     n_tok = m.sum(-1)
     per_seq = _masked(x, m).sum(-1) / n_tok.clamp_min(1)
     has = n_tok > 0
-    return _masked(per_seq, has).sum() / has.sum().clamp_min(1)
+    return _masked(per_seq, has).sum() / (has.sum().clamp_min(1) if norm is None else norm.seqs)
 
 
 @register_aggregation("seq_mean_token_sum_norm")
-def seq_mean_token_sum_norm(x: Tensor, m: Tensor, max_len_norm: Optional[int]) -> Tensor:
+def seq_mean_token_sum_norm(x: Tensor, m: Tensor, max_len_norm: Optional[int], norm: Optional[AggNorm] = None) -> Tensor:
     """Dr.GRPO: mean over sequences of (sum over action tokens / max_len_norm), a constant.
 
     Sequences without action tokens are left out of the mean (our choice, not the paper's).
@@ -182,21 +200,25 @@ def seq_mean_token_sum_norm(x: Tensor, m: Tensor, max_len_norm: Optional[int]) -
         raise ValueError("loss_agg seq_mean_token_sum_norm needs a positive max_len_norm")
     has = m.sum(-1) > 0
     per_seq = _masked(x, m).sum(-1) / float(max_len_norm)
-    return per_seq.sum() / has.sum().clamp_min(1)
+    return per_seq.sum() / (has.sum().clamp_min(1) if norm is None else norm.seqs)
 
 
 # ----------------------------------------------------------------------------- total loss
 def compute_policy_loss(cfg: LearnerConfig, batch: LossInputs, *, eps_high: float | None = None,
-                        max_len_norm: int | None = None) -> tuple[Tensor, dict[str, float]]:
+                        max_len_norm: int | None = None, norm: AggNorm | None = None) -> tuple[Tensor, dict[str, float]]:
     """loss = agg( w_t * policy_loss_t + kl_coef * k3_t - entropy_coef * H_t ).
 
     w_t = min(exp(logp_old_t - logp_infer_t), tis_cap), detached (truncated importance
     sampling, only when cfg.tis_cap is set); it weights the policy term only, not the KL
     and entropy terms (our choice, not the paper's; as in verl).
     k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1  (Schulman's k3 estimator of KL(pi||ref)).
+    `norm`: the whole minibatch's denominators when `batch` is one part of it (see AggNorm); the
+    loss and pg_loss of the parts then add up to the minibatch's; the other metrics are this part's.
     """
     loss_fn = _lookup(POLICY_LOSSES, cfg.loss, "policy loss")
     agg_fn = _lookup(LOSS_AGGREGATIONS, cfg.loss_agg, "loss aggregation")
+    if norm is not None:
+        agg_fn = functools.partial(agg_fn, norm=norm)
     max_len_norm = cfg.max_len_norm if max_len_norm is None else max_len_norm
     m = batch.mask > 0
     dt = _dtype(batch.logp)

@@ -14,14 +14,18 @@ from torch import Tensor
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_grad_scaler(dtype_name: str, device: Optional[str] = None) -> torch.amp.GradScaler:
+def make_grad_scaler(dtype_name: str, device: Optional[str] = None, sharded: bool = False) -> torch.amp.GradScaler:
     """A GradScaler enabled only for fp16 (bf16 and fp32 have fp32's exponent range: no scaling).
 
     device None: "cuda" when available, else "cpu" (torch.amp.GradScaler supports "cpu").
+    sharded: FSDP's ShardedGradScaler, which agrees on inf/nan across ranks (same state_dict).
     """
     if dtype_name not in DTYPES:
         raise ValueError(f"unknown dtype {dtype_name!r}; registered: {sorted(DTYPES)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        return ShardedGradScaler(device, enabled=(dtype_name == "fp16"))
     return torch.amp.GradScaler(device, enabled=(dtype_name == "fp16"))
 
 
