@@ -53,7 +53,7 @@ def common_overrides(args) -> list[str]:
     return [f"run.seed={args.seed}", f"learner.lr={args.lr}", f"learner.epochs={args.epochs}",
             f"learner.minibatches={args.minibatches}", f"run.iterations={args.iterations}",
             f"run.eval_every={args.eval_every}", f"run.checkpoint_every={args.iterations or 1}",
-            "run.threads=1", "run.progress=false", f"run.out_dir={RUNS}"]
+            "run.threads=1", "run.progress=false", f"run.out_dir={RUNS / args.tag}"] + list(args.extra)
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -72,13 +72,13 @@ def machine() -> dict:
             "eprl_cache": os.environ.get("EPRL_CACHE")}
 
 
-def run_method(method: str, common: list[str]) -> dict:
-    run_dir = RUNS / method
+def run_method(method: str, common: list[str], runs: Path) -> dict:
+    run_dir = runs / method
     if run_dir.exists():
         shutil.rmtree(run_dir)  # only our own scratch run directory
     overrides = common + [f"run.name={method}"] + METHODS[method]
     cmd = [str(EPRL), "train", "--task", str(TASK)] + [a for o in overrides for a in ("--set", o)]
-    log = RUNS / f"{method}.log"
+    log = runs / f"{method}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
@@ -90,8 +90,8 @@ def run_method(method: str, common: list[str]) -> dict:
     return {"wall_seconds": wall, "overrides": overrides}
 
 
-def collect(method: str, run_info: dict) -> dict:
-    run_dir = RUNS / method
+def collect(method: str, run_info: dict, runs: Path) -> dict:
+    run_dir = runs / method
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     evals = [json.loads(x) for x in (run_dir / "eval.jsonl").read_text().splitlines() if x.strip()]
     per_iter = {k: [r.get(k) for r in rows] for k in PER_ITER_KEYS if any(k in r for r in rows)}
@@ -260,6 +260,9 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--tolerance", type=float, default=0.10, help="relative band around H* for the REPO/ADAPO verdict")
     ap.add_argument("--report-only", action="store_true", help="re-read existing run dirs, do not train")
+    ap.add_argument("--tag", default="entropy_study", help="results name: bench/results/<tag>.{json,md}, <tag>_*.png")
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override for every method's run (repeatable), e.g. model.tiny_sft_steps=60")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
@@ -268,7 +271,8 @@ def main() -> None:
     os.environ.setdefault("EPRL_CACHE", "/work/scratch/cache")
     common = common_overrides(args)
 
-    json_path = RESULTS / "entropy_study.json"
+    runs = RUNS / args.tag
+    json_path = RESULTS / f"{args.tag}.json"
     result = {"common": {"overrides": common, "task": str(TASK.relative_to(REPO))}, "methods": {}}
     if json_path.is_file():
         old = json.loads(json_path.read_text())
@@ -280,8 +284,8 @@ def main() -> None:
             prev = result["methods"].get(m, {})
             info = {"wall_seconds": prev.get("wall_seconds"), "overrides": common + [f"run.name={m}"] + METHODS[m]}
         else:
-            info = run_method(m, common)
-        result["methods"][m] = collect(m, info)
+            info = run_method(m, common, runs)
+        result["methods"][m] = collect(m, info, runs)
     result["methods"] = {m: result["methods"][m] for m in METHODS if m in result["methods"]}  # stable order
     for m, r in result["methods"].items():
         r["summary"] = summarize(m, r, args.tolerance)
@@ -290,13 +294,13 @@ def main() -> None:
     result["observations"] = observations(result, args.tolerance)
 
     from training.plot import plot_runs
-    plot_dir = RUNS / "plots"
+    plot_dir = runs / "plots"
     names = list(result["methods"])
-    for png in plot_runs([RUNS / m for m in names], plot_dir, labels=names):
-        atomic_write(RESULTS / f"entropy_study_{png.stem}.png", png.read_bytes())
-    plot_sampled(result, RESULTS / "entropy_study_entropy_sampled.png")
+    for png in plot_runs([runs / m for m in names], plot_dir, labels=names):
+        atomic_write(RESULTS / f"{args.tag}_{png.stem}.png", png.read_bytes())
+    plot_sampled(result, RESULTS / f"{args.tag}_entropy_sampled.png")
     atomic_write(json_path, json.dumps(result, indent=2))
-    atomic_write(RESULTS / "entropy_study.md", write_md(result, args.tolerance))
+    atomic_write(RESULTS / f"{args.tag}.md", write_md(result, args.tolerance))
     print(write_md(result, args.tolerance))
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from training.config import ConfigError, RunConfig, describe, load_run_config, load_task_suite
 
@@ -39,6 +40,7 @@ def test_overrides_reach_nested_fields_with_yaml_types():
     (["learner.advantage=gae"], "learner.advantage: Value error, unknown advantage estimator 'gae'"),
     (["engine.type=sglang"], "engine.type: Value error, unknown engine 'sglang'; registered: hf, vllm"),
     (["task.agent.type=cot"], "task.agent.type: Value error, unknown agent type 'cot'"),
+    (["run.device=tpu0"], "run.device: Value error, unknown device 'tpu0'; use auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_values_name_the_field(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -92,3 +94,12 @@ def test_cli_lists_envs_and_prints_reference():
     assert envs.returncode == 0 and "eprl/ArithmeticTool-v0" in envs.stdout.split()
     ref = _cli("config")
     assert ref.returncode == 0 and "learner.entropy_control.zeta" in ref.stdout
+
+
+def test_device_resolution():
+    from training.distributed import resolve_device
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="run.device='cuda' but torch sees no CUDA device; use run.device=cpu"):
+            resolve_device("cuda")

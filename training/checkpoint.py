@@ -28,13 +28,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():  # sampling on a GPU draws from the CUDA generators
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(run_dir: Path, iteration: int, model, tokenizer, trainer_state: dict, meta: dict) -> Path:
@@ -76,5 +81,5 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_trainer_state(ckpt: Path) -> tuple[dict, dict]:
     state = json.loads((ckpt / "state.json").read_text())
-    trainer = torch.load(ckpt / "trainer.pt", weights_only=False)
+    trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)  # GPU-saved runs load anywhere
     return state, trainer

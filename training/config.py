@@ -172,6 +172,17 @@ class RunSection(Strict):
     eval_every: int = Field(0, ge=0, description="evaluate every N iterations (0: only before and after training)")
     threads: Optional[int] = Field(None, description="torch threads (None: torch default)")
     progress: bool = Field(True, description="show progress bars")
+    device: str = Field("auto", description="where the policy computes: auto (cuda if available, else cpu) | cpu | cuda | cuda:N; under torchrun each rank uses cuda:LOCAL_RANK")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        import torch
+        try:
+            torch.device("cpu" if v == "auto" else v)
+        except RuntimeError:
+            raise ValueError(f"unknown device {v!r}; use auto, cpu, cuda or cuda:N") from None
+        return v
 
 
 class RunConfig(Strict):

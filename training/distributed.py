@@ -87,6 +87,18 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """`run.device` -> a torch.device. Under torchrun the rank's own device wins (cuda:LOCAL_RANK / cpu)."""
+    if active():
+        return device()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"run.device={name!r} but torch sees no CUDA device; use run.device=cpu (or auto)")
+    return dev
+
+
 # ----------------------------------------------------------------------------- collectives
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's `obj` on every rank (pickled; fine for one batch per iteration)."""

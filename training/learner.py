@@ -71,10 +71,11 @@ class Learner:
             distributed.shard_model(model, dtype)
             if self.reference is not None:
                 distributed.shard_model(self.reference, dtype)
-        self.device = distributed.device()
+        # Under torchrun: the rank's device (FSDP placed the shards there); else wherever the caller put the model.
+        self.device = distributed.device() if distributed.active() else next(model.parameters()).device
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
-        self.scaler = make_grad_scaler(dtype, sharded=distributed.active())
+        self.scaler = make_grad_scaler(dtype, device=self.device.type, sharded=distributed.active())
         self.controller = make_controller(cfg)
         self.cumulative_entropy = 0.0
 

@@ -50,10 +50,13 @@ class Trainer:
         suite = cfg.task
         self.main = distributed.is_main()
         self.model, self.tokenizer = load_policy(model_path, cfg)
+        device = distributed.resolve_device(cfg.run.device)
         # rollout_model: what the engine samples from and checkpoints are written from (rank 0 only).
         self.rollout_model = self.model
-        if distributed.active():  # the learner shards self.model below; rank 0 keeps a plain copy
-            self.rollout_model = copy.deepcopy(self.model) if self.main else None
+        if distributed.active():  # the learner shards self.model below (FSDP places the shards); rank 0 keeps a plain copy
+            self.rollout_model = copy.deepcopy(self.model).to(device) if self.main else None
+        else:
+            self.model.to(device)
         if self.main:
             self.engine = make_engine(cfg.engine.type, self.rollout_model, self.tokenizer, cfg.engine)
             agent = make_agent(suite.agent.type, self.tokenizer, suite.agent.system_prompt)
