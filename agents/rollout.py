@@ -96,9 +96,11 @@ class RolloutRunner:
         bar = tqdm(total=len(episodes), desc=desc, disable=not self.progress, leave=False)
         active = list(episodes)
         while active:
-            fits = [ep for ep in active if len(ep.state.token_ids) + sampling.max_new_tokens <= self.max_context_tokens]
-            for ep in active:
-                if ep not in fits:
+            fits = []
+            for ep in active:  # one pass: `ep in fits` would compare dataclasses field by field, quadratically
+                if len(ep.state.token_ids) + sampling.max_new_tokens <= self.max_context_tokens:
+                    fits.append(ep)
+                else:
                     ep.done = "context_limit"
             if fits:
                 t0 = time.perf_counter()

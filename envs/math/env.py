@@ -1,6 +1,7 @@
 """MathEnv: answer a math problem in one turn, with retries, or with a calculator/python tool."""
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable
 
@@ -47,6 +48,13 @@ def _calls(text: str, tool: str) -> tuple[list[str], bool]:
     return bodies, text.count(f"<{tool}>") != len(bodies) or text.count(f"</{tool}>") != len(bodies)
 
 
+@functools.lru_cache(maxsize=8192)
+def _generated(source: str, index: int, split: str, seed: int, difficulty: int | None) -> Problem:
+    """A procedural problem; cached because a group's K episodes reset to the same task (generators are pure)."""
+    kwargs = {} if difficulty is None else {"difficulty": difficulty}
+    return GENERATORS[source](index, split=split, seed=seed, **kwargs)
+
+
 class MathEnv(TextEnv):
     """A math problem per episode; reward 1.0 for a correct ``\\boxed{}`` answer, else 0.0.
 
@@ -89,8 +97,7 @@ class MathEnv(TextEnv):
     def problem_at(self, index: int) -> Problem:
         if self._problems is not None:
             return self._problems[index]
-        kwargs = {"difficulty": self.difficulty} if self.source == "arithmetic" else {}
-        return GENERATORS[self.source](index, split=self.split, seed=self.seed, **kwargs)
+        return _generated(self.source, index, self.split, self.seed, self.difficulty if self.source == "arithmetic" else None)
 
     def instructions(self) -> str:
         hints = [ANSWER_HINT[self.checker]]
