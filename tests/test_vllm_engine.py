@@ -15,23 +15,12 @@ try:
 except Exception:  # noqa: BLE001 - any import failure means "no usable vllm here"
     pytest.skip(VLLM_MISSING, allow_module_level=True)
 
-from agents.chat import ChatAgent  # noqa: E402
-from agents.engines import SamplingError, make_engine  # noqa: E402
+from agents.engines import SamplingError  # noqa: E402
 from training.config import EngineConfig, SamplingConfig  # noqa: E402
-from training.logprobs import model_logprobs  # noqa: E402
+from vllm_common import ENGINE_KW, chat_prompts, learner_logprobs, start_engine  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 TEMPERATURE = 0.7
-_LIVE: list = []  # engines started by this module; at most one runs at a time (2 cores, shared RAM)
-ENGINE_KW = dict(gpu_memory_utilization=0.1, max_model_len=512, dtype="float32", enforce_eager=True, batch_size=8)
-
-
-def _start(model, tokenizer, cfg):
-    while _LIVE:
-        _LIVE.pop().close()
-    engine = make_engine("vllm", model, tokenizer, cfg)
-    _LIVE.append(engine)
-    return engine
 
 
 def _fresh_model(tokenizer, seed: int):
@@ -39,22 +28,10 @@ def _fresh_model(tokenizer, seed: int):
     return build_model(tokenizer, seed=seed).eval()
 
 
-def _prompts(tokenizer) -> list[list[int]]:
-    agent = ChatAgent(tokenizer)
-    return [agent.start(q).token_ids for q in ["Compute 12+30.", "Compute 5*6-2. Use the tool.", "Hi"]]
-
-
-def _learner_logprobs(model, prompt, gen_ids, temperature) -> torch.Tensor:
-    ids = torch.tensor([list(prompt) + list(gen_ids)])
-    with torch.no_grad():
-        logp, _ = model_logprobs(model, ids, temperature=temperature, with_entropy=False)
-    return logp[0, len(prompt) - 1:]
-
-
 def _assert_match_learner(model, prompts, gens, temperature=TEMPERATURE):
     for prompt, gen in zip(prompts, gens):
         assert len(gen.logprobs) == len(gen.token_ids) > 0
-        ref = _learner_logprobs(model, prompt, gen.token_ids, temperature)
+        ref = learner_logprobs(model, prompt, gen.token_ids, temperature)
         got = torch.tensor(gen.logprobs, dtype=torch.float32)
         assert torch.allclose(got, ref, atol=1e-4, rtol=0), (got - ref).abs().max().item()
 
@@ -70,14 +47,14 @@ def _perturb(model, seed: int) -> None:
 def local(tiny_tokenizer, tmp_path_factory):
     model = _fresh_model(tiny_tokenizer, seed=0)
     cfg = EngineConfig(type="vllm", weights_dir=str(tmp_path_factory.mktemp("vllm-local")), **ENGINE_KW)
-    engine = _start(model, tiny_tokenizer, cfg)
+    engine = start_engine(model, tiny_tokenizer, cfg)
     yield model, engine
     engine.close()
 
 
 def test_generation_and_logprobs_equal_learner(local, tiny_tokenizer):
     model, engine = local
-    prompts = _prompts(tiny_tokenizer)
+    prompts = chat_prompts(tiny_tokenizer)
     stop = [tiny_tokenizer.eos_token_id]
     gens = engine.generate(prompts, SamplingConfig(temperature=TEMPERATURE, max_new_tokens=10), stop)
     for gen in gens:
@@ -104,7 +81,7 @@ def test_weight_sync_changes_logprobs_to_the_learners(local, tiny_tokenizer):
     from vllm.inputs import TokensPrompt
 
     model, engine = local
-    prompt = _prompts(tiny_tokenizer)[0]
+    prompt = chat_prompts(tiny_tokenizer)[0]
     continuation = engine.generate([prompt], SamplingConfig(max_new_tokens=8), [])[0].token_ids
     fixed = prompt + continuation
 
@@ -115,15 +92,15 @@ def test_weight_sync_changes_logprobs_to_the_learners(local, tiny_tokenizer):
         return torch.tensor([out.prompt_logprobs[i][fixed[i]].logprob for i in range(len(prompt), len(fixed))])
 
     before = engine_prompt_logprobs()
-    assert torch.allclose(before, _learner_logprobs(model, prompt, continuation, 1.0), atol=1e-4, rtol=0)
+    assert torch.allclose(before, learner_logprobs(model, prompt, continuation, 1.0), atol=1e-4, rtol=0)
     _perturb(model, seed=0)
     engine.sync_weights(model)
     after = engine_prompt_logprobs()
-    learner_after = _learner_logprobs(model, prompt, continuation, 1.0)
+    learner_after = learner_logprobs(model, prompt, continuation, 1.0)
     assert (after - before).abs().max() > 0.05
     assert torch.allclose(after, learner_after, atol=1e-4, rtol=0), (after - learner_after).abs().max().item()
     # New samples come from the new weights, at the sampling temperature.
-    prompts = _prompts(tiny_tokenizer)
+    prompts = chat_prompts(tiny_tokenizer)
     gens = engine.generate(prompts, SamplingConfig(temperature=TEMPERATURE, max_new_tokens=8), [])
     _assert_match_learner(model, prompts, gens)
 
@@ -131,9 +108,9 @@ def test_weight_sync_changes_logprobs_to_the_learners(local, tiny_tokenizer):
 def test_server_mode_over_http(tiny_tokenizer, tmp_path):
     model = _fresh_model(tiny_tokenizer, seed=1)
     cfg = EngineConfig(type="vllm", launch_server=True, weights_dir=str(tmp_path / "weights"), **ENGINE_KW)
-    engine = _start(model, tiny_tokenizer, cfg)
+    engine = start_engine(model, tiny_tokenizer, cfg)
     try:
-        prompts = _prompts(tiny_tokenizer)
+        prompts = chat_prompts(tiny_tokenizer)
         stop = [tiny_tokenizer.eos_token_id]
         gens = engine.generate(prompts, SamplingConfig(temperature=TEMPERATURE, max_new_tokens=10), stop)
         assert [len(g.token_ids) == 10 or g.token_ids[-1] in stop for g in gens] == [True] * 3

@@ -22,25 +22,14 @@ except Exception:  # noqa: BLE001 - any import failure means "no usable vllm her
 
 from safetensors.torch import load_file  # noqa: E402
 
-from agents.chat import ChatAgent  # noqa: E402
-from agents.engines import make_engine  # noqa: E402
-from training.config import EngineConfig, SamplingConfig  # noqa: E402
 from training.logprobs import model_logprobs  # noqa: E402
+from training.config import EngineConfig, SamplingConfig  # noqa: E402
+from vllm_common import ENGINE_KW, chat_prompts, learner_logprobs, start_engine  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 TEMPERATURE = 0.7
 RANK = 4
-ENGINE_KW = dict(gpu_memory_utilization=0.1, max_model_len=512, dtype="float32", enforce_eager=True, batch_size=8)
 MEASURED: dict[str, float] = {}  # max |engine - learner| log-prob per check, printed with -s
-_LIVE: list = []  # engines started by this module; at most one runs at a time (2 cores, shared RAM)
-
-
-def _start(model, tokenizer, cfg):
-    while _LIVE:
-        _LIVE.pop().close()
-    engine = make_engine("vllm", model, tokenizer, cfg)
-    _LIVE.append(engine)
-    return engine
 
 
 def _lora_model(tokenizer, seed: int):
@@ -62,23 +51,11 @@ def _perturb_lora(model, seed: int, scale: float = 0.3) -> None:
                 p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
-def _prompts(tokenizer) -> list[list[int]]:
-    agent = ChatAgent(tokenizer)
-    return [agent.start(q).token_ids for q in ["Compute 12+30.", "Compute 5*6-2. Use the tool.", "Hi"]]
-
-
-def _learner_logprobs(model, prompt, gen_ids, temperature) -> torch.Tensor:
-    ids = torch.tensor([list(prompt) + list(gen_ids)])
-    with torch.no_grad():
-        logp, _ = model_logprobs(model, ids, temperature=temperature, with_entropy=False)
-    return logp[0, len(prompt) - 1:]
-
-
 def _assert_match_learner(model, prompts, gens, key: str, temperature=TEMPERATURE):
     worst = 0.0
     for prompt, gen in zip(prompts, gens):
         assert len(gen.logprobs) == len(gen.token_ids) > 0
-        ref = _learner_logprobs(model, prompt, gen.token_ids, temperature)
+        ref = learner_logprobs(model, prompt, gen.token_ids, temperature)
         diff = (torch.tensor(gen.logprobs, dtype=torch.float32) - ref).abs().max().item()
         worst = max(worst, diff)
         assert diff <= 1e-4, diff
@@ -90,7 +67,7 @@ def _assert_match_learner(model, prompts, gens, key: str, temperature=TEMPERATUR
 def lora_local(tiny_tokenizer, tmp_path_factory):
     model, base_weights = _lora_model(tiny_tokenizer, seed=0)
     weights_dir = tmp_path_factory.mktemp("vllm-lora")
-    engine = _start(model, tiny_tokenizer, EngineConfig(type="vllm", weights_dir=str(weights_dir), **ENGINE_KW))
+    engine = start_engine(model, tiny_tokenizer, EngineConfig(type="vllm", weights_dir=str(weights_dir), **ENGINE_KW))
     yield model, base_weights, engine, weights_dir
     engine.close()
 
@@ -103,13 +80,13 @@ def test_lora_engine_serves_base_plus_adapter(lora_local, tiny_tokenizer):
     assert set(served) == set(base_weights) - {"lm_head.weight"}
     assert all(torch.equal(served[k], base_weights[k]) for k in served)
     assert json.loads((weights_dir / "lora-v1" / "adapter_config.json").read_text())["r"] == RANK
-    prompts = _prompts(tiny_tokenizer)
+    prompts = chat_prompts(tiny_tokenizer)
     stop = [tiny_tokenizer.eos_token_id]
     gens = engine.generate(prompts, SamplingConfig(temperature=TEMPERATURE, max_new_tokens=12), stop)
     _assert_match_learner(model, prompts, gens, "sampled, initial adapter")
     # The adapter is applied: the base alone gives other log-probs for the same tokens.
     with model.disable_adapter():
-        base_lp = _learner_logprobs(model, prompts[0], gens[0].token_ids, TEMPERATURE)
+        base_lp = learner_logprobs(model, prompts[0], gens[0].token_ids, TEMPERATURE)
     assert (torch.tensor(gens[0].logprobs) - base_lp).abs().max() > 0.05
     gens = engine.generate(prompts[:1], SamplingConfig(greedy=True, max_new_tokens=6), stop)
     _assert_match_learner(model, prompts[:1], gens, "greedy", temperature=1.0)
@@ -120,7 +97,7 @@ def test_lora_sync_changes_logprobs_to_the_learners(lora_local, tiny_tokenizer):
     from vllm.inputs import TokensPrompt
 
     model, base_weights, engine, weights_dir = lora_local
-    prompt = _prompts(tiny_tokenizer)[0]
+    prompt = chat_prompts(tiny_tokenizer)[0]
     continuation = engine.generate([prompt], SamplingConfig(max_new_tokens=8), [])[0].token_ids
     fixed = prompt + continuation
 
@@ -131,7 +108,7 @@ def test_lora_sync_changes_logprobs_to_the_learners(lora_local, tiny_tokenizer):
         return torch.tensor([out.prompt_logprobs[i][fixed[i]].logprob for i in range(len(prompt), len(fixed))])
 
     before = engine_prompt_logprobs()
-    assert torch.allclose(before, _learner_logprobs(model, prompt, continuation, 1.0), atol=1e-4, rtol=0)
+    assert torch.allclose(before, learner_logprobs(model, prompt, continuation, 1.0), atol=1e-4, rtol=0)
     # A few optimizer steps on the adapter only (what the learner does), then sync.
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
@@ -147,7 +124,7 @@ def test_lora_sync_changes_logprobs_to_the_learners(lora_local, tiny_tokenizer):
     assert engine.adapter.int_id == old_adapter.int_id + 1 and engine.adapter.name != old_adapter.name
     assert not old_adapter.path.exists() and (engine.adapter.path / "adapter_model.safetensors").is_file()
     after = engine_prompt_logprobs()
-    learner_after = _learner_logprobs(model, prompt, continuation, 1.0)
+    learner_after = learner_logprobs(model, prompt, continuation, 1.0)
     assert torch.allclose(after, learner_after, atol=1e-4, rtol=0), (after - learner_after).abs().max().item()
     assert (after - before).abs().max() > 0.05
     MEASURED["prompt log-probs after sync"] = (after - learner_after).abs().max().item()
@@ -156,7 +133,7 @@ def test_lora_sync_changes_logprobs_to_the_learners(lora_local, tiny_tokenizer):
     # The base was not rewritten and still equals the base weights; new samples come from the new adapter.
     served = load_file(str(weights_dir / "model.safetensors"))
     assert all(torch.equal(served[k], base_weights[k]) for k in served)
-    prompts = _prompts(tiny_tokenizer)
+    prompts = chat_prompts(tiny_tokenizer)
     gens = engine.generate(prompts, SamplingConfig(temperature=TEMPERATURE, max_new_tokens=8), [])
     _assert_match_learner(model, prompts, gens, "sampled after sync")
 
@@ -166,10 +143,10 @@ def test_lora_server_mode_over_http(tiny_tokenizer, tmp_path):
     import httpx
     model, _ = _lora_model(tiny_tokenizer, seed=1)
     cfg = EngineConfig(type="vllm", launch_server=True, weights_dir=str(tmp_path / "weights"), **ENGINE_KW)
-    engine = _start(model, tiny_tokenizer, cfg)  # closes the in-process engine first
+    engine = start_engine(model, tiny_tokenizer, cfg)  # closes the in-process engine first
     try:
         url = engine.backend.urls[0]
-        prompts = _prompts(tiny_tokenizer)
+        prompts = chat_prompts(tiny_tokenizer)
         stop = [tiny_tokenizer.eos_token_id]
         gens = engine.generate(prompts, SamplingConfig(temperature=TEMPERATURE, max_new_tokens=10), stop)
         _assert_match_learner(model, prompts, gens, "server, initial adapter")

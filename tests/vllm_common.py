@@ -1,0 +1,36 @@
+"""Shared by the `vllm` test modules: one engine alive at a time, prompts, the learner's reference log-probs.
+
+Imports no vLLM itself (the test modules skip when it is missing).
+"""
+from __future__ import annotations
+
+import torch
+
+from agents.chat import ChatAgent
+from agents.engines import make_engine
+from training.logprobs import model_logprobs
+
+ENGINE_KW = dict(gpu_memory_utilization=0.1, max_model_len=512, dtype="float32", enforce_eager=True, batch_size=8)
+_LIVE: list = []  # engines started by the vllm tests; at most one runs at a time (2 cores, shared RAM)
+
+
+def start_engine(model, tokenizer, cfg):
+    """A vllm engine for `cfg`, after closing any engine a test started before."""
+    while _LIVE:
+        _LIVE.pop().close()
+    engine = make_engine("vllm", model, tokenizer, cfg)
+    _LIVE.append(engine)
+    return engine
+
+
+def chat_prompts(tokenizer) -> list[list[int]]:
+    agent = ChatAgent(tokenizer)
+    return [agent.start(q).token_ids for q in ["Compute 12+30.", "Compute 5*6-2. Use the tool.", "Hi"]]
+
+
+def learner_logprobs(model, prompt, gen_ids, temperature) -> torch.Tensor:
+    """The learner's float32 log-probs of `gen_ids` after `prompt` (what the engine's must equal)."""
+    ids = torch.tensor([list(prompt) + list(gen_ids)])
+    with torch.no_grad():
+        logp, _ = model_logprobs(model, ids, temperature=temperature, with_entropy=False)
+    return logp[0, len(prompt) - 1:]
