@@ -40,10 +40,11 @@ METHODS: dict[str, list[str]] = {
     "dapo": ["learner.loss=dapo", "learner.loss_agg=token_mean", "learner.dynamic_sampling=true"],
     "gspo": ["learner.loss=gspo"],
     "repo_r": ["learner.loss=ppo", "learner.entropy_control.type=repo_r"],
+    "repo_r_wide": ["learner.loss=ppo", "learner.entropy_control.type=repo_r", "learner.entropy_control.zeta_max=1.0"],
     "repo_d": ["learner.entropy_control.type=repo_d"],
     "adapo": ["learner.loss=dapo", "learner.entropy_control.type=adapo"],
 }
-CONTROLLED = {"repo_r", "repo_d", "adapo"}
+CONTROLLED = {"repo_r", "repo_r_wide", "repo_d", "adapo"}
 PER_ITER_KEYS = ["entropy", "entropy_sampled", "reward_mean", "success_rate", "zeta", "eps_high", "target_entropy",
                  "repo_d_c", "clip_frac_high", "clip_frac_low", "approx_kl", "grad_norm", "groups_trained",
                  "resample_rounds", "time_rollout", "time_learn", "time_iteration"]
@@ -133,7 +134,8 @@ def fmt_ctrl(method: str, s: dict, tol: float) -> str:
 def write_md(result: dict, tol: float) -> str:
     c = result["common"]
     m = result["machine"]
-    lines = ["# Entropy study: methods side by side on the embedded tiny default", "",
+    lines = [f"# Entropy study ({c.get('tag', 'entropy_study')}): methods side by side on the embedded tiny default", "",
+             *([f"> Status: {result['status']}", ""] if result.get("status") else []),
              f"Task `tasks/default.yaml` (procedural arithmetic with a calculator tool), embedded 1.7M-parameter "
              f"warm-started model, same seed and settings for every method. Common overrides: "
              f"`{' '.join(c['overrides'])}` (plus `run.name=<method>`).", "",
@@ -164,13 +166,14 @@ def write_md(result: dict, tol: float) -> str:
             f"{fmt_ctrl(name, s, tol)} | {ctrl_val} | {s['clip_frac_high_mean']:.4f} / {s['clip_frac_low_mean']:.4f} | "
             f"{r['time_iteration_mean']:.1f} "
             f"({r['time_rollout_mean']:.1f} + {r['time_learn_mean']:.1f}) |")
-    lines += ["", "Settings note: the brief suggested lr 1e-3, 2 epochs x 2 minibatches, 30 iterations. In a 3-iteration "
+    tag = c.get("tag", "entropy_study")
+    lines += [] if tag != "entropy_study" else ["", "Settings note: the brief suggested lr 1e-3, 2 epochs x 2 minibatches, 30 iterations. In a 3-iteration "
               "GRPO probe lr 1e-3 broke the policy (eval success 0.410 -> 0.004, entropy rising 0.24 -> 0.80, training "
               "reward 0), so entropy rose instead of falling; at lr 3e-4 GRPO's entropy fell (0.244 -> ~0.20 in 8 "
               "iterations) with the policy intact, hence lr 3e-4. Iterations took ~9 s (not ~3 s) on this shared 2-core "
               "CPU with 1 thread, so 20 iterations per method to fit the time budget."]
-    lines += ["", "Plots: `entropy_study_entropy.png`, `entropy_study_reward.png`, `entropy_study_eval_success.png`, "
-              "`entropy_study_clip_frac.png`, `entropy_study_entropy_sampled.png` (runs overlaid). Per-iteration curves are in `entropy_study.json`.", "",
+    lines += ["", f"Plots: `{tag}_entropy.png`, `{tag}_reward.png`, `{tag}_eval_success.png`, "
+              f"`{tag}_clip_frac.png`, `{tag}_entropy_sampled.png` (runs overlaid). Per-iteration curves are in `{tag}.json`.", "",
               "## Observations", ""]
     lines += result.get("observations") or ["(see the table; observations are written by `observations()` below)"]
     return "\n".join(lines) + "\n"
@@ -186,7 +189,7 @@ def observations(result: dict, tol: float) -> list[str]:
                    f"({g['entropy_last5_vs_iter0']:+.0%}); "
                    + ("it fell, so these settings expose the collapse." if g["entropy_last5_vs_iter0"] < -tol else
                       "it did NOT fall by more than the band, so these settings do not expose a collapse clearly."))
-    for name in ("repo_r", "repo_d", "adapo"):
+    for name in ("repo_r", "repo_r_wide", "repo_d", "adapo"):
         if name not in meth:
             continue
         s, pi = meth[name]["summary"], meth[name]["per_iteration"]
@@ -202,12 +205,12 @@ def observations(result: dict, tol: float) -> list[str]:
                    f"({s['entropy_last5_mean'] / s['target_entropy'] - 1:+.0%}), {s['band_fraction']:.0%} of iterations "
                    f"within +-{tol:.0%}{ref}; {lever} went {vals[0]:.3g} -> {vals[-1]:.3g} (range {min(vals):.3g}..{max(vals):.3g}).")
         low = s["entropy_last5_mean"] < s["target_entropy"] * (1 - tol)
-        if name == "repo_r" and low:
+        if name.startswith("repo_r") and low:
             nlp = s["entropy_sampled_last5_mean"]
             out.append(f"  - hypothesis: REPO-R's lever is too weak here. It rescales A by (1 - zeta*logp); with the "
-                       f"sampled tokens' mean -log p ~ {nlp:.2f} nats, even zeta_max=0.05 changes |A| by only "
-                       f"~{0.05 * nlp:.1%} on average (max zeta reached {max(vals):.3g}), far below the per-iteration "
-                       "drift of this aggressive setting; the tiny model is near-deterministic on most tokens.")
+                       f"sampled tokens' mean -log p ~ {nlp:.2f} nats, even the largest zeta reached ({max(vals):.3g}) "
+                       f"changes |A| by only ~{max(vals) * nlp:.1%} on average, and the update's direction (gradient "
+                       "clipped to max_grad_norm) hardly moves; the tiny model is near-deterministic on most tokens.")
         if name == "adapo" and low:
             out.append(f"  - hypothesis: ADAPO can only act where the upper clip binds; mean clip_frac_high was "
                        f"{s['clip_frac_high_mean']:.4f}, so raising eps_high (to {max(vals):.3g}) releases almost "
@@ -260,6 +263,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--tolerance", type=float, default=0.10, help="relative band around H* for the REPO/ADAPO verdict")
     ap.add_argument("--report-only", action="store_true", help="re-read existing run dirs, do not train")
+    ap.add_argument("--status", help="one-line verdict printed at the top of the results markdown")
     ap.add_argument("--tag", default="entropy_study", help="results name: bench/results/<tag>.{json,md}, <tag>_*.png")
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="extra override for every method's run (repeatable), e.g. model.tiny_sft_steps=60")
@@ -273,7 +277,7 @@ def main() -> None:
 
     runs = RUNS / args.tag
     json_path = RESULTS / f"{args.tag}.json"
-    result = {"common": {"overrides": common, "task": str(TASK.relative_to(REPO))}, "methods": {}}
+    result = {"common": {"overrides": common, "task": str(TASK.relative_to(REPO)), "tag": args.tag}, "methods": {}}
     if json_path.is_file():
         old = json.loads(json_path.read_text())
         if old.get("common", {}).get("overrides") == common:
@@ -292,6 +296,8 @@ def main() -> None:
     result["machine"] = machine()
     result["tolerance"] = args.tolerance
     result["observations"] = observations(result, args.tolerance)
+    if args.status:
+        result["status"] = args.status
 
     from training.plot import plot_runs
     plot_dir = runs / "plots"
