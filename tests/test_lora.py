@@ -5,7 +5,6 @@ error from a server without LoRA loading)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,26 +15,19 @@ from safetensors.torch import load_file
 
 peft = pytest.importorskip("peft")
 
+from cli_runs import SMALL, run_ok, train_cmd  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["model.tiny_sft_steps=30", "task.group_size=2", "task.tasks_per_iteration=3", "task.eval.num_tasks=3",
-         "task.eval_samples=1", "task.sampling.max_new_tokens=12", "task.eval_sampling.max_new_tokens=12",
-         "run.threads=1", "run.progress=false", "learner.lr=1e-3", "learner.entropy_coef=0.01"]
+SETTINGS = SMALL + ["learner.entropy_coef=0.01"]
 LORA = ["model.lora=true", "model.lora_rank=8", "model.lora_alpha=16", "model.lora_target_modules=[q_proj,v_proj]"]
 
 
 def _sets(cache: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return SMALL + LORA + [f"model.cache_dir={cache}", f"run.out_dir={out}", f"run.name={name}", *extra]
+    return SETTINGS + LORA + [f"model.cache_dir={cache}", f"run.out_dir={out}", f"run.name={name}", *extra]
 
 
 def _train_cmd(cache: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
-            *[a for s in _sets(cache, out, name, *extra) for a in ("--set", s)]]
-
-
-def _run(cmd, **kw):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return train_cmd(_sets(cache, out, name, *extra))
 
 
 def _adapter(ckpt: Path) -> dict:
@@ -104,7 +96,7 @@ def test_lora_training_changes_only_the_adapter(tmp_path, eprl_cache):
 @pytest.mark.slow
 def test_lora_continue_and_resume(tmp_path, eprl_cache):
     iters = ["run.iterations=2", "run.checkpoint_every=1"]
-    _run(_train_cmd(eprl_cache, tmp_path, "parent", *iters))
+    run_ok(_train_cmd(eprl_cache, tmp_path, "parent", *iters))
     parent = tmp_path / "parent"
     base = json.loads((parent / "meta.json").read_text())["model"]
     for it in (1, 2):
@@ -113,17 +105,17 @@ def test_lora_continue_and_resume(tmp_path, eprl_cache):
     assert any(not torch.equal(a1[k], a2[k]) for k in a1)
 
     # train --resume: a run stopped after 1 iteration, extended to 2, ends bit-identical to the 2-iteration run.
-    _run(_train_cmd(eprl_cache, tmp_path, "cut", "run.iterations=1", "run.checkpoint_every=1"))
-    _run([sys.executable, "-m", "training", "train", "--resume", str(tmp_path / "cut"), "--iterations", "2"])
+    run_ok(_train_cmd(eprl_cache, tmp_path, "cut", "run.iterations=1", "run.checkpoint_every=1"))
+    run_ok([sys.executable, "-m", "training", "train", "--resume", str(tmp_path / "cut"), "--iterations", "2"])
     resumed = _adapter(tmp_path / "cut" / "checkpoints" / "iter_000002")
     assert resumed.keys() == a2.keys() and all(torch.equal(resumed[k], a2[k]) for k in a2)
 
     # continue on another suite, from another process and working directory; model.lora is not set here:
     # the checkpoint being an adapter is enough.
-    sets = [s for s in SMALL if not s.startswith("task.")] + [
+    sets = [s for s in SETTINGS if not s.startswith("task.")] + [  # entropy_coef: a gradient even if all groups tie
         "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2", "task.eval_samples=1",
         f"run.out_dir={tmp_path}", "run.name=child", "run.iterations=1"]
-    _run([sys.executable, "-m", "training", "continue", str(parent), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
+    run_ok([sys.executable, "-m", "training", "continue", str(parent), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
           *[a for s in sets for a in ("--set", s)]], cwd=tmp_path)
     child = tmp_path / "child"
     meta = json.loads((child / "meta.json").read_text())

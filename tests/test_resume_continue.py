@@ -14,22 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_runs import SMALL, run_ok, train_cmd
+
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["model.tiny_sft_steps=30", "task.group_size=2", "task.tasks_per_iteration=3", "task.eval.num_tasks=3",
-         "task.eval_samples=1", "task.sampling.max_new_tokens=12", "task.eval_sampling.max_new_tokens=12",
-         "run.threads=1", "run.progress=false", "learner.lr=1e-3", "learner.entropy_control.type=adapo"]
+SETTINGS = SMALL + ["learner.entropy_control.type=adapo"]
 
 
 def _cmd(cache: Path, out: Path, name: str, *extra: str) -> list[str]:
-    sets = SMALL + [f"model.cache_dir={cache}", f"run.out_dir={out}", f"run.name={name}", *extra]
-    return [sys.executable, "-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
-            *[a for s in sets for a in ("--set", s)]]
-
-
-def _run(cmd, **kw):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return train_cmd(SETTINGS + [f"model.cache_dir={cache}", f"run.out_dir={out}", f"run.name={name}", *extra])
 
 
 def _weights(run_dir: Path) -> dict:
@@ -46,7 +38,7 @@ def _training_rows(run_dir: Path) -> list[dict]:
 def test_sigkill_then_resume_is_bit_exact(tmp_path, eprl_cache):
     # The entropy bonus guarantees a gradient even when every group's rewards are equal.
     iters = ["run.iterations=4", "run.checkpoint_every=2", "learner.entropy_coef=0.01"]
-    _run(_cmd(eprl_cache, tmp_path, "full", *iters))
+    run_ok(_cmd(eprl_cache, tmp_path, "full", *iters))
     full = tmp_path / "full"
     proc = subprocess.Popen(_cmd(eprl_cache, tmp_path, "killed", *iters), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = tmp_path / "killed" / "checkpoints" / "latest"
@@ -59,7 +51,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, eprl_cache):
     proc.wait()
     killed = tmp_path / "killed"
     assert not (killed / "summary.json").exists(), "the run finished before it was killed"
-    _run([sys.executable, "-m", "training", "train", "--resume", str(killed)])
+    run_ok([sys.executable, "-m", "training", "train", "--resume", str(killed)])
     a, b = _weights(full), _weights(killed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
@@ -71,7 +63,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, eprl_cache):
 
 @pytest.mark.slow
 def test_continue_on_a_second_suite(tmp_path, eprl_cache):
-    _run(_cmd(eprl_cache, tmp_path, "parent", "run.iterations=2", "run.checkpoint_every=1"))
+    run_ok(_cmd(eprl_cache, tmp_path, "parent", "run.iterations=2", "run.checkpoint_every=1"))
     parent = tmp_path / "parent"
     parent_state = torch.load(parent / "checkpoints" / "iter_000002" / "trainer.pt", weights_only=False)
     target = parent_state["learner"]["controller"]["target_entropy"]
@@ -79,7 +71,7 @@ def test_continue_on_a_second_suite(tmp_path, eprl_cache):
     sets = [s for s in SMALL if not s.startswith("task.")] + [
         "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2", "task.eval_samples=1",
         f"run.out_dir={tmp_path}", "run.name=child", "run.iterations=2"]
-    _run([sys.executable, "-m", "training", "continue", str(parent), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
+    run_ok([sys.executable, "-m", "training", "continue", str(parent), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
           *[a for s in sets for a in ("--set", s)]])
     child = tmp_path / "child"
     meta = json.loads((child / "meta.json").read_text())
@@ -96,7 +88,7 @@ def test_continue_on_a_second_suite(tmp_path, eprl_cache):
     assert Path(meta["model"]) == (parent / "checkpoints" / "iter_000002" / "model").resolve() or \
         Path(meta["model"]).resolve() == (parent / "checkpoints" / "iter_000002" / "model").resolve()
     # `eprl eval` on the child run's checkpoint reports held-out success for its suite
-    proc = _run([sys.executable, "-m", "training", "eval", str(child), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
+    proc = run_ok([sys.executable, "-m", "training", "eval", str(child), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
                  "--set", "task.eval.num_tasks=2", "--set", "task.eval_samples=2", "--set", "run.progress=false"])
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["model"].endswith("iter_000002/model") and result["eval_tasks"] == 2.0

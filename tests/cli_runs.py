@@ -1,0 +1,25 @@
+"""Shared by tests that drive `python -m training` in subprocesses: cheap settings, the command, a run that must pass."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Small enough for a 2-core CPU: a 30-step warm-start, 3 tasks x 2 samples, short turns, one thread.
+SMALL = ["model.tiny_sft_steps=30", "task.group_size=2", "task.tasks_per_iteration=3", "task.eval.num_tasks=3",
+         "task.eval_samples=1", "task.sampling.max_new_tokens=12", "task.eval_sampling.max_new_tokens=12",
+         "run.threads=1", "run.progress=false", "learner.lr=1e-3"]
+
+
+def train_cmd(sets: list[str], task: str = "default.yaml") -> list[str]:
+    """`python -m training train --task tasks/<task> --set ...` for each of `sets`."""
+    return [sys.executable, "-m", "training", "train", "--task", str(REPO / "tasks" / task),
+            *[a for s in sets for a in ("--set", s)]]
+
+
+def run_ok(cmd, **kw) -> subprocess.CompletedProcess:
+    """Run `cmd`; fail the test with the tail of its stderr unless it exits 0."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
