@@ -18,6 +18,16 @@ def train_cmd(sets: list[str], task: str = "default.yaml") -> list[str]:
             *[a for s in sets for a in ("--set", s)]]
 
 
+def continue_cmd(checkpoint, settings: list[str], out: Path, iterations: int, task: str = "arith_hard.yaml") -> list[str]:
+    """`python -m training continue CHECKPOINT --task tasks/<task>` into run `out/child`, with `settings`'
+    non-task fields and a small second suite (2 tasks x 2 samples)."""
+    sets = [s for s in settings if not s.startswith("task.")] + [
+        "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2", "task.eval_samples=1",
+        f"run.out_dir={out}", "run.name=child", f"run.iterations={iterations}"]
+    return [sys.executable, "-m", "training", "continue", str(checkpoint), "--task", str(REPO / "tasks" / task),
+            *[a for s in sets for a in ("--set", s)]]
+
+
 def run_ok(cmd, **kw) -> subprocess.CompletedProcess:
     """Run `cmd`; fail the test with the tail of its stderr unless it exits 0."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)

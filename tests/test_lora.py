@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 peft = pytest.importorskip("peft")
 
-from cli_runs import SMALL, run_ok, train_cmd  # noqa: E402
+from cli_runs import SMALL, continue_cmd, run_ok, train_cmd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = SMALL + ["learner.entropy_coef=0.01"]
@@ -112,11 +112,8 @@ def test_lora_continue_and_resume(tmp_path, eprl_cache):
 
     # continue on another suite, from another process and working directory; model.lora is not set here:
     # the checkpoint being an adapter is enough.
-    sets = [s for s in SETTINGS if not s.startswith("task.")] + [  # entropy_coef: a gradient even if all groups tie
-        "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2", "task.eval_samples=1",
-        f"run.out_dir={tmp_path}", "run.name=child", "run.iterations=1"]
-    run_ok([sys.executable, "-m", "training", "continue", str(parent), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
-          *[a for s in sets for a in ("--set", s)]], cwd=tmp_path)
+    # SETTINGS keeps entropy_coef: a gradient even if all groups tie.
+    run_ok(continue_cmd(parent, SETTINGS, tmp_path, iterations=1), cwd=tmp_path)
     child = tmp_path / "child"
     meta = json.loads((child / "meta.json").read_text())
     assert meta["parent"] == str((parent / "checkpoints" / "iter_000002").resolve())

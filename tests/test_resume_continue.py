@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_runs import SMALL, run_ok, train_cmd
+from cli_runs import SMALL, continue_cmd, run_ok, train_cmd
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = SMALL + ["learner.entropy_control.type=adapo"]
@@ -68,11 +68,7 @@ def test_continue_on_a_second_suite(tmp_path, eprl_cache):
     parent_state = torch.load(parent / "checkpoints" / "iter_000002" / "trainer.pt", weights_only=False)
     target = parent_state["learner"]["controller"]["target_entropy"]
     assert target is not None and target > 0
-    sets = [s for s in SMALL if not s.startswith("task.")] + [
-        "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2", "task.eval_samples=1",
-        f"run.out_dir={tmp_path}", "run.name=child", "run.iterations=2"]
-    run_ok([sys.executable, "-m", "training", "continue", str(parent), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
-          *[a for s in sets for a in ("--set", s)]])
+    run_ok(continue_cmd(parent, SMALL, tmp_path, iterations=2))
     child = tmp_path / "child"
     meta = json.loads((child / "meta.json").read_text())
     assert meta["parent"] == str((parent / "checkpoints" / "iter_000002").resolve())

@@ -17,7 +17,7 @@ except Exception:  # noqa: BLE001 - any import failure means "no usable vllm her
 
 from agents.engines import SamplingError  # noqa: E402
 from training.config import EngineConfig, SamplingConfig  # noqa: E402
-from vllm_common import ENGINE_KW, chat_prompts, learner_logprobs, start_engine  # noqa: E402
+from vllm_common import ENGINE_KW, chat_prompts, engine_continuation_logprobs, learner_logprobs, start_engine  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 TEMPERATURE = 0.7
@@ -77,19 +77,12 @@ def test_generation_and_logprobs_equal_learner(local, tiny_tokenizer):
 
 
 def test_weight_sync_changes_logprobs_to_the_learners(local, tiny_tokenizer):
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
     model, engine = local
     prompt = chat_prompts(tiny_tokenizer)[0]
     continuation = engine.generate([prompt], SamplingConfig(max_new_tokens=8), [])[0].token_ids
-    fixed = prompt + continuation
 
     def engine_prompt_logprobs() -> torch.Tensor:  # log-probs of the fixed continuation (temperature 1)
-        out = engine.backend.llm.generate([TokensPrompt(prompt_token_ids=fixed)],
-                                          SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
-                                          use_tqdm=False)[0]
-        return torch.tensor([out.prompt_logprobs[i][fixed[i]].logprob for i in range(len(prompt), len(fixed))])
+        return engine_continuation_logprobs(engine, prompt, continuation)
 
     before = engine_prompt_logprobs()
     assert torch.allclose(before, learner_logprobs(model, prompt, continuation, 1.0), atol=1e-4, rtol=0)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from training.logprobs import model_logprobs  # noqa: E402
 from training.config import EngineConfig, SamplingConfig  # noqa: E402
-from vllm_common import ENGINE_KW, chat_prompts, learner_logprobs, start_engine  # noqa: E402
+from vllm_common import ENGINE_KW, chat_prompts, engine_continuation_logprobs, learner_logprobs, start_engine  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 TEMPERATURE = 0.7
@@ -93,19 +93,13 @@ def test_lora_engine_serves_base_plus_adapter(lora_local, tiny_tokenizer):
 
 
 def test_lora_sync_changes_logprobs_to_the_learners(lora_local, tiny_tokenizer):
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
     model, base_weights, engine, weights_dir = lora_local
     prompt = chat_prompts(tiny_tokenizer)[0]
     continuation = engine.generate([prompt], SamplingConfig(max_new_tokens=8), [])[0].token_ids
     fixed = prompt + continuation
 
     def engine_prompt_logprobs() -> torch.Tensor:  # log-probs of the fixed continuation (temperature 1)
-        out = engine.backend.llm.generate([TokensPrompt(prompt_token_ids=fixed)],
-                                          SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
-                                          use_tqdm=False, lora_request=engine.backend.lora_request(engine.adapter))[0]
-        return torch.tensor([out.prompt_logprobs[i][fixed[i]].logprob for i in range(len(prompt), len(fixed))])
+        return engine_continuation_logprobs(engine, prompt, continuation)
 
     before = engine_prompt_logprobs()
     assert torch.allclose(before, learner_logprobs(model, prompt, continuation, 1.0), atol=1e-4, rtol=0)

@@ -28,6 +28,18 @@ def chat_prompts(tokenizer) -> list[list[int]]:
     return [agent.start(q).token_ids for q in ["Compute 12+30.", "Compute 5*6-2. Use the tool.", "Hi"]]
 
 
+def engine_continuation_logprobs(engine, prompt: list[int], continuation: list[int]) -> torch.Tensor:
+    """The in-process engine's log-probs (temperature 1) of a fixed `continuation` after `prompt`,
+    under the engine's current weights and LoRA adapter, read from vLLM's prompt log-probs."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    fixed = list(prompt) + list(continuation)
+    out = engine.backend.llm.generate([TokensPrompt(prompt_token_ids=fixed)],
+                                      SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
+                                      use_tqdm=False, lora_request=engine.backend.lora_request(engine.adapter))[0]
+    return torch.tensor([out.prompt_logprobs[i][fixed[i]].logprob for i in range(len(prompt), len(fixed))])
+
+
 def learner_logprobs(model, prompt, gen_ids, temperature) -> torch.Tensor:
     """The learner's float32 log-probs of `gen_ids` after `prompt` (what the engine's must equal)."""
     ids = torch.tensor([list(prompt) + list(gen_ids)])

@@ -182,15 +182,19 @@ class RepoD(_ZetaController):
         L = torch.where(m, lp + entropy.detach().to(dt), zero)
         return m, torch.where(m, adv.to(dt), zero), L, torch.where(m, torch.exp(lp), zero)
 
+    @staticmethod
+    def _sums(a: Tensor, L: Tensor, pi: Tensor) -> Tensor:
+        return torch.stack([(pi * a * L).sum(), (pi * L * L).sum()])
+
     def shaping_stats(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor) -> Tensor:
         """[sum(pi * A * L), sum(pi * L^2)] over these action tokens (float32, or float64 inputs' float64)."""
         _, a, L, pi = self._terms(adv, logp, entropy, mask)
-        return torch.stack([(pi * a * L).sum(), (pi * L * L).sum()])
+        return self._sums(a, L, pi)
 
     def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor,
                          stats: Optional[Tensor] = None) -> Tensor:
-        m, _, L, _ = self._terms(adv, logp, entropy, mask)
-        num, den = self.shaping_stats(adv, logp, entropy, mask) if stats is None else stats
+        m, a, L, pi = self._terms(adv, logp, entropy, mask)
+        num, den = self._sums(a, L, pi) if stats is None else stats
         c = num / den if float(den) > 1e-12 else torch.zeros((), dtype=L.dtype)
         self.last_c = float(c)
         adv32 = adv.to(L.dtype)

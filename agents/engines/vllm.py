@@ -300,9 +300,7 @@ class VLLMEngine:
         fields = request_fields(sampling, stop_token_ids)
         if not prompts:
             return []
-        if self.adapter is not None:
-            return self.backend.generate(prompts, fields, self.adapter)
-        return self.backend.generate(prompts, fields)
+        return self.backend.generate(prompts, fields, self.adapter)
 
     def sync_weights(self, model) -> None:
         if self.adapter is None:
