@@ -131,7 +131,8 @@ def test_optimizer_state_is_keyed_by_name_and_old_checkpoints_load(tiny_model, t
 def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "OMP_NUM_THREADS": "1",
+                               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -260,3 +261,28 @@ def test_torchrun_train_then_resume_in_one_process(tmp_path, eprl_cache):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------- backend choice (no processes)
+@pytest.mark.parametrize("device,gpus,ranks,expect", [
+    ("auto", 0, 2, "gloo"), ("auto", 1, 2, "gloo"),  # fewer GPUs than ranks: CPU, not a crash on cuda:1
+    ("auto", 2, 2, "nccl"), ("cuda", 4, 2, "nccl"), ("cpu", 2, 2, "gloo"), ("cuda", 1, 2, "error")])
+def test_backend_choice(monkeypatch, device, gpus, ranks, expect):
+    import torch.distributed as dist
+
+    from training import distributed
+    from training.config import ConfigError
+    for key, value in {"WORLD_SIZE": ranks, "LOCAL_WORLD_SIZE": ranks, "LOCAL_RANK": 0}.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    chosen = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: chosen.append(backend))
+    if expect == "error":
+        with pytest.raises(ConfigError, match="needs one GPU per rank: 2 ranks on this node but 1 GPU"):
+            distributed.init_distributed(device)
+        return
+    distributed.init_distributed(device)
+    assert chosen == [expect]

@@ -71,6 +71,33 @@ def test_adapo_eps_high_sequence():
     assert _run(c, [0.5, 0.5, 2, 2, 2], lambda c: c.eps_high(0.0)) == pytest.approx([0.5, 0.5, 0.25, 0.25, 0.25])
 
 
+def test_target_from_several_iterations_relative_band_and_smoothing():
+    # H* = mean of the first 3 iterations (1.0); no step before it is known.
+    c = make_controller(_cfg(type="repo_d", target_iterations=3, tolerance=0.1, tolerance_relative=True))
+    assert _run(c, [0.8, 1.2, 1.0], lambda c: (c.target_entropy, c.zeta)) == [(None, 1.0), (None, 1.0), (1.0, 1.0)]
+    assert c.band() == pytest.approx(0.1)
+    # +-10% of H* is dead band: 0.91 and 1.09 hold; 0.85 doubles; 1.2 halves.
+    assert _run(c, [0.91, 1.09, 0.85, 1.2], lambda c: c.zeta) == pytest.approx([1.0, 1.0, 2.0, 1.0])
+    # EMA s = 0.5 starting at H*: H_c = 1.0 -> 0.8 -> 0.7 -> 0.95 -> 1.125; only H_c outside +-0.1 steps.
+    c = make_controller(_cfg(type="adapo", smoothing=0.5, tolerance=0.1, tolerance_relative=True, gamma=2.0))
+    got = _run(c, [1.0, 0.6, 0.6, 1.2, 1.3], lambda c: (round(c.smoothed, 6), c.eps_high(0.0)))
+    assert got == [(1.0, 0.28), (0.8, 0.56), (0.7, 1.0), (0.95, 1.0), (1.125, 0.5)]
+    assert c.metrics()["entropy_smoothed"] == pytest.approx(1.125)
+
+
+@pytest.mark.parametrize("kind", sorted(CONTROLLERS))
+def test_state_dict_round_trip_mid_warmup(kind):
+    a = make_controller(_cfg(type=kind, target_iterations=3, smoothing=0.3))
+    a.update(2.0)
+    b = make_controller(_cfg(type=kind, target_iterations=3, smoothing=0.3))
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for h in [1.0, 1.5, 0.5, 3.0]:
+        a.update(h)
+        b.update(h)
+        assert b.metrics() == a.metrics() and b.eps_high(0.3) == a.eps_high(0.3)
+    assert a.target_entropy == pytest.approx(1.5)
+
+
 @pytest.mark.parametrize("kind", sorted(CONTROLLERS))
 def test_state_dict_round_trip(kind):
     a = make_controller(_cfg(type=kind))

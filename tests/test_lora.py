@@ -57,7 +57,8 @@ def test_lora_training_changes_only_the_adapter(tmp_path, eprl_cache):
     from training.loop import Trainer
     from training.policy import resolve_model_path
 
-    cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=_sets(eprl_cache, tmp_path, "lora"))
+    # CPU also on GPU hosts: the logits are compared bit for bit with a CPU-loaded copy below.
+    cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=_sets(eprl_cache, tmp_path, "lora", "run.device=cpu"))
     quiet = lambda *a, **k: None  # noqa: E731
     base_path = resolve_model_path(cfg, log=quiet)
     torch.manual_seed(0)

@@ -38,7 +38,9 @@ def test_method_runs_and_logs_every_metric(method, tmp_path, eprl_cache):
         "model.tiny_sft_steps=30", f"model.cache_dir={eprl_cache}", "task.group_size=4", "task.tasks_per_iteration=3",
         "task.eval.num_tasks=2", "task.eval_samples=1", "task.sampling.max_new_tokens=12",
         "task.eval_sampling.max_new_tokens=12", "run.iterations=2", "run.checkpoint_every=2", "run.progress=false",
-        "learner.epochs=2", "learner.minibatches=2", f"run.out_dir={tmp_path}", f"run.name={method}", *METHODS[method]])
+        "learner.epochs=2", "learner.minibatches=2", f"run.out_dir={tmp_path}", f"run.name={method}",
+        "run.device=cpu",  # same draws on GPU hosts (dapo needs informative groups; CUDA is tests/test_gpu.py)
+        *METHODS[method]])
     trainer: Trainer = _start(cfg, resolve_model_path(cfg, log=lambda *_: None), {"model": "tiny"}, log=lambda *_: None)
     summary = trainer.fit()
     rows = read_metrics(summary["run_dir"])

@@ -36,7 +36,7 @@ def _group_index(group_ids: Tensor) -> tuple[Tensor, int]:
 
 
 def _group_sum(values: Tensor, index: Tensor, num_groups: int) -> Tensor:
-    return torch.zeros(num_groups, dtype=values.dtype).index_add_(0, index, values)
+    return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
 
 
 @register_advantage("grpo")
@@ -83,8 +83,8 @@ def informative_groups(rewards: Tensor, group_ids: Tensor) -> Tensor:
     """
     r = rewards.to(torch.float32)
     index, g = _group_index(group_ids)
-    gmax = torch.full((g,), -torch.inf).scatter_reduce(0, index, r, reduce="amax")
-    gmin = torch.full((g,), torch.inf).scatter_reduce(0, index, r, reduce="amin")
+    gmax = torch.full((g,), -torch.inf, device=r.device).scatter_reduce(0, index, r, reduce="amax")
+    gmin = torch.full((g,), torch.inf, device=r.device).scatter_reduce(0, index, r, reduce="amin")
     return (gmax > gmin)[index]
 
 

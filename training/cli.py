@@ -86,17 +86,24 @@ def run(argv=None) -> int:
     if args.command == "eval":
         print(json.dumps(_cmd_eval(args), indent=2))
         return 0
-    distributed.init_distributed()  # under torchrun: one process per rank (no-op otherwise)
+    if args.command == "train" and args.resume:
+        cfg = None
+        saved = Path(args.resume) / "config.json"
+        device = json.loads(saved.read_text()).get("run", {}).get("device", "auto") if saved.is_file() else "auto"
+    else:
+        if args.command == "continue" and not args.task:
+            raise ConfigError("continue: --task is required (the new domain's task suite)")
+        cfg = load_run_config(args.task, args.config, args.overrides)
+        device = cfg.run.device
+    distributed.init_distributed(device)  # under torchrun: one process per rank (no-op otherwise)
     main = distributed.is_main()
     try:
-        if args.command == "train" and args.resume:
+        if cfg is None:
             summary = loop.resume(args.resume, iterations=args.iterations)
         elif args.command == "train":
-            summary = loop.train(load_run_config(args.task, args.config, args.overrides))
+            summary = loop.train(cfg)
         else:
-            if not args.task:
-                raise ConfigError("continue: --task is required (the new domain's task suite)")
-            summary = loop.continue_from(args.checkpoint, load_run_config(args.task, args.config, args.overrides))
+            summary = loop.continue_from(args.checkpoint, cfg)
     finally:
         distributed.close_distributed()
     if main:  # the other ranks' summary is empty

@@ -17,26 +17,40 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .config import ConfigError
 from .numerics import DTYPES
 
 # Rank 0 runs rollouts and evaluation while the other ranks wait in a collective: be patient.
 TIMEOUT = datetime.timedelta(hours=2)
 
 
-def init_distributed() -> int:
-    """Join torchrun's process group (nccl on CUDA, gloo on CPU); returns the world size.
+def init_distributed(device: str = "auto") -> int:
+    """Join torchrun's process group; returns the world size. Not under torchrun (no WORLD_SIZE in the
+    environment): nothing happens, returns 1.
 
-    Not under torchrun (no WORLD_SIZE in the environment): nothing happens, returns 1.
+    Backend: nccl with one GPU per rank when `device` (run.device) allows CUDA and this node has a GPU
+    for every local rank; gloo on CPU otherwise. Every rank decides from the same facts (device string,
+    LOCAL_WORLD_SIZE, GPU count), so they agree. `auto` with fewer GPUs than ranks falls back to CPU;
+    an explicit `cuda` then is an error.
     """
     if "WORLD_SIZE" not in os.environ or dist.is_initialized():
         return world_size()
-    cuda = torch.cuda.is_available()
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = device != "cpu" and gpus > 0
+    if cuda and ranks_here > gpus:
+        if device != "auto":
+            raise ConfigError(f"run.device={device!r} under torchrun needs one GPU per rank: {ranks_here} ranks on this "
+                             f"node but {gpus} GPU(s) visible; use --nproc_per_node {gpus} or run.device=cpu")
+        print(f"[distributed] {ranks_here} ranks but {gpus} GPU(s): using gloo on CPU", file=sys.stderr)
+        cuda = False
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
@@ -95,7 +109,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device={name!r} but torch sees no CUDA device; use run.device=cpu (or auto)")
+        raise ConfigError(f"run.device={name!r} but torch sees no CUDA device; use run.device=cpu (or auto)")
     return dev
 
 
@@ -150,9 +164,13 @@ def shard_model(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
     # fp32: no casting at all (the parameters' own dtype, e.g. float64 in tests, is kept).
     mp = MixedPrecisionPolicy() if dtype == "fp32" else MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
+    # An explicit mesh on this rank's device type: fully_shard's default mesh is the accelerator's,
+    # which on a GPU host running gloo (more ranks than GPUs) would claim cuda:LOCAL_RANK.
+    from torch.distributed.device_mesh import init_device_mesh
+    mesh = init_device_mesh(device().type, (world_size(),))
     for layer in decoder_layers(model):
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)

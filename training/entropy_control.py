@@ -44,8 +44,9 @@ def make_controller(cfg: LearnerConfig) -> "EntropyController":
 class EntropyController:
     """No control. Base class: holds H* and the once-per-iteration update protocol.
 
-    update(H): on the first call with target_entropy None, H* := H and no step is taken.
-    Afterwards, if adaptive and |H - H*| > tolerance, `_step(entropy_low = H < H*)`.
+    update(H): while target_entropy is None, H* := the mean of the first `target_iterations` H and no
+    step is taken. Afterwards, if adaptive and |H_c - H*| > band, `_step(entropy_low = H_c < H*)`,
+    H_c = H (or its EMA with `smoothing`).
     """
     needs_entropy: bool = False
     minibatch_stats: bool = False  # shaping needs sums over the whole minibatch (shaping_stats)
@@ -54,6 +55,8 @@ class EntropyController:
         self.cfg = cfg
         self.ec = cfg.entropy_control
         self.target_entropy: Optional[float] = self.ec.target_entropy
+        self.first_entropies: list[float] = []  # iterations that define H* (target_iterations of them)
+        self.smoothed: Optional[float] = None  # H the controller compares with H* (EMA when smoothing > 0)
 
     def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor,
                          stats: Optional[Tensor] = None) -> Tensor:
@@ -66,28 +69,47 @@ class EntropyController:
     def eps_high(self, default: float) -> float:
         return default
 
+    def band(self) -> float:
+        """Half-width of the dead band around H*: tolerance, or tolerance * H* when tolerance_relative."""
+        return self.ec.tolerance * (abs(self.target_entropy) if self.ec.tolerance_relative else 1.0)
+
     def update(self, mean_entropy: float) -> None:
+        """Once per iteration. While H* is unset, collect the first `target_iterations` entropies and set
+        H* to their mean (no step). Then H_c = s * H_c + (1 - s) * H (s = smoothing; 0: H_c = H) and,
+        if adaptive and |H_c - H*| > band, `_step(entropy_low = H_c < H*)`."""
         mean_entropy = float(mean_entropy)
         if self.target_entropy is None:
-            self.target_entropy = mean_entropy
+            self.first_entropies.append(mean_entropy)
+            if len(self.first_entropies) >= self.ec.target_iterations:
+                self.target_entropy = sum(self.first_entropies) / len(self.first_entropies)
+                self.smoothed = self.target_entropy
             return
-        # inside the band |H - H*| <= tolerance (with tolerance 0: H == H*) nothing moves
-        if not self.ec.adaptive or abs(mean_entropy - self.target_entropy) <= self.ec.tolerance:
+        s = self.ec.smoothing
+        self.smoothed = mean_entropy if self.smoothed is None else s * self.smoothed + (1.0 - s) * mean_entropy
+        # inside the band |H_c - H*| <= band (with tolerance 0: H_c == H*) nothing moves
+        if not self.ec.adaptive or abs(self.smoothed - self.target_entropy) <= self.band():
             return
-        self._step(entropy_low=mean_entropy < self.target_entropy)
+        self._step(entropy_low=self.smoothed < self.target_entropy)
 
     def _step(self, entropy_low: bool) -> None:
         pass
 
     def metrics(self) -> dict[str, float]:
-        return {} if self.target_entropy is None else {"target_entropy": self.target_entropy}
+        out = {} if self.target_entropy is None else {"target_entropy": self.target_entropy}
+        if self.smoothed is not None and self.ec.smoothing > 0:
+            out["entropy_smoothed"] = self.smoothed
+        return out
 
     def state_dict(self) -> dict:
-        return {"target_entropy": self.target_entropy}
+        return {"target_entropy": self.target_entropy, "first_entropies": list(self.first_entropies),
+                "smoothed": self.smoothed}
 
     def load_state_dict(self, state: dict) -> None:
         t = state.get("target_entropy")
         self.target_entropy = None if t is None else float(t)
+        self.first_entropies = [float(x) for x in state.get("first_entropies", [])]
+        smoothed = state.get("smoothed")
+        self.smoothed = None if smoothed is None else float(smoothed)
 
 
 class _ZetaController(EntropyController):
@@ -195,7 +217,7 @@ class RepoD(_ZetaController):
                          stats: Optional[Tensor] = None) -> Tensor:
         m, a, L, pi = self._terms(adv, logp, entropy, mask)
         num, den = self._sums(a, L, pi) if stats is None else stats
-        c = num / den if float(den) > 1e-12 else torch.zeros((), dtype=L.dtype)
+        c = num / den if float(den) > 1e-12 else torch.zeros((), dtype=L.dtype, device=L.device)
         self.last_c = float(c)
         adv32 = adv.to(L.dtype)
         return torch.where(m, adv32 - self.zeta * c * L, adv32)
