@@ -131,8 +131,8 @@ def write_md(result: dict) -> str:
              f"common overrides `{' '.join(result['common_extra']) or '(none)'}` on top of the defaults (lr 5e-5, 1 epoch x 1 minibatch, PPO clip).",
              f"A run holds the band when the mean entropy of its last {win} iterations is within +-{band:.0%} of H0, "
              f"the mean entropy of its first {REF_ITERATIONS} iterations (what the `_band` controllers target). Medians over seeds.", "",
-             f"Machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores, {result['jobs']} runs at a time, "
-             f"1 torch thread each, torch {result['machine']['torch']}, {result['machine']['date']}.", "",
+             result.get("ran_on") or f"Machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores, "
+             f"{result['jobs']} runs at a time, 1 torch thread each, torch {result['machine']['torch']}, {result['machine']['date']}.", "",
              "| variant | baseline | overrides | last-window entropy vs H0 (median; each seed) | seeds holding the band | held-out success first -> last (median) | train reward first-5 -> last-5 | clip frac high |",
              "|---|---|---|---|---|---|---|---|"]
     for v, s in a.items():
@@ -164,6 +164,7 @@ def main() -> None:
     p.add_argument("--tag", default="entropy_band")
     p.add_argument("--status", default="")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--ran-on", default="", help="with --report-only: where the runs were made (replaces this machine's line)")
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     variants = [v for v in args.variants.split(",") if v]
@@ -178,7 +179,7 @@ def main() -> None:
             launched = list(pool.map(lambda vs: run_one(args, *vs), [(v, s) for s in seeds for v in variants]))
     per_run = {v: {s: summarize_run(Path(args.runs) / f"{v}-s{s}", args.window, args.band) for s in seeds} for v in variants}
     result = {"tag": args.tag, "status": args.status, "iterations": args.iterations, "seeds": seeds, "window": args.window,
-              "band": args.band, "jobs": args.jobs, "common_extra": args.extra, "machine": machine(), "launched": launched,
+              "band": args.band, "jobs": args.jobs, "ran_on": args.ran_on, "common_extra": args.extra, "machine": machine(), "launched": launched,
               "aggregate": aggregate(per_run, args.band), "runs": {v: {str(s): r for s, r in d.items()} for v, d in per_run.items()}}
     atomic_write(RESULTS / f"{args.tag}.json", json.dumps(result, indent=1))
     md = write_md(result)
