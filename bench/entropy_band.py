@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_io import machine, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -64,13 +64,6 @@ def common_overrides(args, seed: int, run_dir: Path) -> list[str]:
     return [f"run.seed={seed}", f"run.iterations={args.iterations}", "run.eval_every=0",
             f"run.checkpoint_every={max(args.iterations, 1)}", "run.threads=1", "run.progress=false",
             "run.device=cpu", f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}"] + list(args.extra)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_one(args, variant: str, seed: int) -> dict:
@@ -144,14 +137,6 @@ def write_md(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> dict:
-    import torch
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "unknown")
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default="grpo,repo_r_z4,grpo_e2,dapo_e2,adapo_e2")
@@ -181,9 +166,8 @@ def main() -> None:
     result = {"tag": args.tag, "status": args.status, "iterations": args.iterations, "seeds": seeds, "window": args.window,
               "band": args.band, "jobs": args.jobs, "ran_on": args.ran_on, "common_extra": args.extra, "machine": machine(), "launched": launched,
               "aggregate": aggregate(per_run, args.band), "runs": {v: {str(s): r for s, r in d.items()} for v, d in per_run.items()}}
-    atomic_write(RESULTS / f"{args.tag}.json", json.dumps(result, indent=1))
     md = write_md(result)
-    atomic_write(RESULTS / f"{args.tag}.md", md)
+    write_results(RESULTS / args.tag, result, md)
     print(md)
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from training.config import load_run_config  # noqa: E402
 from training.learner import Learner  # noqa: E402
 from training.loop import _start  # noqa: E402
 from training.policy import resolve_model_path  # noqa: E402
+from bench_io import machine, write_results  # noqa: E402
 
 EC = "learner.entropy_control"
 SETTINGS = {"grpo (none)": [], "repo_r zeta 0.05": ["type=repo_r", "zeta=0.05"],
@@ -74,10 +72,7 @@ def main() -> None:
             deltas.append(float(h1[m].mean() - h0[m].mean()))
         rows[name] = deltas
         print(f"{name:18s} " + " ".join(f"{d:+.4f}" for d in deltas), flush=True)
-    import platform
-    result = {"steps": args.steps, "rare_tokens": rare, "delta_entropy": rows,
-              "machine": {"torch": torch.__version__, "python": platform.python_version(), "cores": os.cpu_count(),
-                          "date": datetime.datetime.now().isoformat(timespec="seconds")}}
+    result = {"steps": args.steps, "rare_tokens": rare, "delta_entropy": rows, "machine": machine()}
     lines = ["# One-batch entropy probe on the tiny default", "",
              f"{args.steps} learner steps (default lr 5e-5, Adam, grad clip 1.0) on each of 3 rollout batches from the warm-started "
              "policy, controllers fixed. Change of the exact mean action-token entropy on the batch's states "
@@ -87,11 +82,7 @@ def main() -> None:
     lines += ["", "Where the rare sampled tokens (-log p > 1) are:", "", "| batch | action tokens | rare, in episodes with A > 0 | rare, A < 0 |",
               "|---|---|---|---|"]
     lines += [f"| {i} | {r['action_tokens']} | {r['rare_in_A_pos']} | {r['rare_in_A_neg']} |" for i, r in enumerate(rare)]
-    out = REPO / "bench" / "results"
-    for path, text in ((out / "entropy_one_step.json", json.dumps(result, indent=1)), (out / "entropy_one_step.md", "\n".join(lines) + "\n")):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_results(REPO / "bench" / "results" / "entropy_one_step", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

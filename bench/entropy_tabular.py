@@ -11,10 +11,7 @@ and whether it stays within +-10%. Medians over seeds. Results (atomic): bench/r
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -24,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from training.config import EntropyControlConfig, LearnerConfig  # noqa: E402
 from training.tabular_testbed import run_tabular  # noqa: E402
+from bench_io import machine as machine_info, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 E4 = dict(epochs=4, minibatches=4)  # 16 SGD steps per batch: ratios leave 1, the clip bounds bind
@@ -70,8 +68,7 @@ def main() -> None:
                          "reward_first5_median": statistics.median(a for a, _ in reward),
                          "reward_last10_median": statistics.median(b for _, b in reward)})
             print(f"{start:6s} {name:18s} {rows[-1]['tail_rel_median']:+.0%} in band {held}/{len(seeds)}", flush=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-               "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    machine = machine_info()
     result = {"iterations": args.iterations, "seeds": seeds, "band": args.band, "starts": STARTS, "machine": machine,
               "rows": rows, "curves": curves}
     lines = ["# Entropy controllers in closed loop: tabular testbed", "",
@@ -85,12 +82,7 @@ def main() -> None:
         lines.append(f"| {r['start']} | {r['variant']} | {r['baseline'] or '-'} | `{json.dumps(r['spec'])}` | "
                      f"{r['tail_rel_median']:+.0%} ({', '.join(f'{x:+.0%}' for x in r['tail_rel_each'])}) | "
                      f"{r['seeds_in_band']}/{r['seeds']} | {r['reward_first5_median']:.2f} -> {r['reward_last10_median']:.2f} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for path, text in ((RESULTS / "entropy_tabular.json", json.dumps(result, indent=1)),
-                       (RESULTS / "entropy_tabular.md", "\n".join(lines) + "\n")):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_results(RESULTS / "entropy_tabular", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
