@@ -108,7 +108,7 @@ class EngineConfig(Strict):
 
 class EntropyControlConfig(Strict):
     type: Literal["none", "repo_r", "repo_d", "adapo"] = Field("none", description="entropy controller: none | repo_r | repo_d | adapo")
-    target_entropy: Optional[float] = Field(None, description="H*; None = mean action-token entropy of the first iteration")
+    target_entropy: Optional[float] = Field(None, description="H*; None = mean action-token entropy of the first target_iterations iterations")
     tolerance: float = Field(0.0, ge=0, description="band around H* inside which the controller holds still")
     tolerance_relative: bool = Field(False, description="tolerance is a fraction of H* (0.1 = +-10%) instead of nats")
     target_iterations: int = Field(1, ge=1, description="H* = mean entropy of the first N iterations (1: the first, per ALGORITHMS.md); no control step before")
