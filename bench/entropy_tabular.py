@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from training.config import EntropyControlConfig, LearnerConfig  # noqa: E402
-from training.tabular_testbed import run_tabular  # noqa: E402
+from training.tabular_testbed import STARTS, run_tabular  # noqa: E402
 from bench_io import machine as machine_info, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,7 +34,6 @@ VARIANTS: dict[str, dict] = {
     "adapo_e4": dict(loss="dapo", ec=dict(type="adapo"), **E4),
 }
 BASELINE = {"repo_r": "grpo", "repo_r_zeta_max_1": "grpo", "repo_d": "grpo", "adapo_e4": "dapo_e4"}
-STARTS = {"flat": dict(init_scale=1.0, lr=30.0), "peaked": dict(init_scale=3.0, lr=30.0)}
 
 
 def learner_cfg(spec: dict) -> LearnerConfig:

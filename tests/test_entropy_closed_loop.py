@@ -44,3 +44,18 @@ def test_adapo_raises_eps_high_and_slows_the_collapse(seed):
     assert adapo["eps_high"][-1] == 1.0  # entropy below H* throughout: eps_high climbs to its cap
     # The direction is right; the upper clip alone does not hold the band here (bench/results/entropy_tabular.md).
     assert _tail_rel(adapo) > _tail_rel(dapo) + 0.03
+
+
+def test_entropy_check_command(capsys):
+    """`eprl entropy-check`: the configured learner and the same without control, side by side."""
+    import json
+
+    from training.cli import run
+    assert run(["entropy-check", "--set", "learner.entropy_control.type=repo_r", "--set",
+                "learner.entropy_control.zeta_max=1.0", "--seeds", "0", "--iterations", "40"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["entropy_control"] == "repo_r" and out["start"] == "peaked"
+    assert out["configured"]["seeds_in_band"] == 1 and out["without_control"]["seeds_in_band"] == 0
+    assert out["without_control"]["runs"][0]["tail_rel"] < -0.3
+    with pytest.raises(ValueError, match="unknown start 'nope'; choose one of"):
+        run(["entropy-check", "--start", "nope"])

@@ -38,6 +38,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="plot metrics of one or more runs (overlaid)")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", default="plots", help="output directory for PNGs")
+    p = sub.add_parser("entropy-check", help="the learner section with and without entropy control on a tabular "
+                       "policy in closed loop (seconds on a CPU; training/tabular_testbed.py)")
+    p.add_argument("--config", help="run config YAML (only its learner section is used)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a learner field, e.g. --set learner.entropy_control.type=repo_r (repeatable)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--iterations", type=int, default=60)
+    p.add_argument("--start", default="peaked", help="peaked (H0 ~ 0.8 nats) or flat (H0 ~ 1.7)")
     sub.add_parser("config", help="print the configuration reference (every field, default, description)")
     sub.add_parser("appworld-setup", help="build the AppWorld virtualenv and (without APPWORLD_ROOT) the stand-in world",
                    add_help=False)
@@ -76,6 +84,12 @@ def run(argv=None) -> int:
     if args.command == "config":
         for name, default, desc in describe():
             print(f"{name:45s} {default:28s} {desc}")
+        return 0
+    if args.command == "entropy-check":
+        from .tabular_testbed import entropy_check
+        cfg = load_run_config(DEFAULT_TASK, args.config, args.overrides)
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        print(json.dumps(entropy_check(cfg.learner, seeds=seeds, iterations=args.iterations, start=args.start), indent=2))
         return 0
     if args.command == "plot":
         from .plot import plot_runs

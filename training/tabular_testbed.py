@@ -56,3 +56,31 @@ def run_tabular(cfg: LearnerConfig, *, iterations: int = 60, states: int = 64, a
         out["zeta"].append(getattr(ctl, "zeta", float("nan")))
         out["eps_high"].append(ctl.eps_high(cfg.eps_high))
     return out
+
+
+STARTS = {"flat": dict(init_scale=1.0, lr=30.0), "peaked": dict(init_scale=3.0, lr=30.0)}  # H0 ~ 1.7 / ~ 0.8 nats
+
+
+def entropy_check(cfg: LearnerConfig, *, seeds: list[int], iterations: int = 60, start: str = "peaked",
+                  band: float = 0.10, window: int = 10) -> dict:
+    """`cfg` and the same learner without entropy control, side by side on the testbed: per seed, the mean
+    entropy of the last `window` iterations relative to iteration 0's, and whether it is within +-band.
+    The testbed's SGD step size is its own (tabular logits); every other learner field is `cfg`'s."""
+    if start not in STARTS:
+        raise ValueError(f"unknown start {start!r}; choose one of {sorted(STARTS)}")
+    if window >= iterations:
+        raise ValueError(f"window ({window}) must be smaller than iterations ({iterations})")
+    baseline = cfg.model_copy(update={"entropy_control": cfg.entropy_control.model_copy(update={"type": "none"})})
+    out = {}
+    for name, c in (("configured", cfg), ("without_control", baseline)):
+        per_seed = []
+        for seed in seeds:
+            run = run_tabular(c, iterations=iterations, seed=seed, **STARTS[start])
+            h = run["entropy"]
+            rel = sum(h[-window:]) / window / h[0] - 1.0
+            per_seed.append({"seed": seed, "entropy_first": h[0], "tail_rel": rel, "in_band": abs(rel) <= band,
+                             "reward_first": run["reward"][0], "reward_last": sum(run["reward"][-window:]) / window,
+                             "zeta_last": run["zeta"][-1], "eps_high_last": run["eps_high"][-1]})
+        out[name] = {"seeds_in_band": sum(s["in_band"] for s in per_seed), "runs": per_seed}
+    return {"start": start, "iterations": iterations, "band": band, "window": window,
+            "entropy_control": cfg.entropy_control.type, **out}
