@@ -5,12 +5,12 @@
 
 Every (variant, seed) is one `python -m training train` on the embedded tiny default (tasks/default.yaml,
 cached warm-start in $EPRL_CACHE), single-threaded on the CPU, `--jobs` of them at a time. Variants differ
-only by their overrides (VARIANTS); COMMON holds what they share. Each variant has a baseline (BASELINE):
+only by their overrides (VARIANTS); `common_overrides` holds what they share. Each variant has a baseline (BASELINE):
 the same settings without the controller, so "holds the band" is always read against "what it would
 have done".
 
-Per run: H0 (the mean entropy of its first REF_ITERATIONS iterations, for every variant alike), the mean entropy of the last `--window` iterations relative to H0, and held-out success first ->
-last. A run "holds the band" when that windowed mean is within +-`--band` of H0 (per-iteration entropy
+Per run: H0 (the mean entropy of its first REF_ITERATIONS iterations, for every variant alike), the
+mean entropy of the last `--window` iterations relative to H0, and held-out success first -> last. A run "holds the band" when that windowed mean is within +-`--band` of H0 (per-iteration entropy
 on 64 trajectories is noisy, +-20%, so single iterations are not the criterion). Results across seeds
 are medians. Output (atomic): bench/results/<tag>.json and .md.
 """
@@ -20,6 +20,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def run_one(args, variant: str, seed: int) -> dict:
     overrides = common_overrides(args, seed, run_dir) + VARIANTS[variant]
     cmd = [sys.executable, "-m", "training", "train", "--task", str(TASK)] + [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    shutil.rmtree(run_dir, ignore_errors=True)  # our own scratch run directory, from an earlier attempt
     t0 = time.perf_counter()
     with open(run_dir.with_suffix(".log"), "w") as log:
         rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -139,7 +141,7 @@ def write_md(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default="grpo,repo_r_z4,grpo_e2,dapo_e2,adapo_e2")
+    p.add_argument("--variants", default="grpo,repo_d,repo_d_band,repo_r_z4_band,dapo_e2,adapo_e2_band")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--jobs", type=int, default=2)
