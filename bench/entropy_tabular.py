@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from training.config import EntropyControlConfig, LearnerConfig  # noqa: E402
-from training.tabular_testbed import STARTS, run_tabular  # noqa: E402
+from training.tabular_testbed import STARTS, run_tabular, tail_rel  # noqa: E402
 from bench_io import machine as machine_info, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,8 +55,7 @@ def main() -> None:
             rel, reward, held = [], [], 0
             for seed in seeds:
                 out = run_tabular(learner_cfg(spec), iterations=args.iterations, seed=seed, **kw)
-                h = out["entropy"]
-                r = statistics.fmean(h[-10:]) / h[0] - 1.0
+                r = tail_rel(out["entropy"])
                 rel.append(r)
                 held += abs(r) <= args.band
                 reward.append((statistics.fmean(out["reward"][:5]), statistics.fmean(out["reward"][-10:])))

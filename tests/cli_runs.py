@@ -1,6 +1,7 @@
 """Shared by tests that drive `python -m training` in subprocesses: cheap settings, the command, a run that must pass."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,4 +33,15 @@ def run_ok(cmd, **kw) -> subprocess.CompletedProcess:
     """Run `cmd`; fail the test with the tail of its stderr unless it exits 0."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def torchrun_ok(*args: str, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node N ARGS` from the repo root, one thread per rank, the repo
+    prepended to PYTHONPATH (packages found through it stay found); fail unless it exits 0."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,8 @@ from training.checkpoint import load_trainer_state, save_checkpoint
 from training.config import LearnerConfig
 from training.learner import Learner
 from training.microbatch import plan, split_by_tokens
+
+from cli_runs import torchrun_ok
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
@@ -128,15 +129,6 @@ def test_optimizer_state_is_keyed_by_name_and_old_checkpoints_load(tiny_model, t
 
 
 # ----------------------------------------------------------------------------- 2 processes
-def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1",
-                               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, tiny_tokenizer):
     """One torchrun job (2 gloo ranks) runs every distributed Learner case; the tests compare."""
@@ -167,7 +159,7 @@ def two_ranks(tmp_path_factory, tiny_tokenizer):
     for job in jobs:
         job["cfg"] = {"lr": 1e-2, **job["cfg"]}
     (root / "jobs.json").write_text(json.dumps(jobs))
-    _torchrun(str(REPO / "tests" / "_dist_worker.py"), str(root))
+    torchrun_ok(str(REPO / "tests" / "_dist_worker.py"), str(root))
     return {"root": root, "model": model, "batch": batch, "batch2": batch2, "ws1": ws1,
             "ws2": root / "ws2" / "checkpoints" / "iter_000001",
             "results": torch.load(root / "results.pt", weights_only=False)}
@@ -246,7 +238,7 @@ def test_torchrun_train_then_resume_in_one_process(tmp_path, eprl_cache):
             "task.eval_sampling.max_new_tokens=12", "run.threads=1", "run.progress=false", "learner.entropy_coef=0.01",
             "learner.micro_batch_tokens=64", "run.iterations=2", "run.checkpoint_every=1", f"run.out_dir={tmp_path}",
             "run.name=ddp"]
-    proc = _torchrun("-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
+    proc = torchrun_ok("-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
                      *[a for s in sets for a in ("--set", s)])
     assert proc.stdout.count('"run_dir"') == 1  # only rank 0 reports
     run = tmp_path / "ddp"

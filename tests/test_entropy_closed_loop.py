@@ -7,16 +7,14 @@ import pytest
 import torch
 
 from training.config import EntropyControlConfig, LearnerConfig
-from training.tabular_testbed import run_tabular
+from training.tabular_testbed import run_tabular, tail_rel
 
 torch.set_num_threads(1)
 PEAKED = dict(init_scale=3.0, lr=30.0, iterations=60)  # H0 ~ 0.8 nats of log(8) = 2.08
 
 
 def _tail_rel(out) -> float:
-    """Mean entropy of the last 10 iterations relative to iteration 0's (the controller's H*)."""
-    h = out["entropy"]
-    return statistics.fmean(h[-10:]) / h[0] - 1.0
+    return tail_rel(out["entropy"])
 
 
 def _cfg(**kw) -> LearnerConfig:

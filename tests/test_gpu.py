@@ -40,18 +40,12 @@ def test_two_iterations_on_cuda(dtype, tmp_path, eprl_cache):
 def test_torchrun_one_rank_nccl_fsdp2(tmp_path, eprl_cache):
     """torchrun with one rank per visible GPU (capped at 1 here): NCCL, FSDP2, bf16 compute; every
     trained iteration finite. (Run by hand on an H100 on 2026-11-23: rc 0, see bench/results/gpu_check.md.)"""
-    import os
-    import subprocess
-    import sys
-
+    from cli_runs import torchrun_ok
     sets = ["model.tiny_sft_steps=30", f"model.cache_dir={eprl_cache}", "task.group_size=4", "task.tasks_per_iteration=3",
             "task.eval.num_tasks=2", "task.eval_samples=1", "run.iterations=2", "run.progress=false", "model.dtype=bf16",
             "run.device=cuda", f"run.out_dir={tmp_path}", "run.name=nccl"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "training",
-           "train", "--task", str(REPO / "tasks" / "default.yaml"), *[a for s in sets for a in ("--set", s)]]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_ok("-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
+                *[a for s in sets for a in ("--set", s)], nproc=1)
     rows = read_metrics(tmp_path / "nccl")
     assert [r["iteration"] for r in rows] == [0, 1]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows if r["groups_trained"] > 0)

@@ -100,19 +100,14 @@ def run(argv=None) -> int:
     if args.command == "eval":
         print(json.dumps(_cmd_eval(args), indent=2))
         return 0
-    if args.command == "train" and args.resume:
-        cfg = None
-        saved = Path(args.resume) / "config.json"
-        device = json.loads(saved.read_text()).get("run", {}).get("device", "auto") if saved.is_file() else "auto"
-    else:
-        if args.command == "continue" and not args.task:
-            raise ConfigError("continue: --task is required (the new domain's task suite)")
-        cfg = load_run_config(args.task, args.config, args.overrides)
-        device = cfg.run.device
-    distributed.init_distributed(device)  # under torchrun: one process per rank (no-op otherwise)
+    resuming = args.command == "train" and args.resume
+    if args.command == "continue" and not args.task:
+        raise ConfigError("continue: --task is required (the new domain's task suite)")
+    cfg = loop.saved_config(args.resume) if resuming else load_run_config(args.task, args.config, args.overrides)
+    distributed.init_distributed(cfg.run.device)  # under torchrun: one process per rank (no-op otherwise)
     main = distributed.is_main()
     try:
-        if cfg is None:
+        if resuming:
             summary = loop.resume(args.resume, iterations=args.iterations)
         elif args.command == "train":
             summary = loop.train(cfg)

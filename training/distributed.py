@@ -161,12 +161,12 @@ def shard_model(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     parameters stay float32. Gradients are summed over ranks (divide factor 1; forced
     SUM collectives, which gloo needs: it has no PREMUL_SUM).
     """
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
     # fp32: no casting at all (the parameters' own dtype, e.g. float64 in tests, is kept).
     mp = MixedPrecisionPolicy() if dtype == "fp32" else MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
     # An explicit mesh on this rank's device type: fully_shard's default mesh is the accelerator's,
     # which on a GPU host running gloo (more ranks than GPUs) would claim cuda:LOCAL_RANK.
-    from torch.distributed.device_mesh import init_device_mesh
     mesh = init_device_mesh(device().type, (world_size(),))
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp)

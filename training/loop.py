@@ -261,13 +261,19 @@ def train(cfg: RunConfig, log=print) -> dict:
     return _start(cfg, model_path, {"model": model_path, "parent": None}, log).fit()
 
 
+def saved_config(run_dir: str | Path) -> RunConfig:
+    """The config a run directory was started with (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: not a run directory (no config.json)")
+    return RunConfig.model_validate_json(path.read_text())
+
+
 def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dict:
     """Continue the same run exactly where its latest checkpoint left it."""
     log = log if distributed.is_main() else _quiet
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"--resume {run_dir}: not a run directory (no config.json)")
-    cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    cfg = saved_config(run_dir)
     if iterations is not None:
         cfg.run.iterations = iterations
     meta = json.loads((run_dir / "meta.json").read_text())

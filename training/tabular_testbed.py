@@ -58,6 +58,11 @@ def run_tabular(cfg: LearnerConfig, *, iterations: int = 60, states: int = 64, a
     return out
 
 
+def tail_rel(entropy: list[float], window: int = 10) -> float:
+    """Mean entropy of the last `window` iterations relative to iteration 0's (the controller's H*), minus 1."""
+    return sum(entropy[-window:]) / window / entropy[0] - 1.0
+
+
 STARTS = {"flat": dict(init_scale=1.0, lr=30.0), "peaked": dict(init_scale=3.0, lr=30.0)}  # H0 ~ 1.7 / ~ 0.8 nats
 
 
@@ -76,9 +81,8 @@ def entropy_check(cfg: LearnerConfig, *, seeds: list[int], iterations: int = 60,
         per_seed = []
         for seed in seeds:
             run = run_tabular(c, iterations=iterations, seed=seed, **STARTS[start])
-            h = run["entropy"]
-            rel = sum(h[-window:]) / window / h[0] - 1.0
-            per_seed.append({"seed": seed, "entropy_first": h[0], "tail_rel": rel, "in_band": abs(rel) <= band,
+            rel = tail_rel(run["entropy"], window)
+            per_seed.append({"seed": seed, "entropy_first": run["entropy"][0], "tail_rel": rel, "in_band": abs(rel) <= band,
                              "reward_first": run["reward"][0], "reward_last": sum(run["reward"][-window:]) / window,
                              "zeta_last": run["zeta"][-1], "eps_high_last": run["eps_high"][-1]})
         out[name] = {"seeds_in_band": sum(s["in_band"] for s in per_seed), "runs": per_seed}
