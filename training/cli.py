@@ -122,10 +122,11 @@ def run(argv=None) -> int:
 
 def main(argv=None) -> None:
     from agents.engines import SamplingError
+    from .model_source import ModelSourceError
     from .policy import ModelLoadError
     try:
         code = run(argv)
-    except (ConfigError, SamplingError, ModelLoadError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, SamplingError, ModelLoadError, ModelSourceError, FileNotFoundError, FileExistsError) as err:
         print(f"eprl: error: {err}", file=sys.stderr)
         code = 2
     except ValueError as err:  # unknown env id or bad env kwargs (raised by the env itself)

@@ -29,8 +29,11 @@ def env_factory(suite: TaskSuite, split: str):
 
 
 def resolve_model_path(cfg: RunConfig, log=print) -> str:
+    """An HF directory or hub id: the configured one (a .gguf file or packaged short name is converted
+    once and cached, training/model_source.py), else the embedded tiny default."""
     if cfg.model.name_or_path is not None:
-        return cfg.model.name_or_path
+        from .model_source import resolve_model_source
+        return resolve_model_source(cfg.model.name_or_path, log)
     from .config import EnvSpec, TaskSuite
     from .tiny_default import WARM_START_ENV, build_default_policy
     # The scripted warm-start expert knows calculator arithmetic; other suites start from that policy too.
@@ -40,6 +43,16 @@ def resolve_model_path(cfg: RunConfig, log=print) -> str:
     env_key = {"id": suite.env.id, **suite.env.kwargs, **suite.train.env_kwargs}
     return str(build_default_policy(env_factory(suite, "train"), env_key, sft_steps=cfg.model.tiny_sft_steps,
                                     noise=cfg.model.tiny_sft_noise, seed=cfg.run.seed, cache_dir=cfg.model.cache_dir, log=log))
+
+
+def check_serializable(model, path: str) -> None:
+    """A run must be able to checkpoint: fail before the first iteration, not at the first save hours later."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and not quantizer.is_serializable():
+        method = getattr(getattr(model.config, "quantization_config", None), "quant_method", "quantized")
+        raise ModelLoadError(f"model.name_or_path={path!r}: the model is {method}-quantized and cannot be saved, so "
+                             "no checkpoint could be written; give the .gguf file itself (converted to float32 once) "
+                             "or a dequantized HF directory")
 
 
 def load_policy(path: str, cfg: RunConfig):
@@ -69,6 +82,7 @@ def load_policy(path: str, cfg: RunConfig):
                              "embedded tiny default.") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    check_serializable(model, path)
     if cfg.model.lora and not is_adapter:
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,

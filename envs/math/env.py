@@ -9,7 +9,7 @@ from envs.base import TextEnv
 from envs.math.data import Problem, load_problems
 from envs.math.generators import GENERATORS
 from envs.math.tools import ToolError, calculate
-from envs.math.verify import check_countdown, check_math, extract_boxed
+from envs.math.verify import check_countdown, check_math, extract_boxed, extract_last_number
 
 MODES = ("single", "feedback", "tool")
 DEFAULT_MAX_TURNS = {"single": 2, "feedback": 6, "tool": 8}
@@ -21,6 +21,9 @@ CHECKERS: dict[str, Callable[[str, Problem], bool]] = {
 ANSWER_HINT = {"math": "Give the final answer as \\boxed{ANSWER}.",
                "countdown": "Give the equation as \\boxed{EXPRESSION}."}
 INCORRECT = "Incorrect, try again."
+# How the answer is read from a reply: the last \\boxed{} (default) or, leniently, the last number.
+ANSWER_RULES: dict[str, Callable[[str], str | None]] = {"boxed": extract_boxed, "last_number": extract_last_number}
+LAST_NUMBER_HINT = "Answer with a number."
 
 
 def _calc_tool(expr: str) -> str:
@@ -49,9 +52,10 @@ def _calls(text: str, tool: str) -> tuple[list[str], bool]:
 
 
 @functools.lru_cache(maxsize=8192)
-def _generated(source: str, index: int, split: str, seed: int, difficulty: int | None) -> Problem:
+def _generated(source: str, index: int, split: str, seed: int, difficulty: int | None,
+               extra: tuple = ()) -> Problem:
     """A procedural problem; cached because a group's K episodes reset to the same task (generators are pure)."""
-    kwargs = {} if difficulty is None else {"difficulty": difficulty}
+    kwargs = {**({} if difficulty is None else {"difficulty": difficulty}), **dict(extra)}
     return GENERATORS[source](index, split=split, seed=seed, **kwargs)
 
 
@@ -66,7 +70,8 @@ class MathEnv(TextEnv):
     def __init__(self, source: str | None = None, split: str = "train", difficulty: int = 1,
                  mode: str = "single", max_turns: int | None = None, max_attempts: int = 3,
                  checker: str | None = None, tools: tuple[str, ...] = ("calc",), seed: int = 0,
-                 num_tasks: int | None = None, limit: int | None = None):
+                 num_tasks: int | None = None, limit: int | None = None, answer: str = "boxed",
+                 generator_kwargs: dict | None = None):
         super().__init__()
         if source is None:
             raise ValueError("MathEnv needs source=: 'arithmetic', 'countdown', a JSONL path or a dataset id")
@@ -75,7 +80,13 @@ class MathEnv(TextEnv):
         unknown = set(tools) - set(TOOLS)
         if unknown:
             raise ValueError(f"unknown tools {sorted(unknown)}; choose from {sorted(TOOLS)}")
+        if answer not in ANSWER_RULES:
+            raise ValueError(f"unknown answer rule {answer!r}; choose from {sorted(ANSWER_RULES)}")
+        if generator_kwargs and source not in GENERATORS:
+            raise ValueError(f"generator_kwargs only apply to procedural sources {sorted(GENERATORS)}, not {source!r}")
         self.source, self.split, self.difficulty, self.mode, self.seed = source, split, difficulty, mode, seed
+        self.answer = answer
+        self.generator_kwargs = tuple(sorted((generator_kwargs or {}).items()))  # hashable: the problem cache key
         self.tools = tuple(tools) if mode == "tool" else ()
         self.max_attempts = max_attempts
         self.max_turns = max_turns or DEFAULT_MAX_TURNS[mode]
@@ -83,6 +94,8 @@ class MathEnv(TextEnv):
         if self._problems is not None and not self._problems:
             raise ValueError(f"no problems in {source!r} (split={split!r})")
         self._num_tasks = len(self._problems) if self._problems is not None else num_tasks
+        if self._problems is None:
+            self.problem_at(0)  # bad generator kwargs fail now, with the generator's message
         if checker is None:
             checker = "countdown" if source == "countdown" or (self._problems and self._problems[0].numbers) else "math"
         if checker not in CHECKERS:
@@ -97,10 +110,11 @@ class MathEnv(TextEnv):
     def problem_at(self, index: int) -> Problem:
         if self._problems is not None:
             return self._problems[index]
-        return _generated(self.source, index, self.split, self.seed, self.difficulty if self.source == "arithmetic" else None)
+        return _generated(self.source, index, self.split, self.seed,
+                          self.difficulty if self.source == "arithmetic" else None, self.generator_kwargs)
 
     def instructions(self) -> str:
-        hints = [ANSWER_HINT[self.checker]]
+        hints = [ANSWER_HINT[self.checker] if self.answer == "boxed" else LAST_NUMBER_HINT]
         if self.tools:
             hints.insert(0, "You can " + " and ".join(TOOLS[t][0] for t in self.tools) + ".")
         if self.mode == "feedback":
@@ -109,7 +123,8 @@ class MathEnv(TextEnv):
 
     def format_error(self) -> str:
         usage = " or ".join(f"<{t}>...</{t}>" for t in self.tools)
-        return f"Format error: {ANSWER_HINT[self.checker]}" + (f" Or call a tool: {usage}." if usage else "")
+        hint = ANSWER_HINT[self.checker] if self.answer == "boxed" else LAST_NUMBER_HINT
+        return f"Format error: {hint}" + (f" Or call a tool: {usage}." if usage else "")
 
     def _reset_task(self, index: int) -> tuple[str, dict]:
         self.problem = self.problem_at(index)
@@ -120,7 +135,7 @@ class MathEnv(TextEnv):
         stats = self.stats
         stats["turns"] += 1
         info = {"task_id": self.problem.id, "format_error": False}
-        answer = extract_boxed(action)
+        answer = ANSWER_RULES[self.answer](action)
         if answer is not None:  # a turn with an answer is judged; its tool calls are ignored
             stats["attempts"] += 1
             success = CHECKERS[self.checker](answer, self.problem)

@@ -106,4 +106,29 @@ def countdown(index: int, split: str = "train", seed: int = 0, count: int | None
                    numbers=tuple(numbers), solution=expr)
 
 
-GENERATORS: dict[str, Callable[..., Problem]] = {"arithmetic": arithmetic, "countdown": countdown}
+SMALL_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def small_arithmetic(index: int, split: str = "train", seed: int = 0, ops: str = "+", low: int = 1,
+                     high: int = 9) -> Problem:
+    """'What is 7 + 5?': two operands in [low, high] and one of `ops` ("+", "-", "*"); differences are
+    never negative. Meets a small pretrained model where it is (one short answer, no format to learn)."""
+    unknown = set(ops) - set(SMALL_OPS)
+    if not ops or unknown or not 0 <= low <= high:
+        raise ValueError(f"small_arithmetic: ops must be a non-empty string of {''.join(SMALL_OPS)} (got {ops!r}) "
+                         f"and 0 <= low <= high (got {low}, {high})")
+
+    def make_one(rng):
+        a, b = (int(x) for x in rng.integers(low, high + 1, size=2))
+        op = ops[int(rng.integers(len(ops)))]
+        if op == "-" and a < b:
+            a, b = b, a
+        return f"What is {a} {op} {b}?", (f"{a}{op}{b}", SMALL_OPS[op](a, b))
+
+    question, (text, value) = _draw(make_one, seed, split, index)
+    return Problem(id=f"small-{ops}-{low}-{high}-s{seed}-{split}-{index}", question=question, answer=str(value),
+                   source=f"small_arithmetic/{ops}/{low}-{high}", solution=text)
+
+
+GENERATORS: dict[str, Callable[..., Problem]] = {"arithmetic": arithmetic, "countdown": countdown,
+                                                 "small_arithmetic": small_arithmetic}

@@ -27,6 +27,16 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def extract_last_number(text: str) -> str | None:
+    """The last number in ``text`` ('8 + 5 = 13.' -> '13'), thousands separators removed; None if none.
+    A lenient answer rule for small models that cannot yet keep a format (one linear regex scan)."""
+    numbers = _NUMBER.findall(text.replace(",", ""))
+    return numbers[-1] if numbers else None
+
+
 def extract_answer(text: str) -> str | None:
     """The last ``\\boxed{}`` answer, else the last 'Answer: ...' line, else None."""
     boxed = extract_boxed(text)
