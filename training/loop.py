@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -151,6 +152,7 @@ class Trainer:
         if not self.main:
             return row
         row["time_iteration"] = time.perf_counter() - t0
+        row["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; peak so far
         self.metrics.append(row)
         self.log(f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
                  f"entropy {row.get('entropy', float('nan')):.3f} rollout {row['time_rollout']:.1f}s "
