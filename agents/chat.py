@@ -53,11 +53,12 @@ class ChatAgent:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def start(self, first_observation: str) -> EpisodeState:
+    def start(self, first_observation: str, max_tokens: int | None = None) -> EpisodeState:
+        """The episode's prompt tokens, cut to ``max_tokens`` (the runner then ends it as context_limit)."""
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
         messages.append({"role": "user", "content": first_observation})
         state = EpisodeState(messages=messages)
-        state.append(self._encode(self._render(messages, generation_prompt=True)), mask=0)
+        state.append(self._encode(self._render(messages, generation_prompt=True))[:max_tokens], mask=0)
         return state
 
     def parse_action(self, text: str) -> str:
@@ -73,8 +74,9 @@ class ChatAgent:
         state.messages.append({"role": "assistant", "content": text})
         return self.parse_action(text)
 
-    def record_observation(self, state: EpisodeState, observation: str) -> None:
-        """Tokenize the env's reply as a template delta (mask 0), after the prefix check."""
+    def record_observation(self, state: EpisodeState, observation: str, max_tokens: int | None = None) -> bool:
+        """Tokenize the env's reply as a template delta (mask 0), after the prefix check. A delta longer than
+        ``max_tokens`` is cut there and False returned: the episode must end, as its next render would differ."""
         state.messages.append({"role": "user", "content": observation})
         rendered = self._render(state.messages, generation_prompt=True)
         history = self.tokenizer.decode(state.token_ids, skip_special_tokens=False)
@@ -84,4 +86,6 @@ class ChatAgent:
                 f"chat template re-render differs from the token history at character {at}: "
                 f"history ...{history[max(0, at - 40):at + 40]!r} vs render ...{rendered[max(0, at - 40):at + 40]!r}. "
                 "The template rewrites earlier turns; use a template that renders history verbatim.")
-        state.append(self._encode(rendered[len(history):]), mask=0)
+        delta = self._encode(rendered[len(history):])
+        state.append(delta[:max_tokens], mask=0)
+        return max_tokens is None or len(delta) <= max_tokens

@@ -7,6 +7,8 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
+from envs.contract import checked_reset, checked_step, env_name
+
 MAX_TEXT_LENGTH = 1_000_000
 
 
@@ -59,7 +61,7 @@ class TextEnv(gym.Env[str, str]):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
         index = self._task_index(options or {})
-        obs, info = self._reset_task(index)
+        obs, info = checked_reset(self._reset_task(index), env_name(self), index)
         self._episode_over = False
         self.task_id = info["task_id"]
         return obs, info
@@ -71,9 +73,13 @@ class TextEnv(gym.Env[str, str]):
             raise EpisodeOverError(f"episode of task {self.task_id!r} is over; call reset() before step()")
         if not isinstance(action, str):
             raise TypeError(f"action must be a str, got {type(action).__name__}")
-        obs, reward, terminated, truncated, info = self._step_text(action)
-        self._episode_over = bool(terminated or truncated)
-        return obs, float(reward), bool(terminated), bool(truncated), info
+        try:
+            obs, reward, terminated, truncated, info = checked_step(self._step_text(action), env_name(self), self.task_id)
+        except Exception:
+            self._episode_over = True  # its state is unknown: a failed step ends the episode
+            raise
+        self._episode_over = terminated or truncated
+        return obs, reward, terminated, truncated, info
 
     def _task_index(self, options: dict) -> int:
         n = self.num_tasks

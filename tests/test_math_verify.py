@@ -1,10 +1,13 @@
 """Answer extraction, math-verify decisions on real data, and the countdown checker."""
 import itertools
+import random
 import threading
+import time
 
 import pytest
 
 from envs.math.data import default_data_dir, load_problems
+from envs.math import verify
 from envs.math.verify import check_countdown, check_math, extract_answer, extract_boxed
 
 DATA = default_data_dir()
@@ -24,10 +27,51 @@ def test_extract_boxed_takes_last_balanced():
     assert extract_boxed("no answer here") is None
 
 
+def _quadratic_extract_boxed(text):
+    """The former extractor, kept as the reference the linear one must agree with."""
+    for match in reversed(list(verify._BOXED.finditer(text))):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                return text[start:i].strip()
+    return None
+
+
+def test_extract_boxed_agrees_with_the_reference_on_random_brace_soup():
+    rng = random.Random(0)
+    pieces = ["\\boxed{", "\\fbox {", "{", "}", "}", "a", " ", "\\boxed"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert extract_boxed(text) == _quadratic_extract_boxed(text), text
+
+
+@pytest.mark.parametrize("text", ["\\boxed{" * 14_286, "\\boxed{" * 14_285 + "1}", "{" * 50_000 + "\\boxed{x" + "}" * 50_000,
+                                  "answer" + " " * 100_000 + "x", "\n" * 100_000, "Answer:" + " x" * 50_000 + "\n" * 50_000,
+                                  "final " * 20_000 + "answer" + " is" * 20_000])
+def test_extraction_is_linear_on_pathological_100kb_input(text):
+    start = time.perf_counter()
+    extract_answer(text)
+    assert time.perf_counter() - start < 0.5  # the quadratic extractors took minutes on the first one
+    if text.endswith("1}"):
+        assert extract_boxed(text) == "1"
+
+
+def test_answer_checks_have_a_wall_clock_bound():
+    start = time.perf_counter()
+    assert check_math("\\boxed{\\frac{1}{2}}", "0.5")  # starts the worker (not on the check's clock)
+    before, start = verify.timed_out_checks, time.perf_counter()
+    assert not check_math("\\boxed{9^{9^{9^{9}}}}", "\\frac{1}{3}", timeout_s=1)  # math-verify's own cut is at 3 s
+    assert time.perf_counter() - start < 2.5 and verify.timed_out_checks == before + 1
+    assert check_math("\\boxed{\\dfrac{2}{4}}", "0.5") and not check_math("\\boxed{3}", "0.5")  # a fresh worker
+
+
 def test_extract_answer_falls_back_to_answer_line():
     assert extract_answer("work...\nAnswer: 42.") == "42"
     assert extract_answer("Final answer: $\\frac{3}{4}$") == "\\frac{3}{4}"
     assert extract_answer("answer: 1\n\\boxed{2}") == "2"
+    assert extract_answer("The answer is: 5\nanswer = 6  \nmore text") == "6"
+    assert extract_answer("my answer: \n") is None and extract_answer("answers: 3") is None
     assert extract_answer("I have no idea.") is None
 
 

@@ -53,6 +53,8 @@ class AgentConfig(Strict):
     max_turns: int = Field(6, gt=0, description="agent-side cap on turns per episode (the env may truncate earlier)")
     max_context_tokens: int = Field(1024, gt=0, description="episode stops (truncated) when the token sequence would exceed this")
     env_workers: int = Field(0, ge=0, description="threads that reset/step envs concurrently (I/O-bound envs like AppWorld); 0 = main thread")
+    on_env_error: Literal["fail_episode", "raise"] = Field("fail_episode", description="an env whose reset/step raises (or breaks the env contract): fail that episode (reward 0, termination 'error', traceback logged once per kind) or stop the run")
+    max_failed_episodes_fraction: float = Field(0.2, ge=0, le=1, description="fail_episode: the run stops when more than this share of one batch's episodes failed in the env")
 
     @field_validator("type")
     @classmethod

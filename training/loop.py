@@ -62,7 +62,8 @@ class Trainer:
             self.engine = make_engine(cfg.engine.type, self.rollout_model, self.tokenizer, cfg.engine)
             agent = make_agent(suite.agent.type, self.tokenizer, suite.agent.system_prompt)
             common = dict(max_turns=suite.agent.max_turns, max_context_tokens=suite.agent.max_context_tokens,
-                          progress=cfg.run.progress, env_workers=suite.agent.env_workers)
+                          progress=cfg.run.progress, env_workers=suite.agent.env_workers, on_env_error=suite.agent.on_env_error,
+                          max_failed_fraction=suite.agent.max_failed_episodes_fraction)
             self.train_runner = RolloutRunner(env_factory(suite, "train"), agent, self.engine, **common)
             self.eval_runner = RolloutRunner(env_factory(suite, "eval"), agent, self.engine, **common)
             self.num_train_tasks = suite.train.num_tasks or self.train_runner.num_tasks
@@ -167,7 +168,7 @@ class Trainer:
                "success_rate": float(np.mean([t.success for t in trajectories])), "episodes": len(trajectories),
                "resample_rounds": rounds, "turns_mean": float(np.mean([t.num_turns for t in trajectories])),
                "episode_tokens_mean": float(np.mean([len(t.token_ids) for t in trajectories])),
-               "time_rollout": sum(s.wall_seconds for s in stats),
+               "time_rollout": sum(s.wall_seconds for s in stats), "failed_episodes": sum(s.failed_episodes for s in stats),
                "rollout_tokens_per_s": sum(s.generated_tokens for s in stats) / max(sum(s.wall_seconds for s in stats), 1e-9)}
         for reason in sorted({t.termination for t in trajectories}):
             row[f"end_{reason}"] = sum(t.termination == reason for t in trajectories)

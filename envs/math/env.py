@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import re
 from typing import Callable
 
 from envs.base import TextEnv
@@ -10,6 +9,7 @@ from envs.math.data import Problem, load_problems
 from envs.math.generators import GENERATORS
 from envs.math.tools import ToolError, calculate
 from envs.math.verify import check_countdown, check_math, extract_boxed, extract_last_number
+from envs.sandbox import check_sandbox, run_python
 
 MODES = ("single", "feedback", "tool")
 DEFAULT_MAX_TURNS = {"single": 2, "feedback": 6, "tool": 8}
@@ -33,22 +33,31 @@ def _calc_tool(expr: str) -> str:
         return f"<result>error: {e}</result>"
 
 
-def _python_tool(code: str, timeout_s: float = 5, max_output_chars: int = 1000) -> str:
-    from envs.sandbox import run_python
+def _python_tool(code: str, timeout_s: float = 5, max_output_chars: int = 1000, sandbox: str = "bwrap") -> str:
+    result = run_python(code, timeout_s=timeout_s, max_output_chars=max_output_chars, sandbox=sandbox)
+    return f"<output>{result.as_text()}</output>"
 
-    return f"<output>{run_python(code, timeout_s=timeout_s, max_output_chars=max_output_chars).as_text()}</output>"
 
-
-TOOLS: dict[str, tuple[str, Callable[[str], str]]] = {  # name -> (usage hint, run)
+TOOLS: dict[str, tuple[str, Callable[..., str]]] = {  # name -> (usage hint, run)
     "calc": ("use a calculator: write <calc>EXPRESSION</calc> to get <result>VALUE</result>", _calc_tool),
     "python": ("run Python: write <python>CODE</python> to get <output>PRINTED</output>", _python_tool),
 }
 
 
 def _calls(text: str, tool: str) -> tuple[list[str], bool]:
-    """Complete ``<tool>...</tool>`` bodies in ``text`` and whether some call is left unclosed."""
-    bodies = re.findall(rf"<{tool}>(.*?)</{tool}>", text, flags=re.S)
-    return bodies, text.count(f"<{tool}>") != len(bodies) or text.count(f"</{tool}>") != len(bodies)
+    """Complete ``<tool>...</tool>`` bodies in ``text`` and whether some call is left unclosed.
+
+    A left-to-right scan with str.find: linear, where a lazy regex rescans the rest of the text from
+    every unclosed opening tag (quadratic on a flood of them)."""
+    opening, closing = f"<{tool}>", f"</{tool}>"
+    bodies, pos = [], 0
+    while (start := text.find(opening, pos)) != -1:
+        end = text.find(closing, start + len(opening))
+        if end == -1:
+            break
+        bodies.append(text[start + len(opening):end])
+        pos = end + len(closing)
+    return bodies, text.count(opening) != len(bodies) or text.count(closing) != len(bodies)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -65,13 +74,15 @@ class MathEnv(TextEnv):
     source: "arithmetic" / "countdown" (procedural) or a dataset (JSONL path, name, ``hf:`` id).
     mode: "single" (judge the first answer), "feedback" (retry up to ``max_attempts``),
     "tool" (``<calc>`` and optionally ``<python>`` calls until an answer or ``max_turns``).
+    sandbox: how ``<python>`` code is isolated: "bwrap" (refuses to start without bubblewrap) or
+    "none" (limits only; an explicit opt-out, warned about). python_timeout_s: wall clock per call.
     """
 
     def __init__(self, source: str | None = None, split: str = "train", difficulty: int = 1,
                  mode: str = "single", max_turns: int | None = None, max_attempts: int = 3,
                  checker: str | None = None, tools: tuple[str, ...] = ("calc",), seed: int = 0,
-                 num_tasks: int | None = None, limit: int | None = None, answer: str = "boxed",
-                 generator_kwargs: dict | None = None):
+                 num_tasks: int | None = None, limit: int | None = None, sandbox: str = "bwrap",
+                 python_timeout_s: float = 5.0, answer: str = "boxed", generator_kwargs: dict | None = None):
         super().__init__()
         if source is None:
             raise ValueError("MathEnv needs source=: 'arithmetic', 'countdown', a JSONL path or a dataset id")
@@ -88,6 +99,9 @@ class MathEnv(TextEnv):
         self.answer = answer
         self.generator_kwargs = tuple(sorted((generator_kwargs or {}).items()))  # hashable: the problem cache key
         self.tools = tuple(tools) if mode == "tool" else ()
+        self.sandbox, self.python_timeout_s = sandbox, python_timeout_s
+        if "python" in self.tools:
+            check_sandbox(sandbox)  # fail at start, not at the first python call
         self.max_attempts = max_attempts
         self.max_turns = max_turns or DEFAULT_MAX_TURNS[mode]
         self._problems = None if source in GENERATORS else load_problems(source, split, limit)
@@ -154,7 +168,8 @@ class MathEnv(TextEnv):
         for name in self.tools:
             bodies, unclosed = _calls(action, name)
             broken |= unclosed
-            results += [TOOLS[name][1](body) for body in bodies[:MAX_CALLS_PER_TURN]]
+            kwargs = {"timeout_s": self.python_timeout_s, "sandbox": self.sandbox} if name == "python" else {}
+            results += [TOOLS[name][1](body, **kwargs) for body in bodies[:MAX_CALLS_PER_TURN]]
         self.stats["tool_calls"] += len(results)
         if broken or not results:
             self.stats["format_errors"] += 1

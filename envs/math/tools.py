@@ -80,7 +80,7 @@ def calculate(expr: str) -> str:
         raise ToolError(f"expression too long (limit {MAX_EXPRESSION_CHARS} characters)")
     try:
         tree = ast.parse(expr, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # ValueError: lone surrogates, NUL bytes
         raise ToolError(f"syntax error in {expr!r}") from None
     try:
         value = _eval(tree.body)
