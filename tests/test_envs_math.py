@@ -1,4 +1,5 @@
 """MathEnv episodes in every mode, generators, problem loading and the calculator."""
+import re
 import sys
 import types
 
@@ -214,3 +215,32 @@ def test_calculator_values(expr, expected):
 def test_calculator_errors(expr, message):
     with pytest.raises(ToolError, match=message):
         calculate(expr)
+
+
+def test_last_number_rule_and_small_arithmetic():
+    from envs.math.verify import extract_last_number
+    assert extract_last_number("8 + 5 = 13.") == "13"
+    assert extract_last_number("It is 1,024 or -3.5 maybe") == "-3.5"
+    assert extract_last_number("no digits here") is None
+    env = make("eprl/Arithmetic-v0", source="small_arithmetic", generator_kwargs={"ops": "*", "low": 2, "high": 9},
+                    answer="last_number", max_turns=1, split="test")
+    obs, info = env.reset(options={"task_index": 3})
+    question = obs.splitlines()[0]
+    a, b = (int(x) for x in re.findall(r"\d+", question))
+    assert question == f"What is {a} * {b}?" and 2 <= a <= 9 and 2 <= b <= 9 and "Answer with a number." in obs
+    _, reward, terminated, _, info = env.step(f"{a} * {b} = {a * b}")
+    assert (reward, terminated, info["success"]) == (1.0, True, True)
+    env.reset(options={"task_index": 3})
+    assert env.step(f"I think {a * b + 1}")[1] == 0.0
+    sub = make("eprl/Arithmetic-v0", source="small_arithmetic", generator_kwargs={"ops": "-", "low": 1, "high": 9})
+    values = [int(sub.unwrapped.problem_at(i).answer) for i in range(50)]
+    assert min(values) >= 0  # differences never negative
+
+
+def test_small_arithmetic_bad_kwargs_fail_at_construction():
+    with pytest.raises(ValueError, match="ops must be"):
+        make("eprl/Arithmetic-v0", source="small_arithmetic", generator_kwargs={"ops": "/"})
+    with pytest.raises(ValueError, match="unknown answer rule"):
+        make("eprl/Arithmetic-v0", source="small_arithmetic", answer="first_number")
+    with pytest.raises(ValueError, match="generator_kwargs only apply"):
+        make("eprl/Math-v0", source="gsm8k", generator_kwargs={"ops": "+"})
