@@ -1,4 +1,4 @@
-"""Every method runs end to end on the embedded tiny default and logs every metric of ALGORITHMS.md."""
+"""Every method runs end to end on the embedded tiny default and logs every metric of docs/algorithms.md."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Advantage estimators, one scalar per trajectory (ALGORITHMS.md, "Advantage estimators").
+"""Advantage estimators, one scalar per trajectory (docs/algorithms.md, "Advantage estimators").
 
 Registry by name, verl `core_algos` style:
 

@@ -111,7 +111,7 @@ class EntropyControlConfig(Strict):
     target_entropy: Optional[float] = Field(None, description="H*; None = mean action-token entropy of the first target_iterations iterations")
     tolerance: float = Field(0.0, ge=0, description="band around H* inside which the controller holds still")
     tolerance_relative: bool = Field(False, description="tolerance is a fraction of H* (0.1 = +-10%) instead of nats")
-    target_iterations: int = Field(1, ge=1, description="H* = mean entropy of the first N iterations (1: the first, per ALGORITHMS.md); no control step before")
+    target_iterations: int = Field(1, ge=1, description="H* = mean entropy of the first N iterations (1: the first, per docs/algorithms.md); no control step before")
     smoothing: float = Field(0.0, ge=0, lt=1, description="EMA weight s: the controller compares H_c = s*H_c + (1-s)*H with H* (0: the iteration's H)")
     zeta: Optional[float] = Field(None, description="initial REPO zeta (None: 1e-3 for repo_r, 1.0 for repo_d)")
     zeta_min: Optional[float] = Field(None, description="smallest |zeta| (None: 1e-4 repo_r, 1e-3 repo_d)")
@@ -192,7 +192,7 @@ class RunConfig(Strict):
     task: TaskSuite = Field(default_factory=TaskSuite, description="the task suite (usually loaded from tasks/*.yaml)")
     model: ModelConfig = Field(default_factory=ModelConfig, description="policy model")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="rollout engine")
-    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="learner (see ALGORITHMS.md)")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="learner (see docs/algorithms.md)")
     run: RunSection = Field(default_factory=RunSection, description="loop, seeds, output")
 
 

@@ -1,4 +1,4 @@
-"""Entropy controllers (ALGORITHMS.md, "Entropy control"): REPO-R, REPO-D, ADAPO.
+"""Entropy controllers (docs/algorithms.md, "Entropy control"): REPO-R, REPO-D, ADAPO.
 
 Theorem 1: one policy-gradient step of size eta changes the entropy at state s by
     Delta H(s) ~= -eta * E_{a~pi}[ pi(a|s) * A(s,a) * L(s,a) ],   L = log pi(a|s) + H(s).
@@ -113,7 +113,7 @@ class EntropyController:
 
 
 class _ZetaController(EntropyController):
-    """REPO's zeta controller (ALGORITHMS.md, "The zeta controller"):
+    """REPO's zeta controller (docs/algorithms.md, "The zeta controller"):
       H < H*: zeta >= 0: zeta = min(zeta_max, 2 zeta) (zeta_min if it was 0)
               zeta <  0: zeta = zeta / 2, and if zeta > -zeta_min: zeta = +zeta_min
       H > H*: zeta >= 0: zeta = zeta / 2, and if zeta < zeta_min: zeta = -zeta_min

@@ -1,4 +1,4 @@
-"""The learner: one policy-gradient update from a batch of trajectories (ALGORITHMS.md).
+"""The learner: one policy-gradient update from a batch of trajectories (docs/algorithms.md).
 
     A_k  = advantage(R, groups)                      (per trajectory, broadcast to its action tokens)
     A'   = controller.shape(A, logp, H)              (REPO; identity otherwise)

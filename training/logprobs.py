@@ -1,4 +1,4 @@
-"""Float32 token log-probs and exact entropy, chunked over the sequence (ALGORITHMS.md, "Numerics").
+"""Float32 token log-probs and exact entropy, chunked over the sequence (docs/algorithms.md, "Numerics").
 
 For each token, with z = lm_head(h) / temperature upcast to float32:
     log p(y)  = z_y - logsumexp(z)

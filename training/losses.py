@@ -1,4 +1,4 @@
-"""Policy losses and their aggregation (ALGORITHMS.md, "Policy losses").
+"""Policy losses and their aggregation (docs/algorithms.md, "Policy losses").
 
 Registries by name, verl `core_algos` style:
 

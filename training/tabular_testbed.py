@@ -6,7 +6,7 @@ Each iteration: every state draws a group of G actions from pi(.|s) = softmax(th
 Bernoulli(q[s, a]), advantages come from `compute_advantages`, the controller shapes them, and
 `compute_policy_loss` drives `epochs x minibatches` SGD steps on theta. The controller then sees the
 pre-update mean entropy H (exact, over all states), as in the learner. Here Theorem 1's first-order
-picture holds per state, so the controllers' levers act as ALGORITHMS.md describes.
+picture holds per state, so the controllers' levers act as docs/algorithms.md describes.
 """
 from __future__ import annotations
 
