@@ -10,7 +10,10 @@ torch.set_num_threads(1)
 
 
 def _cfg(**ec):
-    return LearnerConfig(entropy_control=EntropyControlConfig(**ec))
+    # a valid learner for each controller: adapo moves dapo's eps_high; kl_cov needs more than one update
+    kind = ec.get("type", "none")
+    return LearnerConfig(loss="dapo" if kind == "adapo" else "ppo", minibatches=2 if kind == "kl_cov" else 1,
+                         entropy_control=EntropyControlConfig(**ec))
 
 
 def _run(ctrl, entropies, read):

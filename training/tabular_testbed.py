@@ -45,7 +45,7 @@ def run_tabular(cfg: LearnerConfig, *, iterations: int = 60, states: int = 64, a
                 shaped = ctl.shape_advantages(adv[mb, None].to(logp.dtype), logp.detach(), ent.detach(), mask)
                 loss, _ = compute_policy_loss(cfg, LossInputs(logp=logp, old_logp=old_logp[mb], advantages=shaped,
                                                               mask=mask, entropy=ent), eps_high=ctl.eps_high(cfg.eps_high),
-                                              max_len_norm=1)
+                                              max_len_norm=1, modifier=ctl.token_modifier)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
