@@ -116,6 +116,14 @@ def test_state_dict_round_trip(kind):
         assert b.metrics() == a.metrics()
 
 
+def test_remeasure_target_is_measured_like_an_unset_one():
+    for kind in ("none", "repo_r"):
+        c = make_controller(_cfg(type=kind, target_entropy="remeasure"))
+        assert c.target_entropy is None
+        c.update(1.25)
+        assert c.target_entropy == 1.25
+
+
 def test_none_controller_and_unknown_name():
     c = make_controller(_cfg())
     adv = torch.randn(2, 3)

@@ -85,7 +85,6 @@ class ModelConfig(Strict):
     lora_rank: int = Field(16, description="LoRA rank")
     lora_alpha: int = Field(32, description="LoRA alpha")
     lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="modules that get LoRA adapters")
-    fp32_lm_head: Optional[bool] = Field(None, description="learner: compute the lm_head matmul in float32 under bf16/fp16 autocast (None: on for bf16/fp16; bench/results/learner_rails.md)")
 
 
 class EngineConfig(Strict):
@@ -186,6 +185,7 @@ class LearnerConfig(Strict):
     minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
     micro_batch_tokens: Optional[int] = Field(None, ge=1, description="gradient accumulation: split each minibatch (each rank's share under torchrun) into micro-batches of at most this many padded tokens (None: one pass)")
     chunk_size: int = Field(256, ge=1, description="sequence chunk for float32 log-prob/entropy (memory)")
+    fp32_lm_head: Optional[bool] = Field(None, description="compute the lm_head matmul in float32 when model.dtype is bf16/fp16 (None: on for bf16/fp16; cost in bench/results/learner_rails.md)")
 
     @model_validator(mode="before")
     @classmethod
@@ -267,6 +267,12 @@ class RunConfig(Strict):
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="learner (see docs/algorithms.md)")
     run: RunSection = Field(default_factory=RunSection, description="loop, seeds, output")
 
+    @model_validator(mode="after")
+    def _head_precision(self) -> "RunConfig":
+        if self.learner.fp32_lm_head is not None and self.model.dtype == "fp32":
+            raise ValueError("learner.fp32_lm_head with model.dtype=fp32: the head already computes in float32")
+        return self
+
 
 # ----------------------------------------------------------------------------- loading
 def _read_yaml(path: str | Path, what: str) -> dict:
@@ -311,7 +317,7 @@ def _validate(model: type[BaseModel], data: dict, prefix: str = "") -> Any:
         got = "" if first["type"] == "extra_forbidden" else f" (got {first.get('input')!r})"
         if first["type"] == "value_error" and isinstance(first.get("input"), dict):  # a section's combination check
             msg, got = msg.removeprefix("Value error, "), ""
-        raise ConfigError(f"{field}: {msg}{got}") from None
+        raise ConfigError(f"{field}: {msg}{got}" if field else f"{msg}{got}") from None
 
 
 def load_task_suite(path: str | Path) -> TaskSuite:

@@ -68,6 +68,8 @@ class Learner:
         self.model, self.cfg = model, cfg
         self.temperature, self.max_len_norm = temperature, max_len_norm
         self.dtype = DTYPES[dtype]
+        # bf16/fp16: the lm_head matmul in float32 unless told otherwise (docs/algorithms.md, "Numerics")
+        self.head_fp32 = (dtype != "fp32") if cfg.fp32_lm_head is None else (cfg.fp32_lm_head and dtype != "fp32")
         # The reference is copied before sharding: FSDP modules cannot be deep-copied.
         self.reference = self._frozen_copy(model) if cfg.kl_coef > 0 else None
         if distributed.active():  # under torchrun: shard in place (the caller's `model` is now FSDP)
@@ -97,7 +99,7 @@ class Learner:
     def _logprobs(self, model, batch: PolicyBatch, with_entropy: bool):
         with self.autocast():
             return model_logprobs(model, batch.input_ids, batch.attention_mask, temperature=self.temperature,
-                                  chunk_size=self.cfg.chunk_size, with_entropy=with_entropy)
+                                  chunk_size=self.cfg.chunk_size, with_entropy=with_entropy, head_fp32=self.head_fp32)
 
     @torch.no_grad()
     def _full_logprobs(self, model, batch: PolicyBatch, lengths: torch.Tensor, with_entropy: bool):
