@@ -107,3 +107,20 @@ def test_entropy_bonus_composes_with_every_loss_and_control(loss, kind):
     # the bonus is -c * mean H (token mean; the sequence means give the same on one row)
     assert with_bonus.item() - without.item() == pytest.approx(-0.1 * sum(ent[0].tolist()) / 6, rel=1e-5)
     assert ent.grad[0].tolist() == pytest.approx([-0.1 / 6] * 6)
+
+
+@pytest.mark.parametrize("sets", [
+    ["learner.entropy_control.type=clip_cov", "learner.entropy_control.clip_cov_ratio=0.2"],
+    ["learner.entropy_control.type=kl_cov", "learner.entropy_control.kl_cov_ratio=0.2"]])
+def test_entropy_check_command_with_covariance_controls(sets, capsys):
+    """`eprl entropy-check` with Clip-Cov / KL-Cov: both slow the tabular collapse (measured: Clip-Cov -20%,
+    KL-Cov -53%, without control -64% over 30 iterations, 4 minibatches, seed 0)."""
+    import json
+
+    from training.cli import run
+    args = ["entropy-check", "--seeds", "0", "--iterations", "30", "--set", "learner.minibatches=4"]
+    assert run(args + [a for s in sets for a in ("--set", s)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    configured, without = out["configured"]["runs"][0]["tail_rel"], out["without_control"]["runs"][0]["tail_rel"]
+    assert out["entropy_control"] == sets[0].split("=")[1]
+    assert without < -0.5 and configured > without + 0.05
