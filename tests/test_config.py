@@ -36,7 +36,7 @@ def test_overrides_reach_nested_fields_with_yaml_types():
     (["learner.entropy_control.type=magic"], "learner.entropy_control.type: Input should be"),
     (["task.group_size=many"], "task.group_size: Input should be a valid integer"),
     (["learner.lr"], "expected KEY=VALUE"),
-    (["learner.loss=ppo2"], "learner.loss: Value error, unknown policy loss 'ppo2'; registered: dapo, gspo, pg, ppo"),
+    (["learner.loss=ppo2"], "learner.loss: Value error, unknown policy loss 'ppo2'; registered: cispo, dapo, gspo, pg, ppo"),
     (["learner.advantage=gae"], "learner.advantage: Value error, unknown advantage estimator 'gae'"),
     (["engine.type=sglang"], "engine.type: Value error, unknown engine 'sglang'; registered: hf, vllm"),
     (["task.agent.type=cot"], "task.agent.type: Value error, unknown agent type 'cot'"),
@@ -103,3 +103,49 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="run.device='cuda' but torch sees no CUDA device; use run.device=cpu"):
             resolve_device("cuda")
+
+
+REFUSED = [  # combinations where a knob has no effect or changes the method's meaning (issue #10)
+    (["learner.entropy_control.type=adapo"], "learner: entropy_control.type=adapo with loss=ppo: ADAPO moves eps_high"),
+    (["learner.entropy_control.type=adapo", "learner.loss=gspo"], "entropy_control.type=adapo with loss=gspo"),
+    (["learner.tis_cap=2.0", "learner.old_logprobs=inference"], "learner: tis_cap with old_logprobs=inference"),
+    (["learner.loss=gspo", "learner.loss_agg=token_mean"], "learner: loss=gspo with loss_agg=token_mean: GSPO is defined per sequence"),
+    (["learner.clip_ratio_c=3", "learner.loss=cispo"], "learner: clip_ratio_c with loss=cispo"),
+    (["learner.clip_ratio_c=1.0"], "learner.clip_ratio_c: Input should be greater than 1"),
+    (["learner.advantage=loo", "learner.std_normalize=false"], "learner: std_normalize=false with advantage=loo"),
+    (["learner.max_len_norm=64"], "learner: max_len_norm with loss_agg=token_mean"),
+    (["learner.kl_estimator=k1"], "learner: kl_estimator=k1 with kl_coef=0"),
+    (["learner.entropy_control.type=kl_cov"], "learner: entropy_control.type=kl_cov with epochs=1, minibatches=1"),
+    (["learner.entropy_control.type=repo_r", "learner.entropy_control.kl_cov_coef=2"],
+     "learner.entropy_control: kl_cov_coef=2.0 has no effect with type=repo_r (it is a kl_cov field)"),
+    (["learner.entropy_control.type=clip_cov", "learner.entropy_control.zeta=0.1"],
+     "learner.entropy_control: zeta=0.1 has no effect with type=clip_cov (it is a repo_r / repo_d field)"),
+    (["learner.entropy_control.gamma=2"], "learner.entropy_control: gamma=2.0 has no effect with type=none (it is a adapo field)"),
+    (["learner.entropy_control.type=clip_cov", "learner.entropy_control.clip_cov_lb=6"], "clip_cov_lb must be below clip_cov_ub"),
+    (["learner.entropy_control.target_entropy=later"], "learner.entropy_control.target_entropy"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", REFUSED)
+def test_combinations_without_effect_are_refused(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(REPO / "tasks" / "default.yaml", overrides=overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_valid_combinations_of_the_new_methods_load():
+    for sets in (["learner.loss=dapo", "learner.entropy_control.type=adapo"], ["learner.loss=gspo"],
+                 ["learner.loss=cispo"], ["learner.advantage=reinforce_pp"], ["learner.advantage=reinforce_pp_baseline"],
+                 ["learner.entropy_control.type=clip_cov"], ["learner.entropy_control.type=kl_cov", "learner.minibatches=4"],
+                 ["learner.clip_ratio_c=3", "learner.loss=dapo"], ["learner.kl_coef=0.1", "learner.kl_estimator=k3+"],
+                 ["learner.entropy_control.target_entropy=remeasure"], ["learner.loss_agg=seq_mean_token_sum"]):
+        load_run_config(REPO / "tasks" / "default.yaml", overrides=sets)
+    assert load_run_config(REPO / "tasks" / "default.yaml", overrides=["learner.loss=gspo"]).learner.loss_agg == "seq_mean_token_mean"
+
+
+def test_cli_refuses_a_combination_in_one_line_with_exit_2(tmp_path):
+    proc = _cli("train", "--set", "learner.entropy_control.type=adapo", "--set", "learner.loss=ppo", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "eprl: error: learner: entropy_control.type=adapo with loss=ppo: ADAPO moves eps_high, which only loss=dapo "
+        "reads (ppo uses eps, gspo gspo_eps_high, cispo cispo_eps_high, pg none)"]

@@ -10,7 +10,10 @@ torch.set_num_threads(1)
 
 
 def _cfg(**ec):
-    return LearnerConfig(entropy_control=EntropyControlConfig(**ec))
+    # a valid learner for each controller: adapo moves dapo's eps_high; kl_cov needs more than one update
+    kind = ec.get("type", "none")
+    return LearnerConfig(loss="dapo" if kind == "adapo" else "ppo", minibatches=2 if kind == "kl_cov" else 1,
+                         entropy_control=EntropyControlConfig(**ec))
 
 
 def _run(ctrl, entropies, read):
@@ -111,6 +114,14 @@ def test_state_dict_round_trip(kind):
         a.update(h)
         b.update(h)
         assert b.metrics() == a.metrics()
+
+
+def test_remeasure_target_is_measured_like_an_unset_one():
+    for kind in ("none", "repo_r"):
+        c = make_controller(_cfg(type=kind, target_entropy="remeasure"))
+        assert c.target_entropy is None
+        c.update(1.25)
+        assert c.target_entropy == 1.25
 
 
 def test_none_controller_and_unknown_name():

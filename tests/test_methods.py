@@ -1,4 +1,4 @@
-"""Every method runs end to end on the embedded tiny default and logs every metric of ALGORITHMS.md."""
+"""Every method runs end to end on the embedded tiny default and logs every metric of docs/algorithms.md."""
 from __future__ import annotations
 
 import math
@@ -23,12 +23,16 @@ METHODS = {
     "repo_d": ["learner.entropy_control.type=repo_d"],
     "adapo": ["learner.loss=dapo", "learner.entropy_control.type=adapo"],
     "kl_entropy_tis": ["learner.kl_coef=0.01", "learner.entropy_coef=0.001", "learner.tis_cap=2.0"],
+    "cispo": ["learner.loss=cispo"],
+    "reinforce_pp_clip_cov": ["learner.advantage=reinforce_pp", "learner.entropy_control.type=clip_cov"],
+    "kl_cov_dual_clip": ["learner.entropy_control.type=kl_cov", "learner.clip_ratio_c=3", "learner.entropy_coef=0.001"],
     "bf16": ["model.dtype=bf16"],
     "fp16_scaled": ["model.dtype=fp16", "learner.loss=dapo"],
 }
 ALWAYS = ["reward_mean", "reward_std", "success_rate", "entropy", "entropy_sampled", "cumulative_entropy",
           "clip_frac_high", "clip_frac_low", "approx_kl", "grad_norm", "mismatch_dp_mean", "mismatch_dp_max",
-          "mismatch_iw_max", "rollout_tokens_per_s", "learn_tokens_per_s", "time_rollout", "time_learn", "loss"]
+          "mismatch_iw_max", "rollout_tokens_per_s", "learn_tokens_per_s", "time_rollout", "time_learn", "loss",
+          "clip_frac_dual", "skipped_steps"]
 
 
 @pytest.mark.slow
@@ -58,6 +62,11 @@ def test_method_runs_and_logs_every_metric(method, tmp_path, eprl_cache):
         assert all("zeta" in r for r in trained) and all(r["target_entropy"] > 0 for r in trained)
     if cfg.learner.entropy_control.type == "adapo":
         assert all("eps_high" in r for r in trained)
+    if cfg.learner.entropy_control.type == "kl_cov":  # top-k: at least one token per pass
+        assert all(0 < r["cov_selected_frac"] <= 1 for r in trained)
+    if cfg.learner.entropy_control.type == "clip_cov":  # only tokens with 1 < cov < 5: there may be none
+        assert all(0 <= r["cov_selected_frac"] <= 1 for r in trained)
+    assert all(r["skipped_steps"] == 0 for r in trained)
     assert trained[-1]["cumulative_entropy"] == pytest.approx(sum(r["entropy"] for r in trained))
     assert summary["eval_success_final"] is not None
 

@@ -1,11 +1,12 @@
-"""Advantage estimators, one scalar per trajectory (ALGORITHMS.md, "Advantage estimators").
+"""Advantage estimators, one scalar per trajectory (docs/algorithms.md, "Advantage estimators").
 
 Registry by name, verl `core_algos` style:
 
     ADVANTAGE_ESTIMATORS["grpo"](rewards, group_ids, cfg) -> Tensor[N]
 
 The learner broadcasts the per-trajectory advantage to the trajectory's action tokens.
-Groups of size 1 get advantage 0 (there is no baseline to compare against).
+Group estimators (grpo, loo) give groups of size 1 advantage 0 (there is no baseline to compare
+against); reinforce_pp normalises over the whole batch instead.
 """
 from __future__ import annotations
 
@@ -39,14 +40,25 @@ def _group_sum(values: Tensor, index: Tensor, num_groups: int) -> Tensor:
     return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
 
 
+def _no_signal(r: Tensor, index: Tensor, num_groups: int) -> Tensor:
+    """Bool[N]: the trajectory's group has all-equal returns (max == min; NaN returns do not compare
+    equal, so a NaN reward still reaches the loss and the learner's non-finite guard)."""
+    gmax = torch.full((num_groups,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, index, r, reduce="amax")
+    gmin = torch.full((num_groups,), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, index, r, reduce="amin")
+    return (gmax == gmin)[index]
+
+
 @register_advantage("grpo")
 def grpo_advantage(rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Tensor:
     """GRPO: A_k = (R_k - mean(R)) / (std(R) + 1e-6); Dr.GRPO (std_normalize=False): R_k - mean(R).
 
     std is the unbiased sample std (torch.std default, as in the GRPO/verl reference code);
     our choice, not the paper's, since the paper does not say which.
+    Safety rail (docs/algorithms.md, "Safety rails"): the group statistics are float64 and a group
+    whose returns are all equal gets exactly 0. In float32, [0.7]*8 has r - mean ~ 6e-8 and std ~ 6e-8,
+    so every member got the same-sign advantage +0.056.
     """
-    r = rewards.to(torch.float32)
+    r = rewards.to(torch.float64)
     index, g = _group_index(group_ids)
     count = _group_sum(torch.ones_like(r), index, g)
     mean = _group_sum(r, index, g) / count
@@ -55,18 +67,52 @@ def grpo_advantage(rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Te
     if cfg.std_normalize:
         var = _group_sum(centred ** 2, index, g) / (count - 1).clamp_min(1)
         adv = centred / (var.sqrt()[index] + GRPO_STD_EPS)
-    return torch.where(count[index] > 1, adv, torch.zeros_like(adv))
+    zero = (count[index] <= 1) | _no_signal(r, index, g)
+    return torch.where(zero, torch.zeros_like(adv), adv).to(torch.float32)
 
 
 @register_advantage("loo")
 def loo_advantage(rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Tensor:
-    """LOOP / RLOO: A_k = R_k - mean_{i != k} R_i = (R_k - (sum R - R_k)/(K-1)). No std."""
-    r = rewards.to(torch.float32)
+    """LOOP / RLOO: A_k = R_k - mean_{i != k} R_i = (R_k - (sum R - R_k)/(K-1)). No std.
+    Float64 sums; all-equal groups get exactly 0 (as grpo)."""
+    r = rewards.to(torch.float64)
     index, g = _group_index(group_ids)
     count = _group_sum(torch.ones_like(r), index, g)[index]
     total = _group_sum(r, index, g)[index]
     loo_mean = (total - r) / (count - 1).clamp_min(1)
-    return torch.where(count > 1, r - loo_mean, torch.zeros_like(r))
+    zero = (count <= 1) | _no_signal(r, index, g)
+    return torch.where(zero, torch.zeros_like(r), r - loo_mean).to(torch.float32)
+
+
+REINFORCE_PP_EPS = 1e-8  # A = (x - mean) / sqrt(var + 1e-8), as verl's masked_whiten
+
+
+def _batch_whiten(x: Tensor) -> Tensor:
+    """(x - mean(x)) / sqrt(var(x) + 1e-8) over the whole batch (unbiased var), float64; exactly 0 when
+    every x is equal. Our choice: each trajectory counts once (verl whitens over tokens)."""
+    if x.numel() < 2 or bool((x == x[0]).all()):
+        return torch.zeros_like(x)
+    centred = x - x.mean()
+    return centred / torch.sqrt(centred.pow(2).sum() / (x.numel() - 1) + REINFORCE_PP_EPS)
+
+
+@register_advantage("reinforce_pp")
+def reinforce_pp_advantage(rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Tensor:
+    """REINFORCE++ (Hu 2025), outcome reward: A_k = (R_k - mean_batch R) / std_batch R.
+    Global normalisation over the whole batch: groups play no part (a singleton gets a non-zero A)."""
+    return _batch_whiten(rewards.to(torch.float64)).to(torch.float32)
+
+
+@register_advantage("reinforce_pp_baseline")
+def reinforce_pp_baseline_advantage(rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Tensor:
+    """REINFORCE++-baseline (Hu 2025): x_k = R_k - mean_group R, then A = (x - mean_batch x) / std_batch x.
+    Singletons and all-equal groups have x = 0 (they still take part in the batch statistics)."""
+    r = rewards.to(torch.float64)
+    index, g = _group_index(group_ids)
+    count = _group_sum(torch.ones_like(r), index, g)
+    x = r - (_group_sum(r, index, g) / count)[index]
+    x = torch.where((count[index] <= 1) | _no_signal(r, index, g), torch.zeros_like(x), x)
+    return _batch_whiten(x).to(torch.float32)
 
 
 def compute_advantages(name: str, rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Tensor:

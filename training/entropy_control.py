@@ -1,4 +1,5 @@
-"""Entropy controllers (ALGORITHMS.md, "Entropy control"): REPO-R, REPO-D, ADAPO.
+"""Entropy controllers (docs/algorithms.md, "Entropy control"): REPO-R, REPO-D, ADAPO; Clip-Cov and
+KL-Cov (training/cov_control.py, registered here on import).
 
 Theorem 1: one policy-gradient step of size eta changes the entropy at state s by
     Delta H(s) ~= -eta * E_{a~pi}[ pi(a|s) * A(s,a) * L(s,a) ],   L = log pi(a|s) + H(s).
@@ -7,7 +8,8 @@ Both are steered once per iteration toward a target entropy H*.
 
 Registry by name: CONTROLLERS["repo_r"] is a class; `make_controller(cfg)` builds one.
 Every controller has `shape_advantages`, `shaping_stats`, `eps_high`, `update`, `metrics`,
-`state_dict`, `load_state_dict` and the attributes `needs_entropy`, `minibatch_stats`.
+`state_dict`, `load_state_dict` and the attributes `needs_entropy`, `minibatch_stats`, `token_modifier`
+(None, or a losses.TokenModifier applied to the per-token policy loss: Clip-Cov, KL-Cov).
 
 A controller whose shaping uses a statistic of the whole minibatch (`minibatch_stats`, REPO-D's c)
 exposes its additive parts as `shaping_stats(...)`: the learner sums them over micro-batches and
@@ -50,11 +52,13 @@ class EntropyController:
     """
     needs_entropy: bool = False
     minibatch_stats: bool = False  # shaping needs sums over the whole minibatch (shaping_stats)
+    token_modifier = None          # per-token loss modifier (losses.TokenModifier) or None
 
     def __init__(self, cfg: LearnerConfig):
         self.cfg = cfg
         self.ec = cfg.entropy_control
-        self.target_entropy: Optional[float] = self.ec.target_entropy
+        # "remeasure" (continue on a new domain): measured again, as when unset
+        self.target_entropy: Optional[float] = None if self.ec.target_entropy == "remeasure" else self.ec.target_entropy
         self.first_entropies: list[float] = []  # iterations that define H* (target_iterations of them)
         self.smoothed: Optional[float] = None  # H the controller compares with H* (EMA when smoothing > 0)
 
@@ -113,7 +117,7 @@ class EntropyController:
 
 
 class _ZetaController(EntropyController):
-    """REPO's zeta controller (ALGORITHMS.md, "The zeta controller"):
+    """REPO's zeta controller (docs/algorithms.md, "The zeta controller"):
       H < H*: zeta >= 0: zeta = min(zeta_max, 2 zeta) (zeta_min if it was 0)
               zeta <  0: zeta = zeta / 2, and if zeta > -zeta_min: zeta = +zeta_min
       H > H*: zeta >= 0: zeta = zeta / 2, and if zeta < zeta_min: zeta = -zeta_min
@@ -262,3 +266,6 @@ class Adapo(EntropyController):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.current = float(state["eps_high"])
+
+
+from training import cov_control  # noqa: E402,F401  (registers clip_cov and kl_cov)

@@ -1,4 +1,5 @@
-"""Held-out evaluation: success rate (mean over samples = pass@1) and unbiased pass@k."""
+"""Held-out evaluation: success rate (mean over samples = pass@1) and unbiased pass@k for every k = 1..n
+(n = the fewest samples any task got): the pass@k curve that `eprl plot` draws."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -22,7 +23,7 @@ def summarize(trajectories, prefix: str = "eval_") -> dict[str, float]:
     out = {f"{prefix}success": float(np.mean([t.success for t in trajectories])),
            f"{prefix}reward": float(np.mean([t.reward for t in trajectories])),
            f"{prefix}tasks": float(len(by_task))}
-    for k in sorted({1, n}):
+    for k in range(1, n + 1):
         out[f"{prefix}pass@{k}"] = float(np.mean([pass_at_k(len(v), sum(v), k) for v in by_task.values()]))
     return out
 

@@ -1,8 +1,11 @@
-"""The learner: one policy-gradient update from a batch of trajectories (ALGORITHMS.md).
+"""The learner: one policy-gradient update from a batch of trajectories (docs/algorithms.md).
 
     A_k  = advantage(R, groups)                      (per trajectory, broadcast to its action tokens)
     A'   = controller.shape(A, logp, H)              (REPO; identity otherwise)
-    loss = policy_loss(logp, logp_old, A', mask)     (pg | ppo | dapo | gspo, by name)
+    loss = policy_loss(logp, logp_old, A', mask)     (pg | ppo | dapo | gspo | cispo, by name;
+                                                      Clip-Cov / KL-Cov modify its tokens)
+A step whose loss or gradient is not finite is skipped (weights and optimizer state untouched) and
+counted in `skipped_steps`.
 then, once per iteration, the entropy controller moves zeta / eps_high toward the target entropy.
 Every log-prob, ratio and entropy is float32; the model may compute in bf16/fp16 under autocast.
 
@@ -65,6 +68,8 @@ class Learner:
         self.model, self.cfg = model, cfg
         self.temperature, self.max_len_norm = temperature, max_len_norm
         self.dtype = DTYPES[dtype]
+        # bf16/fp16: the lm_head matmul in float32 unless told otherwise (docs/algorithms.md, "Numerics")
+        self.head_fp32 = (dtype != "fp32") if cfg.fp32_lm_head is None else (cfg.fp32_lm_head and dtype != "fp32")
         # The reference is copied before sharding: FSDP modules cannot be deep-copied.
         self.reference = self._frozen_copy(model) if cfg.kl_coef > 0 else None
         if distributed.active():  # under torchrun: shard in place (the caller's `model` is now FSDP)
@@ -94,7 +99,7 @@ class Learner:
     def _logprobs(self, model, batch: PolicyBatch, with_entropy: bool):
         with self.autocast():
             return model_logprobs(model, batch.input_ids, batch.attention_mask, temperature=self.temperature,
-                                  chunk_size=self.cfg.chunk_size, with_entropy=with_entropy)
+                                  chunk_size=self.cfg.chunk_size, with_entropy=with_entropy, head_fp32=self.head_fp32)
 
     @torch.no_grad()
     def _full_logprobs(self, model, batch: PolicyBatch, lengths: torch.Tensor, with_entropy: bool):
@@ -161,10 +166,12 @@ class Learner:
         self.model.eval()
         # The iteration's entropy H is the pre-update policy's on this batch (what the controller targets);
         # the loss's in-update entropy, when it computes one, is logged separately.
+        skipped = sums.pop("skipped_steps", 0.0)  # a count, not a mean
         in_update = {("entropy_in_update" if k == "entropy" else k): v / steps for k, v in sums.items()}
-        metrics = {**in_update, **metrics}
-        self.cumulative_entropy += metrics["entropy"]
-        self.controller.update(metrics["entropy"])
+        metrics = {**in_update, **metrics, "skipped_steps": skipped}
+        if math.isfinite(metrics["entropy"]):  # a NaN entropy would poison H* and the running sum for good
+            self.cumulative_entropy += metrics["entropy"]
+            self.controller.update(metrics["entropy"])
         action_tokens = float(mask.sum())
         seconds = time.perf_counter() - t0
         metrics.update(self.controller.metrics())
@@ -195,15 +202,22 @@ class Learner:
             inputs = LossInputs(logp=logp, old_logp=mb.cut(old_logp), advantages=adv_tok, mask=sub.action_mask,
                                 entropy=mb_entropy, ref_logp=mb.cut(ref_logp), inference_logp=sub.inference_logp)
             loss, loss_metrics = compute_policy_loss(cfg, inputs, eps_high=eps_high, max_len_norm=self.max_len_norm,
-                                                     norm=norm)
+                                                     norm=norm, modifier=ctl.token_modifier)
             self.scaler.scale(loss).backward()
             parts.add(loss_metrics, float(sub.action_mask.sum()), mb.dummy)
         self.scaler.unscale_(self.optimizer)
         # Under FSDP the gradients are DTensors: clip_grad_norm_ computes the global norm over all shards.
         grad_norm = distributed.local_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return {**parts.result(), "grad_norm": grad_norm}
+        result = parts.result()  # under torchrun: summed over ranks, so every rank takes the same decision
+        # A non-finite loss or gradient (a NaN reward, overflowing logits) skips the step: the weights and the
+        # optimizer state stay as they were, so nothing non-finite can reach a checkpoint; it is counted.
+        finite = math.isfinite(grad_norm) and math.isfinite(result["loss"])
+        if finite:
+            self.scaler.step(self.optimizer)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()  # fp16: a skipped step lowers the loss scale, as GradScaler's own inf check does
+        return {**result, "grad_norm": grad_norm, "skipped_steps": float(not finite)}
 
     def state_dict(self) -> dict:
         """Collective under torchrun (the optimizer state is gathered whole, keyed by parameter name)."""

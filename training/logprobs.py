@@ -1,4 +1,4 @@
-"""Float32 token log-probs and exact entropy, chunked over the sequence (ALGORITHMS.md, "Numerics").
+"""Float32 token log-probs and exact entropy, chunked over the sequence (docs/algorithms.md, "Numerics").
 
 For each token, with z = lm_head(h) / temperature upcast to float32:
     log p(y)  = z_y - logsumexp(z)
@@ -25,10 +25,25 @@ from torch.utils.checkpoint import checkpoint
 from . import distributed
 
 
+def _linear(h: Tensor, weight: Tensor, bias: Optional[Tensor], fp32: bool) -> Tensor:
+    """The head matmul; fp32: in float32 whatever the autocast dtype (bf16 logits carry ~3 significant
+    digits, rounding log-probs by ~1e-2 before the float32 log-softmax)."""
+    if not fp32:
+        return F.linear(h, weight, bias)
+    with torch.autocast(h.device.type, enabled=False):
+        up = lambda t: None if t is None else t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731
+        return F.linear(up(h), up(weight), up(bias))
+
+
 def _chunk_logp_entropy(lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float,
-                        with_entropy: bool) -> tuple[Tensor, Optional[Tensor]]:
-    """One chunk: hidden [n,H], targets [n] -> logp [n] f32, entropy [n] f32 | None."""
-    logits = lm_head(hidden)
+                        with_entropy: bool, head_fp32: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """One chunk: hidden [n,H], targets [n] -> logp [n] f32, entropy [n] f32 | None.
+    head_fp32: autocast off and hidden in the head's parameter dtype (float32 master weights: an fp32 head)."""
+    if head_fp32:
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = lm_head(hidden.to(next(lm_head.parameters()).dtype))
+    else:
+        logits = lm_head(hidden)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # 16-bit -> f32 (f64 stays)
     if temperature != 1.0:
         logits = logits / temperature
@@ -52,18 +67,18 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, with_entropy):
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, with_entropy, head_fp32):
         n, dt = hidden.shape[0], torch.promote_types(weight.dtype, torch.float32)
         logp, logz, ent = (hidden.new_empty(n, dtype=dt) for _ in range(3))
         for s in range(0, n, chunk_size):
-            z = F.linear(hidden[s:s + chunk_size], weight, bias).to(dt).div_(temperature)
+            z = _linear(hidden[s:s + chunk_size], weight, bias, head_fp32).to(dt).div_(temperature)
             lz = torch.logsumexp(z, -1)
             logz[s:s + chunk_size] = lz
             logp[s:s + chunk_size] = z.gather(-1, targets[s:s + chunk_size, None]).squeeze(-1) - lz
             if with_entropy:
                 ent[s:s + chunk_size] = lz - (torch.softmax(z, -1) * z).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, targets, logz, ent)
-        ctx.temperature, ctx.chunk_size, ctx.with_entropy = temperature, chunk_size, with_entropy
+        ctx.temperature, ctx.chunk_size, ctx.with_entropy, ctx.head_fp32 = temperature, chunk_size, with_entropy, head_fp32
         return (logp, ent) if with_entropy else (logp, None)
 
     @staticmethod
@@ -79,30 +94,32 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
         use_ent = ctx.with_entropy and g_ent is not None
         for s in range(0, n, c):
             h, lz = hidden[s:s + c], logz[s:s + c, None]
-            z = F.linear(h, weight, bias).to(dt).div_(temp)            # recompute (checkpointing)
+            z = _linear(h, weight, bias, ctx.head_fp32).to(dt).div_(temp)  # recompute (checkpointing)
             p = torch.exp(z - lz)
             gz = z.sub_(lz).add_(ent[s:s + c, None]).mul_(g_ent[s:s + c, None].to(dt)) if use_ent else z.zero_()
             gz.add_(g_lp[s:s + c, None]).mul_(p).neg_()                 # -p (g_lp + g_H (log p + H))
             gz.scatter_add_(-1, targets[s:s + c, None], g_lp[s:s + c, None])  # + g_lp 1[j = y]
             del p
             gz.div_(temp)
-            gz16 = gz.to(weight.dtype)
+            w = weight.to(dt) if ctx.head_fp32 else weight
+            gz16 = gz.to(w.dtype)
             if need_h:
-                g_h[s:s + c] = gz16 @ weight
+                g_h[s:s + c] = gz16 @ w
             if need_w:
                 g_w.addmm_(gz16.t().to(dt), h.to(dt))
             if need_b:
                 g_b.add_(gz.sum(0))
         g_w = g_w.to(weight.dtype) if need_w else None
         g_b = g_b.to(bias.dtype) if need_b else None
-        return g_h, g_w, g_b, None, None, None, None
+        return g_h, g_w, g_b, None, None, None, None, None
 
 
 def token_logprobs_and_entropy(hidden: Tensor, lm_head: nn.Module, targets: Tensor, *,
                                temperature: float = 1.0, chunk_size: int = 256,
-                               with_entropy: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+                               with_entropy: bool = True, head_fp32: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """hidden [B,T,H] (any dtype), targets [B,T] long -> (log p(targets) [B,T], H [B,T] | None), float32
-    (float64 if the head computes in float64, for tests).
+    (float64 if the head computes in float64, for tests). head_fp32: the head matmul itself runs in
+    float32 even under bf16/fp16 autocast (learner.fp32_lm_head).
 
     Gradients flow into `hidden` and the lm_head parameters. A plain nn.Linear head takes the
     fused path (_FusedLinearLogpEntropy); any other head module (e.g. LoRA-wrapped) runs each
@@ -118,16 +135,16 @@ def token_logprobs_and_entropy(hidden: Tensor, lm_head: nn.Module, targets: Tens
         return empty, (empty.clone() if with_entropy else None)
     if type(lm_head) is nn.Linear:
         lp, ent = _FusedLinearLogpEntropy.apply(flat_h, lm_head.weight, lm_head.bias, flat_y,
-                                                float(temperature), chunk_size, with_entropy)
+                                                float(temperature), chunk_size, with_entropy, head_fp32)
         return lp.reshape(shape), (ent.reshape(shape) if with_entropy else None)
     need_ckpt = torch.is_grad_enabled() and (flat_h.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
     logps, ents = [], []
     for start in range(0, flat_y.numel(), chunk_size):
         h, y = flat_h[start:start + chunk_size], flat_y[start:start + chunk_size]
         if need_ckpt:
-            lp, ent = checkpoint(_chunk_logp_entropy, lm_head, h, y, temperature, with_entropy, use_reentrant=False)
+            lp, ent = checkpoint(_chunk_logp_entropy, lm_head, h, y, temperature, with_entropy, head_fp32, use_reentrant=False)
         else:
-            lp, ent = _chunk_logp_entropy(lm_head, h, y, temperature, with_entropy)
+            lp, ent = _chunk_logp_entropy(lm_head, h, y, temperature, with_entropy, head_fp32)
         logps.append(lp)
         ents.append(ent)
     logp = torch.cat(logps).reshape(shape)
@@ -185,8 +202,8 @@ def _last_hidden(model: nn.Module, backbone: nn.Module, input_ids: Tensor, atten
 
 def model_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor] = None, *,
                    temperature: float = 1.0, chunk_size: int = 256,
-                   with_entropy: bool = True) -> tuple[Tensor, Optional[Tensor]]:
-    """Causal LM -> (logp [B,T-1], entropy [B,T-1] | None), float32.
+                   with_entropy: bool = True, head_fp32: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """Causal LM -> (logp [B,T-1], entropy [B,T-1] | None), float32 (head_fp32: see token_logprobs_and_entropy).
 
     Position t holds log p(input_ids[t+1] | input_ids[:t+1]) and the entropy of that
     next-token distribution, with logits divided by `temperature` (same as the sampler).
@@ -194,4 +211,4 @@ def model_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Optional
     backbone, head = causal_lm_parts(model)
     hidden = _last_hidden(model, backbone, input_ids, attention_mask)
     return token_logprobs_and_entropy(hidden[:, :-1], head, input_ids[:, 1:], temperature=temperature,
-                                      chunk_size=chunk_size, with_entropy=with_entropy)
+                                      chunk_size=chunk_size, with_entropy=with_entropy, head_fp32=head_fp32)

@@ -297,15 +297,19 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
 
 
 def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
-    """A new run on `cfg.task` from a checkpoint's weights; keeps the entropy target unless set."""
+    """A new run on `cfg.task` from a checkpoint's weights. The entropy target H*: the parent's (default),
+    the one set in `target_entropy`, or, with `target_entropy: remeasure`, measured again on the new domain."""
     log = log if distributed.is_main() else _quiet
     check_envs(cfg)
     ckpt = resolve_checkpoint(checkpoint)
     _, trainer_state = load_trainer_state(ckpt)
     parent_target = trainer_state["learner"]["controller"].get("target_entropy")
     ec = cfg.learner.entropy_control
+    source = "remeasured" if ec.target_entropy == "remeasure" else "set" if ec.target_entropy is not None else "parent"
     if ec.target_entropy is None and parent_target is not None:
         ec.target_entropy = parent_target
     meta = {"model": str(ckpt / "model"), "parent": str(ckpt.resolve()),
-            "parent_run": str(ckpt.parent.parent.resolve()), "inherited_target_entropy": ec.target_entropy}
+            "parent_run": str(ckpt.parent.parent.resolve()), "parent_target_entropy": parent_target,
+            "target_entropy_source": source,
+            "inherited_target_entropy": None if source == "remeasured" else ec.target_entropy}
     return _start(cfg, str(ckpt / "model"), meta, log).fit()

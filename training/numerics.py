@@ -1,6 +1,6 @@
 """Numerics: dtypes, loss scaling, entropy and inference/learner mismatch statistics.
 
-ALGORITHMS.md, "Numerics": log-probs, ratios, advantages and entropies are float32 always;
+docs/algorithms.md, "Numerics": log-probs, ratios, advantages and entropies are float32 always;
 never subtract two 16-bit log-probs (rounding a ratio near 1 to bf16 biases it upward and makes
 the upper clip bound bite more often). fp16 compute needs loss scaling (GradScaler).
 """

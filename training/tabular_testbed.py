@@ -6,7 +6,7 @@ Each iteration: every state draws a group of G actions from pi(.|s) = softmax(th
 Bernoulli(q[s, a]), advantages come from `compute_advantages`, the controller shapes them, and
 `compute_policy_loss` drives `epochs x minibatches` SGD steps on theta. The controller then sees the
 pre-update mean entropy H (exact, over all states), as in the learner. Here Theorem 1's first-order
-picture holds per state, so the controllers' levers act as ALGORITHMS.md describes.
+picture holds per state, so the controllers' levers act as docs/algorithms.md describes.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def run_tabular(cfg: LearnerConfig, *, iterations: int = 60, states: int = 64, a
                 shaped = ctl.shape_advantages(adv[mb, None].to(logp.dtype), logp.detach(), ent.detach(), mask)
                 loss, _ = compute_policy_loss(cfg, LossInputs(logp=logp, old_logp=old_logp[mb], advantages=shaped,
                                                               mask=mask, entropy=ent), eps_high=ctl.eps_high(cfg.eps_high),
-                                              max_len_norm=1)
+                                              max_len_norm=1, modifier=ctl.token_modifier)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
