@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from agents.rollout import RolloutRunner
 from . import distributed
 from .advantages import informative_groups
 from .batch import collate
-from .checkpoint import atomic_write_text, latest_checkpoint, load_trainer_state, resolve_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import (CheckpointError, atomic_write_text, checkpoint_problem, clean_partial_writes, latest_checkpoint,
+                         list_checkpoints, load_trainer_state, resolve_checkpoint, save_checkpoint, set_rng_state)
 from .config import RunConfig
 from .evaluate import evaluate
 from .learner import Learner
@@ -269,23 +271,68 @@ def saved_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.model_validate_json(path.read_text())
 
 
+def resumable_checkpoint(run_dir: Path, log=print) -> Path | None:
+    """The newest intact checkpoint of a run, or None if the run never wrote one.
+
+    Removes partial writes of a killed run; newer checkpoints that fail `checkpoint_problem` are
+    moved aside to `iter_N.corrupt` (kept, never deleted) and the `latest` pointer is set to the one
+    chosen. Raises CheckpointError, changing nothing, when checkpoints were written but none is intact.
+    """
+    for name in clean_partial_writes(run_dir):
+        log(f"removed {name}: the partial write of a killed run")
+    root = run_dir / "checkpoints"
+    skipped, chosen = [], None
+    for ckpt in list_checkpoints(run_dir):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            chosen = ckpt
+            break
+        skipped.append((ckpt, problem))
+    written_before = (root / "latest").is_file() or any(root.glob("iter_*.corrupt*"))
+    if chosen is None and (skipped or written_before):
+        found = "; ".join(f"{c.name}: {p}" for c, p in skipped) or "checkpoints/latest names a missing directory"
+        raise CheckpointError(f"--resume {run_dir}: no intact checkpoint ({found}); nothing was changed: restore a "
+                              "checkpoint directory or start a new run with another run.name")
+    for ckpt, problem in skipped:
+        aside, n = ckpt.with_name(f"{ckpt.name}.corrupt"), 1
+        while aside.exists():
+            n += 1
+            aside = ckpt.with_name(f"{ckpt.name}.corrupt{n}")
+        os.replace(ckpt, aside)
+        log(f"skipping {ckpt.name} ({problem}): kept as {aside.name}")
+    if chosen is not None and skipped:
+        atomic_write_text(root / "latest", chosen.name)
+    return chosen
+
+
 def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dict:
-    """Continue the same run exactly where its latest checkpoint left it."""
+    """Continue the same run exactly where its newest intact checkpoint left it."""
     log = log if distributed.is_main() else _quiet
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir)
     if iterations is not None:
         cfg.run.iterations = iterations
-    meta = json.loads((run_dir / "meta.json").read_text())
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:  # killed before its first checkpoint: start over in place
-        if distributed.is_main():
-            for name in ("metrics.jsonl", "eval.jsonl"):
-                (run_dir / name).unlink(missing_ok=True)
-        distributed.barrier()
+    meta_path = run_dir / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no meta.json (the run was killed while starting); start it again")
+    meta = json.loads(meta_path.read_text())
+    found: tuple = (None, None)
+    if distributed.is_main():  # rank 0 checks and tidies; every rank gets the choice (or the error)
+        try:
+            found = (resumable_checkpoint(run_dir, log), None)
+        except CheckpointError as err:
+            found = (None, str(err))
+    ckpt, error = distributed.broadcast_object(found)
+    if error:
+        raise CheckpointError(error)
+    if ckpt is None:  # killed before its first checkpoint: start over in place (the same rows come again)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
         trainer = Trainer(cfg, run_dir, meta["model"], meta, log)
+        if trainer.main:
+            trainer.metrics.truncate_after(-1)
+            trainer.evals.truncate_after(0)
+        log(f"resumed {run_dir} at iteration 0: no checkpoint was written yet")
     else:
         trainer = Trainer(cfg, run_dir, str(ckpt / "model"), meta, log)
         trainer.restore(ckpt)
