@@ -201,8 +201,14 @@ def _read_yaml(path: str | Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what}: file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{what}: {path} is not UTF-8 (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
