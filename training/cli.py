@@ -53,10 +53,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_eval(args) -> dict:
-    from .checkpoint import load_trainer_state, resolve_checkpoint
-    from .loop import Trainer
+    from .checkpoint import resolve_checkpoint
+    from .loop import Trainer, preflight
     import tempfile
     cfg = load_run_config(args.task, args.config, args.overrides)
+    preflight(cfg, new_run=False)
     iteration = 0
     if args.checkpoint:
         ckpt = resolve_checkpoint(args.checkpoint)

@@ -225,7 +225,11 @@ def _set_path(data: dict, dotted: str, raw: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: '{key}' is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {dotted}={raw}: malformed YAML value ({getattr(err, 'problem', None) or err}); "
+                          "quote strings, e.g. --set 'task.agent.system_prompt=\"a: b\"'") from None
 
 
 def _merge(base: dict, top: dict) -> dict:

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from agents import make_agent
-from agents.engines import make_engine
+from agents.engines import SamplingError, check_unbiased, make_engine
 from agents.rollout import RolloutRunner
 from . import distributed
 from .advantages import informative_groups
 from .batch import collate
 from .checkpoint import (CheckpointError, atomic_write_text, checkpoint_problem, clean_partial_writes, latest_checkpoint,
                          list_checkpoints, load_trainer_state, resolve_checkpoint, save_checkpoint, set_rng_state)
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .evaluate import evaluate
 from .learner import Learner
 from .metrics import MetricsLog
@@ -223,19 +223,40 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- entry points
-def _new_run_dir(cfg: RunConfig) -> Path:
-    name = cfg.run.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.out_dir) / name
-    if (run_dir / "metrics.jsonl").exists():
+def _run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.run.out_dir) / (cfg.run.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _check_run_dir_free(run_dir: Path) -> None:
+    if any((run_dir / name).exists() for name in ("metrics.jsonl", "eval.jsonl", "checkpoints")):
         raise FileExistsError(f"run directory {run_dir} already holds a run; use `train --resume {run_dir}` or another run.name")
+
+
+def _new_run_dir(cfg: RunConfig) -> Path:
+    run_dir = _run_dir(cfg)
+    _check_run_dir_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-def check_envs(cfg: RunConfig) -> None:
-    """Fail before any model work on an unknown env id or bad env kwargs."""
+def preflight(cfg: RunConfig, new_run: bool = True) -> None:
+    """Fail in one line before any model work: env id, kwargs and data, eval size, sampling, run directory."""
     env_factory(cfg.task, "train")
-    env_factory(cfg.task, "eval")
+    make_eval = env_factory(cfg.task, "eval")
+    if cfg.task.eval.num_tasks is None:
+        env = make_eval()
+        size = env.unwrapped.num_tasks
+        env.close()
+        if size is None:
+            raise ConfigError(f"task.eval.num_tasks: must be set for {cfg.task.env.id}, a procedural environment "
+                              "(it has no fixed size); e.g. --set task.eval.num_tasks=64")
+    for field in ("sampling", "eval_sampling"):
+        try:
+            check_unbiased(getattr(cfg.task, field))
+        except SamplingError as err:
+            raise ConfigError(f"task.{field}: {err}") from None
+    if new_run and cfg.run.name:
+        _check_run_dir_free(_run_dir(cfg))
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -257,7 +278,7 @@ def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
 def train(cfg: RunConfig, log=print) -> dict:
     """A new run from the configured model (the embedded default when none is given)."""
     log = log if distributed.is_main() else _quiet
-    check_envs(cfg)
+    preflight(cfg)
     with distributed.main_first():  # rank 0 builds the embedded default's cache, the others find it
         model_path = resolve_model_path(cfg, log)
     return _start(cfg, model_path, {"model": model_path, "parent": None}, log).fit()
@@ -343,7 +364,7 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
 def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
     """A new run on `cfg.task` from a checkpoint's weights; keeps the entropy target unless set."""
     log = log if distributed.is_main() else _quiet
-    check_envs(cfg)
+    preflight(cfg)
     ckpt = resolve_checkpoint(checkpoint)
     _, trainer_state = load_trainer_state(ckpt)
     parent_target = trainer_state["learner"]["controller"].get("target_entropy")
