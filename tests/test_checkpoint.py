@@ -136,3 +136,19 @@ def test_disk_full_on_a_small_tmpfs_keeps_previous_checkpoint(tmp_path, tiny_mod
         # lazy: the failed torch writer may still hold a file open until it is collected
         subprocess.run(["umount", "-l", str(mnt)], check=False)
     assert os.listdir(mnt) == []
+
+
+def test_resolve_checkpoint_skips_or_names_damage(tmp_path, tiny_model, tiny_tokenizer):
+    from training.checkpoint import resolve_checkpoint
+    first, second = _save(tmp_path, 1, tiny_model, tiny_tokenizer), _save(tmp_path, 2, tiny_model, tiny_tokenizer)
+    assert resolve_checkpoint(tmp_path) == second
+    _truncate(second / "trainer.pt")
+    assert resolve_checkpoint(tmp_path) == first  # a run directory: its newest intact checkpoint
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*iter_000002 is damaged \(trainer.pt is truncated"):
+        resolve_checkpoint(second)
+    _truncate(first / "model" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*\(iter_000002: trainer.pt is truncated .*; "
+                                              r"iter_000001: model/model.safetensors is truncated"):
+        resolve_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        resolve_checkpoint(tmp_path / "elsewhere")

@@ -178,15 +178,24 @@ def clean_partial_writes(run_dir: Path) -> list[str]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory or a run directory (its latest checkpoint)."""
+    """Accept a checkpoint directory (checked intact) or a run directory (its newest intact checkpoint)."""
     path = Path(path)
     if (path / "state.json").is_file():
+        problem = checkpoint_problem(path)
+        if problem:
+            raise CheckpointError(f"checkpoint {path} is damaged ({problem}); give an earlier one from {path.parent}")
         return path
-    found = latest_checkpoint(path)
-    if found is None:
+    found = list_checkpoints(path)
+    if not found:
         raise FileNotFoundError(f"no checkpoint at {path}: expected a checkpoint directory (with state.json) "
-                                f"or a run directory containing checkpoints/latest")
-    return found
+                                f"or a run directory containing checkpoints/iter_*")
+    problems = []
+    for ckpt in found:
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        problems.append(f"{ckpt.name}: {problem}")
+    raise CheckpointError(f"no intact checkpoint in {path} ({'; '.join(problems)})")
 
 
 def load_trainer_state(ckpt: Path) -> tuple[dict, dict]:
