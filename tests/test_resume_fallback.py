@@ -150,3 +150,24 @@ def test_plot_defaults_to_the_runs_plots_dir(reference, tmp_path, capsys, monkey
     assert (code, err.strip()) == (2, f"eprl: error: plot: {tmp_path / 'nope'} is not a run directory (no metrics.jsonl or eval.jsonl)")
     code, _, err = cli(capsys, "plot", str(run), str(run))
     assert code == 2 and "say where with --out DIR" in err
+
+
+def test_disk_full_during_a_run_stops_in_one_line_and_resumes(reference, tmp_path, capsys, monkeypatch):
+    import errno
+    run = _copy(reference, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "iter_000003")
+    real_save = torch.save
+
+    def full_disk(obj, path, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    code, _, err = cli(capsys, "train", "--resume", str(run))
+    assert code == 2 and "Traceback" not in err  # (stderr also holds the model loader's progress bars)
+    assert err.strip().splitlines()[-1:] == [
+        f"eprl: error: writing checkpoint {run}/checkpoints/iter_000003 failed (no space left on device); the previous "
+        f"checkpoint iter_000002 is intact: free disk space and run `eprl train --resume {run}`"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_000001", "iter_000002", "latest"]
+    monkeypatch.setattr(torch, "save", real_save)
+    code, out, err = cli(capsys, "train", "--resume", str(run))
+    assert code == 0, err[-2000:]
+    _same_as_reference(run, reference)
