@@ -321,8 +321,9 @@ def resumable_checkpoint(run_dir: Path, log=print) -> Path | None:
             aside = ckpt.with_name(f"{ckpt.name}.corrupt{n}")
         os.replace(ckpt, aside)
         log(f"skipping {ckpt.name} ({problem}): kept as {aside.name}")
-    if chosen is not None and skipped:
-        atomic_write_text(root / "latest", chosen.name)
+    pointer = root / "latest"
+    if chosen is not None and (not pointer.is_file() or pointer.read_text().strip() != chosen.name):
+        atomic_write_text(pointer, chosen.name)  # continue/eval of this run dir see the checkpoint resumed from
     return chosen
 
 
