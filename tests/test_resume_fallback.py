@@ -94,13 +94,14 @@ def test_no_intact_checkpoint_refuses_and_changes_nothing(reference, tmp_path, c
     run = _copy(reference, tmp_path)
     for n in (1, 2, 3):
         (run / "checkpoints" / f"iter_00000{n}" / "trainer.pt").write_bytes(b"PK")
-    before = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    (run / "checkpoints" / ".iter_000004.tmp999").mkdir()  # even a partial write stays for whoever looks
+    before = {str(p.relative_to(run)): p.is_file() and p.read_bytes() for p in run.rglob("*")}
     code, out, err = cli(capsys, "train", "--resume", str(run))
     assert code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert err.startswith(f"eprl: error: --resume {run}: no intact checkpoint (iter_000003: trainer.pt is truncated (2 of ")
     assert "iter_000001: trainer.pt is truncated" in err and "nothing was changed" in err
-    after = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    after = {str(p.relative_to(run)): p.is_file() and p.read_bytes() for p in run.rglob("*")}
     assert after == before
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").mkdir()

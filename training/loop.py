@@ -299,8 +299,6 @@ def resumable_checkpoint(run_dir: Path, log=print) -> Path | None:
     moved aside to `iter_N.corrupt` (kept, never deleted) and the `latest` pointer is set to the one
     chosen. Raises CheckpointError, changing nothing, when checkpoints were written but none is intact.
     """
-    for name in clean_partial_writes(run_dir):
-        log(f"removed {name}: the partial write of a killed run")
     root = run_dir / "checkpoints"
     skipped, chosen = [], None
     for ckpt in list_checkpoints(run_dir):
@@ -314,6 +312,8 @@ def resumable_checkpoint(run_dir: Path, log=print) -> Path | None:
         found = "; ".join(f"{c.name}: {p}" for c, p in skipped) or "checkpoints/latest names a missing directory"
         raise CheckpointError(f"--resume {run_dir}: no intact checkpoint ({found}); nothing was changed: restore a "
                               "checkpoint directory or start a new run with another run.name")
+    for name in clean_partial_writes(run_dir):
+        log(f"removed {name}: the partial write of a killed run")
     for ckpt, problem in skipped:
         aside, n = ckpt.with_name(f"{ckpt.name}.corrupt"), 1
         while aside.exists():
