@@ -1,11 +1,13 @@
 """Environment ids under the ``eprl`` namespace, plus entry-point plugin discovery."""
 from __future__ import annotations
 
+import inspect
 import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
 import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator
 
 NAMESPACE = "eprl"
 PLUGIN_GROUP = "eprl.envs"
@@ -15,6 +17,14 @@ _plugins_scanned = False
 
 class UnknownEnvironmentError(ValueError):
     """Raised by ``make`` for an id that is not registered."""
+
+
+class EnvKwargsError(ValueError):
+    """Raised by ``make`` for keyword arguments the environment's constructor does not take."""
+
+    def __init__(self, message: str, unexpected: list[str]):
+        super().__init__(message)
+        self.unexpected = unexpected
 
 
 def full_id(name: str) -> str:
@@ -64,6 +74,25 @@ def list_envs() -> list[str]:
     return sorted(k for k in gym.registry if k.startswith(f"{NAMESPACE}/"))
 
 
+def check_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """Raise EnvKwargsError, naming the argument and what the constructor takes, before calling it."""
+    spec = gym.spec(env_id)
+    creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+    try:
+        signature = inspect.signature(creator)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    params = signature.parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+    unexpected = sorted((set(spec.kwargs) | set(kwargs)) - set(accepted))
+    if unexpected:
+        where = spec.entry_point if isinstance(spec.entry_point, str) else getattr(creator, "__qualname__", creator)
+        raise EnvKwargsError(f"{env_id} ({where}) takes no argument {', '.join(map(repr, unexpected))}; "
+                             f"it takes: {', '.join(accepted) or '(none)'}", unexpected)
+
+
 def make(env_id: str, **kwargs: Any) -> gym.Env:
     """``gymnasium.make`` for eprl ids (with or without the ``eprl/`` prefix)."""
     env_id = full_id(env_id)
@@ -71,4 +100,5 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
     if env_id not in available:
         raise UnknownEnvironmentError(
             f"unknown environment id {env_id!r}; registered: {', '.join(available) or '(none)'}")
+    check_kwargs(env_id, kwargs)
     return gym.make(env_id, **kwargs)

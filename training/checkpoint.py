@@ -2,20 +2,31 @@
 
 Layout of RUN_DIR/checkpoints/iter_000010/: model/ (HF save_pretrained, or the LoRA adapter),
 tokenizer files in model/, trainer.pt (optimizer, scaler, controller, RNG states), state.json
-(iteration, run metadata). A checkpoint is written to a temporary directory and renamed into
-place; RUN_DIR/checkpoints/latest is replaced atomically afterwards, so a kill at any moment
-leaves the previous checkpoint intact.
+(iteration, run metadata, and the size of every file: the manifest). A checkpoint is written to
+a temporary directory, fsynced and renamed into place; RUN_DIR/checkpoints/latest is replaced
+atomically afterwards, so a kill (or a full disk) at any moment leaves the previous checkpoint
+intact. `intact_checkpoints` checks each one against its manifest before a resume trusts it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import re
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+CHECKPOINT_NAME = re.compile(r"iter_(\d{6})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or no intact one can be read; the message says what to do."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -42,19 +53,48 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _fsync_tree(root: Path) -> None:
+    """Data reaches the disk before the rename that publishes it (a crash must not leave a named, empty file)."""
+    for path in [*sorted(root.rglob("*")), root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def save_checkpoint(run_dir: Path, iteration: int, model, tokenizer, trainer_state: dict, meta: dict) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"iter_{iteration:06d}"
     tmp = root / f".iter_{iteration:06d}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
-    torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps({"iteration": iteration, **meta}, indent=2, default=str))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
+        state = {"iteration": iteration, **meta, "files": _files(tmp)}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
+        _fsync_tree(tmp)
+    except (OSError, RuntimeError) as err:  # ENOSPC surfaces as OSError, or as a RuntimeError from torch's zip writer
+        full = getattr(err, "errno", None) == errno.ENOSPC or shutil.disk_usage(root).free < 2**20
+        reason = "no space left on device" if full else (str(err).splitlines() or [type(err).__name__])[0]
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; earlier checkpoints were never touched
+        previous = latest_checkpoint(run_dir)
+        raise CheckpointError(f"writing checkpoint {final} failed ({reason}); "
+                              f"the previous checkpoint {previous.name if previous else '(none)'} is intact: free disk space "
+                              f"and run `eprl train --resume {run_dir}`") from None
+    if final.exists():  # rewriting an iteration after a fallback resume: move the old one aside, never delete first
+        stale = root / f".{final.name}.old{os.getpid()}"
+        os.replace(final, stale)
+        os.replace(tmp, final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
     atomic_write_text(root / "latest", final.name)
     return final
 
@@ -67,16 +107,95 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be resumed from (missing or truncated file), or None if it is intact.
+
+    Cheap: file sizes against the manifest in state.json, the safetensors headers against their
+    file sizes, and trainer.pt's zip directory (which sits at its end, so truncation loses it).
+    """
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+        int(state["iteration"])
+    except FileNotFoundError:
+        return "no state.json"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable state.json ({type(err).__name__})"
+    for name, size in state.get("files", {}).items():  # checkpoints written before the manifest have none
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} is truncated ({path.stat().st_size} of {size} bytes)"
+    if not (ckpt / "trainer.pt").is_file():
+        return "trainer.pt is missing"
+    try:
+        with zipfile.ZipFile(ckpt / "trainer.pt"):
+            pass
+    except (OSError, zipfile.BadZipFile):
+        return "trainer.pt is truncated or corrupt"
+    weights = sorted((ckpt / "model").glob("*.safetensors"))
+    if not weights:
+        return "model/ holds no *.safetensors weights"
+    for path in weights:
+        problem = _safetensors_problem(path)
+        if problem:
+            return f"model/{path.name} {problem}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > size - 8:
+                return "is truncated (header cut)"
+            header = json.loads(fh.read(header_len))
+    except (OSError, struct.error, ValueError):
+        return "has an unreadable header"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end != size:
+        return f"is truncated ({size} of {8 + header_len + end} bytes)"
+    return None
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint directories of a run, newest first (by iteration, not by the `latest` pointer)."""
+    root = Path(run_dir) / "checkpoints"
+    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.match(p.name)] if root.is_dir() else []
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def clean_partial_writes(run_dir: Path) -> list[str]:
+    """Remove what a killed write left behind (.iter_*.tmp*, .iter_*.old*, .latest.tmp*); returns the names."""
+    root = Path(run_dir) / "checkpoints"
+    removed = []
+    for path in sorted(root.glob(".*")) if root.is_dir() else []:
+        if re.match(r"\.(iter_\d{6}\.(tmp|old)|latest\.tmp)\d+$", path.name):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory or a run directory (its latest checkpoint)."""
+    """Accept a checkpoint directory (checked intact) or a run directory (its newest intact checkpoint)."""
     path = Path(path)
     if (path / "state.json").is_file():
+        problem = checkpoint_problem(path)
+        if problem:
+            raise CheckpointError(f"checkpoint {path} is damaged ({problem}); give an earlier one from {path.parent}")
         return path
-    found = latest_checkpoint(path)
-    if found is None:
+    found = list_checkpoints(path)
+    if not found:
         raise FileNotFoundError(f"no checkpoint at {path}: expected a checkpoint directory (with state.json) "
-                                f"or a run directory containing checkpoints/latest")
-    return found
+                                f"or a run directory containing checkpoints/iter_*")
+    problems = []
+    for ckpt in found:
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        problems.append(f"{ckpt.name}: {problem}")
+    raise CheckpointError(f"no intact checkpoint in {path} ({'; '.join(problems)})")
 
 
 def load_trainer_state(ckpt: Path) -> tuple[dict, dict]:

@@ -25,7 +25,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eprl", description="Entropy-preserving RL for multi-turn LLM agents")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train on a task suite (default: the embedded tiny default)")
-    _config_args(p, str(DEFAULT_TASK))
+    _config_args(p)  # --task defaults to tasks/default.yaml later: --resume must see whether it was given
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly from its latest checkpoint")
     p.add_argument("--iterations", type=int, help="with --resume: extend the run to this many iterations")
     p = sub.add_parser("continue", help="start a new run on another task suite from a checkpoint's weights")
@@ -37,7 +37,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_parser("envs", help="list registered environment ids")
     p = sub.add_parser("plot", help="plot metrics of one or more runs (overlaid)")
     p.add_argument("runs", nargs="+")
-    p.add_argument("--out", default="plots", help="output directory for PNGs")
+    p.add_argument("--out", help="output directory for PNGs (default: RUN_DIR/plots; required with several runs)")
     p = sub.add_parser("entropy-check", help="the learner section with and without entropy control on a tabular "
                        "policy in closed loop (seconds on a CPU; training/tabular_testbed.py)")
     p.add_argument("--config", help="run config YAML (only its learner section is used)")
@@ -54,16 +54,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _cmd_eval(args) -> dict:
     from .checkpoint import resolve_checkpoint
-    from .loop import Trainer
+    from .loop import Trainer, preflight
     import tempfile
     cfg = load_run_config(args.task, args.config, args.overrides)
+    preflight(cfg, new_run=False)
+    iteration = 0
     if args.checkpoint:
-        path = str(resolve_checkpoint(args.checkpoint) / "model")
+        ckpt = resolve_checkpoint(args.checkpoint)
+        path = str(ckpt / "model")
+        iteration = int(json.loads((ckpt / "state.json").read_text())["iteration"])  # updates behind these weights
     else:
         from .policy import resolve_model_path
         path = resolve_model_path(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp), path, {"model": path})
+        trainer.iteration = iteration
         try:
             row = trainer.run_eval()
         finally:
@@ -93,7 +98,12 @@ def run(argv=None) -> int:
         return 0
     if args.command == "plot":
         from .plot import plot_runs
-        for path in plot_runs(args.runs, args.out):
+        for run_dir in args.runs:
+            if not any((Path(run_dir) / name).is_file() for name in ("metrics.jsonl", "eval.jsonl")):
+                raise ConfigError(f"plot: {run_dir} is not a run directory (no metrics.jsonl or eval.jsonl)")
+        if args.out is None and len(args.runs) > 1:
+            raise ConfigError("plot: several runs are overlaid into one set of PNGs; say where with --out DIR")
+        for path in plot_runs(args.runs, args.out or Path(args.runs[0]) / "plots"):
             print(path)
         return 0
     from . import distributed, loop
@@ -101,6 +111,15 @@ def run(argv=None) -> int:
         print(json.dumps(_cmd_eval(args), indent=2))
         return 0
     resuming = args.command == "train" and args.resume
+    if resuming:
+        given = [flag for flag, value in (("--task", args.task), ("--config", args.config), ("--set", args.overrides)) if value]
+        if given:
+            raise ConfigError(f"train --resume takes the run's own config.json; {', '.join(given)} would be ignored: "
+                              "drop it (only --iterations may change), or start a new run")
+    elif args.command == "train":
+        args.task = args.task or str(DEFAULT_TASK)
+        if args.iterations is not None:
+            raise ConfigError("--iterations goes with --resume; for a new run use --set run.iterations=N")
     if args.command == "continue" and not args.task:
         raise ConfigError("continue: --task is required (the new domain's task suite)")
     cfg = loop.saved_config(args.resume) if resuming else load_run_config(args.task, args.config, args.overrides)
@@ -122,11 +141,13 @@ def run(argv=None) -> int:
 
 def main(argv=None) -> None:
     from agents.engines import SamplingError
+    from .checkpoint import CheckpointError
     from .model_source import ModelSourceError
     from .policy import ModelLoadError
     try:
         code = run(argv)
-    except (ConfigError, SamplingError, ModelLoadError, ModelSourceError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, SamplingError, ModelLoadError, ModelSourceError, CheckpointError, FileNotFoundError,
+            FileExistsError) as err:
         print(f"eprl: error: {err}", file=sys.stderr)
         code = 2
     except ValueError as err:  # unknown env id or bad env kwargs (raised by the env itself)

@@ -281,8 +281,14 @@ def _read_yaml(path: str | Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what}: file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{what}: {path} is not UTF-8 (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -299,7 +305,11 @@ def _set_path(data: dict, dotted: str, raw: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: '{key}' is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {dotted}={raw}: malformed YAML value ({getattr(err, 'problem', None) or err}); "
+                          "quote strings, e.g. --set 'task.agent.system_prompt=\"a: b\"'") from None
 
 
 def _merge(base: dict, top: dict) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -22,13 +23,14 @@ import numpy as np
 import torch
 
 from agents import make_agent
-from agents.engines import make_engine
+from agents.engines import SamplingError, check_unbiased, make_engine
 from agents.rollout import RolloutRunner
 from . import distributed
 from .advantages import informative_groups
 from .batch import collate
-from .checkpoint import atomic_write_text, latest_checkpoint, load_trainer_state, resolve_checkpoint, save_checkpoint, set_rng_state
-from .config import RunConfig
+from .checkpoint import (CheckpointError, atomic_write_text, checkpoint_problem, clean_partial_writes, latest_checkpoint,
+                         list_checkpoints, load_trainer_state, resolve_checkpoint, save_checkpoint, set_rng_state)
+from .config import ConfigError, RunConfig
 from .evaluate import evaluate
 from .learner import Learner
 from .metrics import MetricsLog
@@ -224,19 +226,40 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- entry points
-def _new_run_dir(cfg: RunConfig) -> Path:
-    name = cfg.run.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.out_dir) / name
-    if (run_dir / "metrics.jsonl").exists():
+def _run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.run.out_dir) / (cfg.run.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _check_run_dir_free(run_dir: Path) -> None:
+    if any((run_dir / name).exists() for name in ("metrics.jsonl", "eval.jsonl", "checkpoints")):
         raise FileExistsError(f"run directory {run_dir} already holds a run; use `train --resume {run_dir}` or another run.name")
+
+
+def _new_run_dir(cfg: RunConfig) -> Path:
+    run_dir = _run_dir(cfg)
+    _check_run_dir_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-def check_envs(cfg: RunConfig) -> None:
-    """Fail before any model work on an unknown env id or bad env kwargs."""
+def preflight(cfg: RunConfig, new_run: bool = True) -> None:
+    """Fail in one line before any model work: env id, kwargs and data, eval size, sampling, run directory."""
     env_factory(cfg.task, "train")
-    env_factory(cfg.task, "eval")
+    make_eval = env_factory(cfg.task, "eval")
+    if cfg.task.eval.num_tasks is None:
+        env = make_eval()
+        size = env.unwrapped.num_tasks
+        env.close()
+        if size is None:
+            raise ConfigError(f"task.eval.num_tasks: must be set for {cfg.task.env.id}, a procedural environment "
+                              "(it has no fixed size); e.g. --set task.eval.num_tasks=64")
+    for field in ("sampling", "eval_sampling"):
+        try:
+            check_unbiased(getattr(cfg.task, field))
+        except SamplingError as err:
+            raise ConfigError(f"task.{field}: {err}") from None
+    if new_run and cfg.run.name:
+        _check_run_dir_free(_run_dir(cfg))
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -258,7 +281,7 @@ def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
 def train(cfg: RunConfig, log=print) -> dict:
     """A new run from the configured model (the embedded default when none is given)."""
     log = log if distributed.is_main() else _quiet
-    check_envs(cfg)
+    preflight(cfg)
     with distributed.main_first():  # rank 0 builds the embedded default's cache, the others find it
         model_path = resolve_model_path(cfg, log)
     return _start(cfg, model_path, {"model": model_path, "parent": None}, log).fit()
@@ -272,23 +295,69 @@ def saved_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.model_validate_json(path.read_text())
 
 
+def resumable_checkpoint(run_dir: Path, log=print) -> Path | None:
+    """The newest intact checkpoint of a run, or None if the run never wrote one.
+
+    Removes partial writes of a killed run; newer checkpoints that fail `checkpoint_problem` are
+    moved aside to `iter_N.corrupt` (kept, never deleted) and the `latest` pointer is set to the one
+    chosen. Raises CheckpointError, changing nothing, when checkpoints were written but none is intact.
+    """
+    root = run_dir / "checkpoints"
+    skipped, chosen = [], None
+    for ckpt in list_checkpoints(run_dir):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            chosen = ckpt
+            break
+        skipped.append((ckpt, problem))
+    written_before = (root / "latest").is_file() or any(root.glob("iter_*.corrupt*"))
+    if chosen is None and (skipped or written_before):
+        found = "; ".join(f"{c.name}: {p}" for c, p in skipped) or "checkpoints/latest names a missing directory"
+        raise CheckpointError(f"--resume {run_dir}: no intact checkpoint ({found}); nothing was changed: restore a "
+                              "checkpoint directory or start a new run with another run.name")
+    for name in clean_partial_writes(run_dir):
+        log(f"removed {name}: the partial write of a killed run")
+    for ckpt, problem in skipped:
+        aside, n = ckpt.with_name(f"{ckpt.name}.corrupt"), 1
+        while aside.exists():
+            n += 1
+            aside = ckpt.with_name(f"{ckpt.name}.corrupt{n}")
+        os.replace(ckpt, aside)
+        log(f"skipping {ckpt.name} ({problem}): kept as {aside.name}")
+    pointer = root / "latest"
+    if chosen is not None and (not pointer.is_file() or pointer.read_text().strip() != chosen.name):
+        atomic_write_text(pointer, chosen.name)  # continue/eval of this run dir see the checkpoint resumed from
+    return chosen
+
+
 def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dict:
-    """Continue the same run exactly where its latest checkpoint left it."""
+    """Continue the same run exactly where its newest intact checkpoint left it."""
     log = log if distributed.is_main() else _quiet
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir)
     if iterations is not None:
         cfg.run.iterations = iterations
-    meta = json.loads((run_dir / "meta.json").read_text())
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:  # killed before its first checkpoint: start over in place
-        if distributed.is_main():
-            for name in ("metrics.jsonl", "eval.jsonl"):
-                (run_dir / name).unlink(missing_ok=True)
-        distributed.barrier()
+    meta_path = run_dir / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no meta.json (the run was killed while starting); start it again")
+    meta = json.loads(meta_path.read_text())
+    found: tuple = (None, None)
+    if distributed.is_main():  # rank 0 checks and tidies; every rank gets the choice (or the error)
+        try:
+            found = (resumable_checkpoint(run_dir, log), None)
+        except CheckpointError as err:
+            found = (None, str(err))
+    ckpt, error = distributed.broadcast_object(found)
+    if error:
+        raise CheckpointError(error)
+    if ckpt is None:  # killed before its first checkpoint: start over in place (the same rows come again)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
         trainer = Trainer(cfg, run_dir, meta["model"], meta, log)
+        if trainer.main:
+            trainer.metrics.truncate_after(-1)
+            trainer.evals.truncate_after(0)
+        log(f"resumed {run_dir} at iteration 0: no checkpoint was written yet")
     else:
         trainer = Trainer(cfg, run_dir, str(ckpt / "model"), meta, log)
         trainer.restore(ckpt)
@@ -300,7 +369,7 @@ def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
     """A new run on `cfg.task` from a checkpoint's weights. The entropy target H*: the parent's (default),
     the one set in `target_entropy`, or, with `target_entropy: remeasure`, measured again on the new domain."""
     log = log if distributed.is_main() else _quiet
-    check_envs(cfg)
+    preflight(cfg)
     ckpt = resolve_checkpoint(checkpoint)
     _, trainer_state = load_trainer_state(ckpt)
     parent_target = trainer_state["learner"]["controller"].get("target_entropy")

@@ -21,7 +21,14 @@ class MetricsLog:
     def rows(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        text = self.path.read_text()
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines and not text.endswith("\n"):
+            try:
+                json.loads(lines[-1])
+            except ValueError:  # a row torn by a kill or a full disk mid-append: it never happened
+                lines.pop()
+        return [json.loads(line) for line in lines]
 
     def append(self, row: dict) -> None:
         with open(self.path, "a") as fh:

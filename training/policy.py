@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .config import RunConfig, TaskSuite
+from .config import ConfigError, RunConfig, TaskSuite
 
 
 class ModelLoadError(RuntimeError):
@@ -24,7 +24,15 @@ def env_factory(suite: TaskSuite, split: str):
     spec = getattr(suite, split)
     # ${VAR} in string kwargs expands from the environment (e.g. ${EPRL_MATH_DATA}/gsm8k_test.jsonl).
     kwargs = {k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in {**suite.env.kwargs, **spec.env_kwargs}.items()}
-    envs.make(suite.env.id, **kwargs).close()  # fail now, with the env's own message, on a bad id or kwargs
+    try:  # fail now, in one line naming the suite's field, on a bad id, kwargs or data
+        envs.make(suite.env.id, **kwargs).close()
+    except envs.UnknownEnvironmentError as err:
+        raise ConfigError(f"task.env.id: {err}") from None
+    except envs.EnvKwargsError as err:
+        fields = [f"task.{split}.env_kwargs.{k}" if k in spec.env_kwargs else f"task.env.kwargs.{k}" for k in err.unexpected]
+        raise ConfigError(f"{', '.join(fields)}: {err}") from None
+    except (ValueError, TypeError, OSError) as err:  # the env's own complaint (bad value, unreadable data)
+        raise ConfigError(f"task.env ({suite.env.id}, {split} split): {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     return lambda: envs.make(suite.env.id, **kwargs)
 
 

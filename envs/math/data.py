@@ -12,6 +12,10 @@ QUESTION_COLUMNS = ("question", "problem", "prompt", "query")
 ANSWER_COLUMNS = ("answer", "final_answer", "solution")
 
 
+class DatasetError(ValueError):
+    """A dataset file that cannot be used; the message names the file (and line) and the fix."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One task: ``answer`` is the gold final answer; ``numbers`` is set for countdown."""
@@ -70,21 +74,34 @@ def _resolve_local(source: str, split: str | None) -> Path | None:
 
 def _load_jsonl(path: Path, limit: int | None) -> list[Problem]:
     problems = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded per line, so a bad byte is reported with its line
+        for lineno, raw in enumerate(f, 1):
             if limit is not None and len(problems) >= limit:
                 break
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                   "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
                 question, answer = row["question"], row["answer"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: malformed row (need JSON with 'question' and 'answer'): {e}") from e
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                                   "each line must be one object with 'question' and 'answer'") from None
+            except (KeyError, TypeError) as e:
+                what = f"no {e}" if isinstance(e, KeyError) else f"a {type(row).__name__}, not an object"
+                raise DatasetError(f"{path}:{lineno}: malformed row ({what}); each line must be one JSON object "
+                                   "with 'question' and 'answer'") from None
             src = str(row.get("source", path.stem))
             numbers = tuple(row["numbers"]) if "numbers" in row else countdown_numbers(src)
             problems.append(Problem(id=str(row.get("id", f"{path.stem}-{lineno}")), question=str(question),
                                     answer=str(answer), source=src, numbers=numbers))
+    if not problems and limit != 0:
+        raise DatasetError(f"{path}: no problems (the file is empty); give a JSONL file with one "
+                           '{"question": ..., "answer": ...} object per line')
     return problems
 
 
