@@ -28,7 +28,9 @@ ENVS = {  # key -> (env id, kwargs); python calls get 1 s each so the corpus sta
     "feedback": ("MathFeedback-v0", {"source": "arithmetic"}),
     "countdown": ("Countdown-v0", {}),
 }
-SECONDS = 5.0  # per step, unless a case says otherwise
+# Per step, unless a case says otherwise: what the env promises (an answer check is cut at CHECK_TIMEOUT_S,
+# plus a worker start) with slack for a loaded 2-core CI machine; a hang still fails.
+SECONDS = verify.CHECK_TIMEOUT_S + 5.0
 MAX_OBSERVATION_CHARS = 8000
 
 
