@@ -40,7 +40,7 @@ from .config import LearnerConfig
 from .entropy_control import make_controller
 from .logprobs import model_logprobs
 from .losses import AggNorm, LossInputs, compute_policy_loss
-from .microbatch import MicroBatch, plan
+from .microbatch import MicroBatch, plan, resolve_budget
 from .numerics import DTYPES, entropy_stats, make_grad_scaler, mismatch_stats
 
 
@@ -98,6 +98,7 @@ class Learner:
                 distributed.shard_model(self.reference, dtype)
         # Under torchrun: the rank's device (FSDP placed the shards there); else wherever the caller put the model.
         self.device = distributed.device() if distributed.active() else next(model.parameters()).device
+        self.micro_batch_tokens = resolve_budget(cfg.micro_batch_tokens, model, self.device)  # "auto": from model and machine
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
         self.scaler = make_grad_scaler(dtype, device=self.device.type, sharded=distributed.active())
@@ -136,7 +137,7 @@ class Learner:
         comes from exactly one rank."""
         logp = self._zeros(batch)
         ent = self._zeros(batch) if with_entropy else None
-        for mb in plan(torch.arange(len(batch)) if rows is None else rows, lengths, self.cfg.micro_batch_tokens):
+        for mb in plan(torch.arange(len(batch)) if rows is None else rows, lengths, self.micro_batch_tokens):
             lp, en = self._logprobs(model, mb.take(batch), with_entropy)
             if not mb.dummy:
                 logp[mb.rows, :mb.width - 1] = lp
@@ -223,7 +224,7 @@ class Learner:
         fill: (logp, H) [B, T-1] zeros; the forward's detached values are written there and, as the
         policy has not moved yet, serve as these rows' logp_old and H (recompute)."""
         cfg, ctl = self.cfg, self.controller
-        mbs = plan(rows, lengths, cfg.micro_batch_tokens)
+        mbs = plan(rows, lengths, self.micro_batch_tokens)
         norm = AggNorm.of(batch.action_mask[rows])
         eps_high = ctl.eps_high(cfg.eps_high)
         needs_entropy_grad = ctl.needs_entropy or cfg.entropy_coef != 0
