@@ -8,9 +8,10 @@ tokens), each round times, one after the other:
   over the action tokens), loss.backward(): the floor the issue names;
 - `bare + AdamW`: the same plus gradient clipping and an AdamW step (what any update also pays);
 - `learner`: `Learner.step` at the default settings (1 epoch x 1 minibatch, ppo, float32 log-probs and
-  exact entropy, this commit: no pre-pass, lm_head only at action positions);
-- `learner, before`: the same with `reuse_update_forward = head_on_actions = False` (the no-grad
-  pre-pass over the whole batch and the lm_head at every position, as before issue #14).
+  exact entropy, micro_batch_tokens auto; no pre-pass, lm_head only at action positions);
+- `learner, before`: the same with `reuse_update_forward = head_on_actions = False` and one pass
+  (micro_batch_tokens None): the no-grad pre-pass over the whole batch and the lm_head at every
+  position, as before issue #14.
 One warm-up round is left out; figures are medians over the rest, ratios against `bare fwd+bwd`. The
 variants alternate within each round, so a busy machine slows them alike.
 Output: bench/results/learner_floor.{json,md}.
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 # rows, prompt tokens (lo, hi), turns, answer tokens (lo, hi), observation tokens (lo, hi)
 SHAPES = {"tiny": (64, (40, 60), 2, (8, 24), (6, 12)),           # the default job: 8 tasks x 8, multi-turn
-          "smollm2": (16, (80, 120), 1, (16, 48), (0, 0))}       # chat prompt, one short answer
+          "smollm2": (8, (80, 120), 1, (16, 48), (0, 0))}        # chat prompt, one short answer
 
 
 def make_batch(vocab: int, pad_id: int, shape, seed: int = 0):
@@ -85,7 +86,7 @@ def bench_model(name: str, rounds: int, threads: int) -> dict:
     model, tok, cfg = load(name, threads)
     batch = make_batch(len(tok), tok.pad_token_id, SHAPES[name.split("-")[0]])
     new = Learner(model, LearnerConfig(), temperature=1.0, max_len_norm=320)
-    old = Learner(model, LearnerConfig(), temperature=1.0, max_len_norm=320)
+    old = Learner(model, LearnerConfig(micro_batch_tokens=None), temperature=1.0, max_len_norm=320)
     old.reuse_update_forward = old.head_on_actions = False
     adamw = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     variants = {"bare fwd+bwd": lambda: bare_step(model, batch),
@@ -101,7 +102,7 @@ def bench_model(name: str, rounds: int, threads: int) -> dict:
                 times[v].append(time.perf_counter() - t0)
         print(name, r, {v: round(t[-1], 3) for v, t in times.items() if t}, flush=True)
     med = {v: statistics.median(t) for v, t in times.items()}
-    return {"model": name, "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    return {"model": name, "micro_batch_tokens": new.micro_batch_tokens, "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "params": sum(p.numel() for p in model.parameters()), "rows": len(batch),
             "tokens": int(batch.attention_mask.sum()), "padded_tokens": batch.input_ids.numel(),
             "action_tokens": int(batch.action_mask.sum()), "vocab": len(tok), "seconds": times, "median_s": med,
@@ -116,26 +117,34 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     results = [bench_model(m, args.rounds, args.threads) for m in args.models.split(",")]
+    stem = REPO / "bench" / "results" / "learner_floor"
+    if stem.with_suffix(".json").is_file():  # keep the other models' rows of an earlier run (each with its own args)
+        import json
+        done = {r["model"] for r in results}
+        results = [r for r in json.loads(stem.with_suffix(".json").read_text())["results"] if r["model"] not in done] + results
+    for r in results:
+        r.setdefault("rounds", args.rounds)
     info = machine()
     md = ["# Learner step vs a bare forward + backward (issue #14)", "",
           f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}, {args.threads} torch thread(s); "
           f"{info['date']}. `python bench/learner_floor.py --rounds {args.rounds} --models {args.models}`.",
           "The machine was shared with other jobs (two training processes on the two cores; this bench ran at "
           "`nice -n 10`): compare ratios within a row, measured side by side in alternating rounds "
-          f"(medians of {args.rounds}, one warm-up round left out).", "",
+          "(medians over the row's rounds, one warm-up round left out).", "",
           "`bare fwd+bwd` = `model(input_ids, attention_mask, labels).loss.backward()` (HF: full-vocabulary logits, "
           "cross-entropy over action tokens); `bare + AdamW` adds clip + AdamW step; `learner` = `Learner.step` at the "
-          "default settings (1 epoch x 1 minibatch, ppo, float32 log-probs and exact entropy); `learner, before` = "
-          "with the no-grad pre-pass and the lm_head at every position (the path before this change).", "",
-          "| model | trainable / all params | rows x padded width (tokens, action tokens) | bare fwd+bwd s | bare + AdamW | "
-          "learner | learner, before |", "|---|---|---|---|---|---|---|"]
+          "default settings (1 epoch x 1 minibatch, ppo, float32 log-probs and exact entropy, `micro_batch_tokens: auto`, "
+          "its value in the table); `learner, before` = with the no-grad pre-pass, the lm_head at every position and "
+          "one pass (the path before issue #14).", "",
+          "| model | rounds | trainable / all params | rows x padded width (tokens, action tokens) | auto micro-batch | "
+          "bare fwd+bwd s | bare + AdamW | learner | learner, before |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m, q = r["median_s"], r["ratio"]
-        md.append(f"| {r['model']} | {r['params_trainable'] / 1e6:.2f}M / {r['params'] / 1e6:.1f}M | "
-                  f"{r['rows']} x {r['padded_tokens'] // r['rows']} ({r['tokens']}, {r['action_tokens']}) | "
+        md.append(f"| {r['model']} | {r['rounds']} | {r['params_trainable'] / 1e6:.2f}M / {r['params'] / 1e6:.1f}M | "
+                  f"{r['rows']} x {r['padded_tokens'] // r['rows']} ({r['tokens']}, {r['action_tokens']}) | {r['micro_batch_tokens']} | "
                   f"{m['bare fwd+bwd']:.3f} | {m['bare + AdamW']:.3f} s ({q['bare + AdamW']:.2f}x) | "
                   f"{m['learner']:.3f} s (**{q['learner']:.2f}x**) | {m['learner, before']:.3f} s ({q['learner, before']:.2f}x) |")
-    write_results(REPO / "bench" / "results" / "learner_floor", {"machine": info, "args": vars(args), "results": results},
+    write_results(stem, {"machine": info, "args": vars(args), "results": results},
                   "\n".join(md) + "\n")
     print("\n".join(md))
 
