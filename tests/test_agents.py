@@ -129,3 +129,30 @@ def test_threaded_env_workers_give_identical_trajectories(tiny_model, tiny_token
     assert results[0] == results[1]
     assert [r[4] for r in results[0]][::2] == [r[4] for r in results[0]][1::2]  # groups share their task
     assert len({r[4] for r in results[0]}) == 2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_hf_logprobs_per_step_equal_the_stacked_raw_logits(tiny_model, tiny_tokenizer, temperature):
+    """The engine's per-step recorder (no output_logits) gives exactly log_softmax(raw logits / T) of the
+    sampled tokens, as the stacked-logits path did (issue #14), including rows that stop early."""
+    import torch.nn.functional as F
+    from transformers import GenerationConfig
+    engine = make_engine("hf", tiny_model, tiny_tokenizer, EngineConfig())
+    prompts = [tiny_tokenizer("Compute 3+4.")["input_ids"], tiny_tokenizer("Compute 12*7+1. Then")["input_ids"]]
+    stop = [tiny_tokenizer.eos_token_id, tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    torch.manual_seed(3)
+    gens = engine.generate(prompts, SamplingConfig(max_new_tokens=12, temperature=temperature), stop)
+    # the old path: same seed, same draws, every step's raw logits kept
+    width = max(map(len, prompts))
+    ids = torch.tensor([[engine.pad_id] * (width - len(p)) + p for p in prompts])
+    torch.manual_seed(3)
+    out = tiny_model.generate(input_ids=ids, attention_mask=(torch.arange(width) >= width - torch.tensor([[len(p)] for p in prompts])).long(),
+                              generation_config=GenerationConfig(do_sample=True, temperature=temperature, max_new_tokens=12,
+                                                                 eos_token_id=stop, pad_token_id=engine.pad_id,
+                                                                 return_dict_in_generate=True, output_logits=True))
+    new = out.sequences[:, width:]
+    ref = F.log_softmax(torch.stack(out.logits, 1).float() / temperature, -1).gather(-1, new[..., None]).squeeze(-1)
+    for row, gen in enumerate(gens):
+        n = len(gen.token_ids)
+        assert gen.token_ids == new[row, :n].tolist()
+        assert torch.equal(torch.tensor(gen.logprobs), ref[row, :n])

@@ -7,7 +7,7 @@ and raises `ConfigError` with one line naming the offending field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -185,7 +185,7 @@ class LearnerConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     epochs: int = Field(1, ge=1, description="passes over each iteration's batch")
     minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
-    micro_batch_tokens: Optional[int] = Field(None, ge=1, description="gradient accumulation: split each minibatch (each rank's share under torchrun) into micro-batches of at most this many padded tokens (None: one pass)")
+    micro_batch_tokens: Optional[Union[Literal["auto"], Annotated[int, Field(ge=1)]]] = Field("auto", description="gradient accumulation: split each minibatch (each rank's share under torchrun) into micro-batches of at most this many padded tokens (None: one pass; auto: 1/16 of the device memory over the model's activation bytes per token, training/microbatch.py)")
     chunk_size: int = Field(256, ge=1, description="sequence chunk for float32 log-prob/entropy (memory)")
     fp32_lm_head: Optional[bool] = Field(None, description="compute the lm_head matmul in float32 when model.dtype is bf16/fp16 (None: on for bf16/fp16; cost in bench/results/learner_rails.md)")
 

@@ -3,7 +3,7 @@ Language Models"; docs/algorithms.md, "Covariance-based entropy control").
 
 The entropy change of a softmax policy is driven by the covariance of log-prob and advantage
 (Theorem 1). Per action token t of one forward pass (the micro-batch, or the whole minibatch when
-`micro_batch_tokens` is unset; verl also selects per micro-batch):
+`micro_batch_tokens` is null or its `auto` budget holds it; verl also selects per micro-batch):
     cov_t = (A_t - mean A) * (logp_t - mean logp)        (means over the pass's action tokens, logp detached)
 - Clip-Cov: among tokens whose gradient the loss has not already zeroed (a clipped branch) and with
   lb < cov_t < ub, pick max(1, int(clip_cov_ratio * n_tokens)) at random and detach their loss

@@ -14,6 +14,15 @@ Each minibatch is one optimizer step; its rows may be cut into micro-batches by 
 in training/distributed.py). Gradients are accumulated over the parts, and every part's loss is
 divided by the *whole minibatch's* normalizers (losses.AggNorm; REPO-D's c from sums over the
 whole minibatch), so the update equals the single-pass, single-process one up to float rounding.
+
+What it computes, and no more (issue #14):
+- logp_old and the pre-update entropy H of the first minibatch of the first epoch come from that
+  minibatch's own forward (detached): before the first optimizer step the policy *is* the old one.
+  A no-grad pre-pass runs only over the other rows, so the default (1 epoch x 1 minibatch) runs
+  one forward per iteration, not two. (Only when train() and eval() forwards agree: no dropout.)
+- the lm_head and log-softmax run only at action positions (loss mask 1); prompt and observation
+  positions hold 0 and never reach a loss, an entropy statistic or a KL (all are masked).
+`Learner.reuse_update_forward = False` / `head_on_actions = False` give the older path (tests, bench).
 """
 from __future__ import annotations
 
@@ -31,8 +40,16 @@ from .config import LearnerConfig
 from .entropy_control import make_controller
 from .logprobs import model_logprobs
 from .losses import AggNorm, LossInputs, compute_policy_loss
-from .microbatch import MicroBatch, plan
+from .microbatch import MicroBatch, plan, resolve_budget
 from .numerics import DTYPES, entropy_stats, make_grad_scaler, mismatch_stats
+
+
+def train_forward_is_eval_forward(model: torch.nn.Module) -> bool:
+    """True when train() and eval() forwards give the same numbers: no active dropout anywhere."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return False
+    config = getattr(model, "config", None)
+    return not float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0  # HF's functional attention dropout
 
 
 class _PartMetrics:
@@ -64,6 +81,9 @@ class _PartMetrics:
 
 
 class Learner:
+    reuse_update_forward = True  # logp_old / H of the first minibatch from its own update forward (module docstring)
+    head_on_actions = True       # the lm_head only at action positions
+
     def __init__(self, model, cfg: LearnerConfig, *, temperature: float, max_len_norm: int, dtype: str = "fp32"):
         self.model, self.cfg = model, cfg
         self.temperature, self.max_len_norm = temperature, max_len_norm
@@ -78,6 +98,7 @@ class Learner:
                 distributed.shard_model(self.reference, dtype)
         # Under torchrun: the rank's device (FSDP placed the shards there); else wherever the caller put the model.
         self.device = distributed.device() if distributed.active() else next(model.parameters()).device
+        self.micro_batch_tokens = resolve_budget(cfg.micro_batch_tokens, model, self.device)  # "auto": from model and machine
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
         self.scaler = make_grad_scaler(dtype, device=self.device.type, sharded=distributed.active())
@@ -97,20 +118,27 @@ class Learner:
         return torch.autocast(device_type=next(self.model.parameters()).device.type, dtype=self.dtype)
 
     def _logprobs(self, model, batch: PolicyBatch, with_entropy: bool):
+        positions = batch.action_mask > 0 if self.head_on_actions else None
         with self.autocast():
             return model_logprobs(model, batch.input_ids, batch.attention_mask, temperature=self.temperature,
-                                  chunk_size=self.cfg.chunk_size, with_entropy=with_entropy, head_fp32=self.head_fp32)
+                                  chunk_size=self.cfg.chunk_size, with_entropy=with_entropy, head_fp32=self.head_fp32,
+                                  positions=positions)
+
+    def _zeros(self, batch: PolicyBatch) -> torch.Tensor:
+        """A [B, T-1] tensor for log-probs / entropies: float32 (float64 for a float64 model, as model_logprobs)."""
+        dt = torch.promote_types(next(self.model.parameters()).dtype, torch.float32)
+        return torch.zeros(batch.action_mask.shape, dtype=dt, device=self.device)
 
     @torch.no_grad()
-    def _full_logprobs(self, model, batch: PolicyBatch, lengths: torch.Tensor, with_entropy: bool):
-        """(logp, entropy | None) [B, T-1] of the whole batch, in micro-batches. Under torchrun each
-        rank computes its rows into zeros and the ranks sum: every row comes from exactly one rank."""
-        logp = ent = None
-        for mb in plan(torch.arange(len(batch)), lengths, self.cfg.micro_batch_tokens):
+    def _full_logprobs(self, model, batch: PolicyBatch, lengths: torch.Tensor, with_entropy: bool,
+                       rows: torch.Tensor | None = None):
+        """(logp, entropy | None) [B, T-1] of the batch's `rows` (all by default; the others stay 0), in
+        micro-batches. Under torchrun each rank computes its rows into zeros and the ranks sum: every row
+        comes from exactly one rank."""
+        logp = self._zeros(batch)
+        ent = self._zeros(batch) if with_entropy else None
+        for mb in plan(torch.arange(len(batch)) if rows is None else rows, lengths, self.micro_batch_tokens):
             lp, en = self._logprobs(model, mb.take(batch), with_entropy)
-            if logp is None:
-                logp = lp.new_zeros(batch.action_mask.shape)
-                ent = lp.new_zeros(batch.action_mask.shape) if with_entropy else None
             if not mb.dummy:
                 logp[mb.rows, :mb.width - 1] = lp
                 if with_entropy:
@@ -147,23 +175,34 @@ class Learner:
         batch = batch.to(self.device)
         mask, lengths = batch.action_mask, batch.attention_mask.sum(1)
         seq_adv = self.advantages(batch)
+        perm = distributed.broadcast_(torch.randperm(len(batch)))  # rank 0's order on every rank (the first epoch's)
+        # The first minibatch's logp_old and H come from its update forward; a no-grad pass gives the other rows'.
+        reuse = self.reuse_update_forward and train_forward_is_eval_forward(self.model)
+        first = perm.chunk(cfg.minibatches)[0] if reuse else perm[:0]
+        others = torch.ones(len(batch), dtype=torch.bool)
+        others[first] = False
         self.model.eval()
-        old_logp, entropy = self._full_logprobs(self.model, batch, lengths, with_entropy=True)
+        # pre_logp, entropy: the pre-update policy's (metrics, controller, logp_old unless taken from inference)
+        pre_logp, entropy = self._full_logprobs(self.model, batch, lengths, True, rows=others.nonzero().squeeze(1))
         ref_logp = self._full_logprobs(self.reference, batch, lengths, False)[0] if self.reference is not None else None
-        metrics = {**entropy_stats(entropy, old_logp, mask), **mismatch_stats(old_logp, batch.inference_logp, mask)}
-        if cfg.old_logprobs == "inference":
-            old_logp = batch.inference_logp
+        old_logp = batch.inference_logp if cfg.old_logprobs == "inference" else pre_logp
         self.model.train()
         sums: dict[str, float] = {}
         steps = 0
-        for _ in range(cfg.epochs):
-            perm = distributed.broadcast_(torch.randperm(len(batch)))  # rank 0's order on every rank
-            for rows in perm.chunk(cfg.minibatches):
-                step_metrics = self._minibatch_step(batch, rows, lengths, seq_adv, old_logp, entropy, ref_logp)
+        for epoch in range(cfg.epochs):
+            if epoch > 0:
+                perm = distributed.broadcast_(torch.randperm(len(batch)))
+            for i, rows in enumerate(perm.chunk(cfg.minibatches)):
+                fill = (self._zeros(batch), self._zeros(batch)) if epoch == 0 and i == 0 and reuse else None
+                step_metrics = self._minibatch_step(batch, rows, lengths, seq_adv, old_logp, entropy, ref_logp, fill)
+                if fill is not None:  # this minibatch's rows, from every rank, into pre_logp (= old_logp) and entropy
+                    for dst, src in zip((pre_logp, entropy), fill):
+                        dst[rows] = distributed.all_reduce_(src)[rows]
                 for key, value in step_metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
                 steps += 1
         self.model.eval()
+        metrics = {**entropy_stats(entropy, pre_logp, mask), **mismatch_stats(pre_logp, batch.inference_logp, mask)}
         # The iteration's entropy H is the pre-update policy's on this batch (what the controller targets);
         # the loss's in-update entropy, when it computes one, is logged separately.
         skipped = sums.pop("skipped_steps", 0.0)  # a count, not a mean
@@ -180,10 +219,12 @@ class Learner:
                        action_tokens=action_tokens)
         return metrics
 
-    def _minibatch_step(self, batch, rows, lengths, seq_adv, old_logp, entropy, ref_logp) -> dict[str, float]:
-        """One optimizer step on the minibatch `rows`: this rank's micro-batches, gradients accumulated."""
+    def _minibatch_step(self, batch, rows, lengths, seq_adv, old_logp, entropy, ref_logp, fill=None) -> dict[str, float]:
+        """One optimizer step on the minibatch `rows`: this rank's micro-batches, gradients accumulated.
+        fill: (logp, H) [B, T-1] zeros; the forward's detached values are written there and, as the
+        policy has not moved yet, serve as these rows' logp_old and H (recompute)."""
         cfg, ctl = self.cfg, self.controller
-        mbs = plan(rows, lengths, cfg.micro_batch_tokens)
+        mbs = plan(rows, lengths, self.micro_batch_tokens)
         norm = AggNorm.of(batch.action_mask[rows])
         eps_high = ctl.eps_high(cfg.eps_high)
         needs_entropy_grad = ctl.needs_entropy or cfg.entropy_coef != 0
@@ -193,13 +234,21 @@ class Learner:
         parts = _PartMetrics()
         for mb in mbs:
             sub = mb.take(batch)
-            logp, mb_entropy = self._logprobs(self.model, sub, with_entropy=needs_entropy_grad)
+            logp, mb_entropy = self._logprobs(self.model, sub, with_entropy=needs_entropy_grad or fill is not None)
+            old = mb.cut(old_logp)
+            if fill is not None:
+                if not mb.dummy:
+                    fill[0][mb.rows, :mb.width - 1] = logp.detach()
+                    fill[1][mb.rows, :mb.width - 1] = mb_entropy.detach()
+                if self.cfg.old_logprobs == "recompute":
+                    old = logp.detach()
             ent = mb_entropy.detach() if mb_entropy is not None else mb.cut(entropy)
+            mb_entropy = mb_entropy if needs_entropy_grad else None  # the loss sees H only when it needs its gradient
             adv_tok = seq_adv[mb.rows, None] * sub.action_mask
             if ctl.minibatch_stats and len(mbs) == 1 and distributed.active():  # one part per rank: sum the ranks'
                 stats = distributed.all_reduce_(ctl.shaping_stats(adv_tok, logp.detach(), ent, sub.action_mask))
             adv_tok = ctl.shape_advantages(adv_tok, logp.detach(), ent, sub.action_mask, stats=stats)
-            inputs = LossInputs(logp=logp, old_logp=mb.cut(old_logp), advantages=adv_tok, mask=sub.action_mask,
+            inputs = LossInputs(logp=logp, old_logp=old, advantages=adv_tok, mask=sub.action_mask,
                                 entropy=mb_entropy, ref_logp=mb.cut(ref_logp), inference_logp=sub.inference_logp)
             loss, loss_metrics = compute_policy_loss(cfg, inputs, eps_high=eps_high, max_len_norm=self.max_len_norm,
                                                      norm=norm, modifier=ctl.token_modifier)

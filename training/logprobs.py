@@ -78,6 +78,7 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
             if with_entropy:
                 ent[s:s + chunk_size] = lz - (torch.softmax(z, -1) * z).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, targets, logz, ent)
+        ctx.set_materialize_grads(False)  # an unused output (the entropy, for metrics only) gets None: no work
         ctx.temperature, ctx.chunk_size, ctx.with_entropy, ctx.head_fp32 = temperature, chunk_size, with_entropy, head_fp32
         return (logp, ent) if with_entropy else (logp, None)
 
@@ -201,14 +202,24 @@ def _last_hidden(model: nn.Module, backbone: nn.Module, input_ids: Tensor, atten
 
 
 def model_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor] = None, *,
-                   temperature: float = 1.0, chunk_size: int = 256,
-                   with_entropy: bool = True, head_fp32: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                   temperature: float = 1.0, chunk_size: int = 256, with_entropy: bool = True,
+                   head_fp32: bool = False, positions: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
     """Causal LM -> (logp [B,T-1], entropy [B,T-1] | None), float32 (head_fp32: see token_logprobs_and_entropy).
 
     Position t holds log p(input_ids[t+1] | input_ids[:t+1]) and the entropy of that
     next-token distribution, with logits divided by `temperature` (same as the sampler).
+    positions: bool [B,T-1]; the lm_head runs only there (the action tokens: prompt and observation
+    positions never reach a loss, and the [tokens x vocab] head is most of the cost for a large vocab
+    after long prompts), and every other position holds exactly 0.
     """
     backbone, head = causal_lm_parts(model)
-    hidden = _last_hidden(model, backbone, input_ids, attention_mask)
-    return token_logprobs_and_entropy(hidden[:, :-1], head, input_ids[:, 1:], temperature=temperature,
-                                      chunk_size=chunk_size, with_entropy=with_entropy, head_fp32=head_fp32)
+    hidden = _last_hidden(model, backbone, input_ids, attention_mask)[:, :-1]
+    targets = input_ids[:, 1:]
+    kw = dict(temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy, head_fp32=head_fp32)
+    # Nothing selected (a zero-weight dummy micro-batch): all positions, so the backward still reaches
+    # every parameter (FSDP's collectives run in every rank's backward).
+    if positions is None or not bool(positions.any()):
+        return token_logprobs_and_entropy(hidden, head, targets, **kw)
+    lp, ent = token_logprobs_and_entropy(hidden[positions], head, targets[positions], **kw)
+    full = lambda x: None if x is None else x.new_zeros(positions.shape).index_put((positions,), x)  # noqa: E731
+    return full(lp), full(ent)

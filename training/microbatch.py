@@ -10,11 +10,24 @@ whole share in one pass). Every rank must run the same number of forwards and ba
 all-gathers and reduce-scatters are collectives), so shorter plans are padded with *dummy*
 micro-batches: one real row cut to 2 tokens with its action mask zeroed, which adds exactly 0
 to the loss and the gradients.
+
+`micro_batch_tokens: auto` (the default) picks the budget from the model and the machine, so that
+peak memory stays near weights + optimizer state + one micro-batch's activations:
+
+    budget = (total memory of the device / 16) / (activation bytes per token)
+
+with a Llama/Qwen-style decoder keeping, per layer and token, about 8 hidden-sized, 4 kv-sized and
+5 intermediate-sized float32 tensors for backward (norm inputs, q/k/v, attention output, gate, up,
+act(gate), their product, ...). Total memory, not free memory: the plan (and so the float rounding
+of a run) must not depend on what else runs, or `resume` would not be bit-exact. A small model's
+budget exceeds any batch it trains on, so it keeps one pass. Our choice, measured in
+bench/results/smollm2_cost.md.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -42,6 +55,35 @@ class MicroBatch:
     def cut(self, per_token: Optional[Tensor]) -> Optional[Tensor]:
         """A [B, T-1] tensor of the full batch (log-probs, entropies, ...) cut to this micro-batch."""
         return None if per_token is None else per_token[self.rows, :self.width - 1]
+
+
+MEMORY_FRACTION = 16  # a micro-batch's activations may take 1/16 of the device's memory
+
+
+def activation_bytes_per_token(config) -> int:
+    """Float32 activations one token keeps for backward (module docstring); a rough, generous estimate."""
+    hidden = config.hidden_size
+    heads = getattr(config, "num_attention_heads", 1)
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    inter = getattr(config, "intermediate_size", None) or 4 * hidden
+    return 4 * config.num_hidden_layers * (8 * hidden + 4 * kv * head_dim + 5 * inter)
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def resolve_budget(setting: Union[int, str, None], model, device: torch.device) -> Optional[int]:
+    """`micro_batch_tokens` as configured: an int or None as given; "auto" from the model and the machine."""
+    if setting != "auto":
+        return setting
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "num_hidden_layers"):
+        return None  # not a decoder we can size: one pass, as before
+    return max(256, device_memory_bytes(device) // MEMORY_FRACTION // activation_bytes_per_token(config))
 
 
 def split_by_tokens(rows: Tensor, lengths: Tensor, budget: Optional[int]) -> list[MicroBatch]:

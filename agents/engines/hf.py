@@ -1,7 +1,10 @@
 """`hf` engine: transformers `generate` on the learner's own model (colocated, CPU-friendly).
 
 Log-probs are recomputed from the raw logits in float32 as log_softmax(logits / T), the same
-formula the learner uses, so sampler and learner agree up to float rounding.
+formula the learner uses, so sampler and learner agree up to float rounding. They are taken one step
+at a time by a logits processor (`_SampledLogprobs`), not from `output_logits=True`: that kept every
+step's [batch x vocab] logits until the end (64 x 64 x 49,152 floats = 805 MB for SmolLM2) and then
+normalised them all at once.
 """
 from __future__ import annotations
 
@@ -9,10 +12,34 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from . import register_engine
 from .base import Generation, check_unbiased
+
+
+class _SampledLogprobs(LogitsProcessor):
+    """Sees each step's scores before the temperature warper (HF runs custom processors first): keeps
+    log_softmax(scores / T) in float32 for ONE step; the next call, whose input_ids end with the token
+    sampled from it, gathers that token's log-prob. `finish` gathers the last step's."""
+
+    def __init__(self, temperature: float):
+        self.temperature, self.prev, self.steps = temperature, None, []
+
+    def _gather(self, tokens: torch.Tensor) -> None:
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(-1, tokens[:, None]).squeeze(-1))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._gather(input_ids[:, -1])
+        self.prev = F.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """[B, steps] log-probs of the generated tokens (the last column of `sequences` is the last step's)."""
+        self._gather(sequences[:, -1])
+        self.prev = None
+        return torch.stack(self.steps, dim=1) if self.steps else sequences.new_zeros((len(sequences), 0), dtype=torch.float32)
 
 
 class HFEngine:
@@ -45,16 +72,15 @@ class HFEngine:
         config = GenerationConfig(
             do_sample=not sampling.greedy, temperature=temperature if not sampling.greedy else None,
             top_k=sampling.top_k or None, top_p=sampling.top_p if sampling.top_p < 1.0 else None,
-            max_new_tokens=sampling.max_new_tokens, eos_token_id=stop_ids, pad_token_id=self.pad_id,
-            return_dict_in_generate=True, output_logits=True)
+            max_new_tokens=sampling.max_new_tokens, eos_token_id=stop_ids, pad_token_id=self.pad_id)
         was_training = self.model.training
         self.model.eval()
-        result = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                     generation_config=config)
+        recorder = _SampledLogprobs(temperature)
+        sequences = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                        generation_config=config, logits_processor=LogitsProcessorList([recorder]))
         self.model.train(was_training)
-        new_tokens = result.sequences[:, width:].cpu()
-        logits = torch.stack(result.logits, dim=1).float().cpu()  # [B, steps, V], raw (unwarped)
-        logprobs = F.log_softmax(logits / temperature, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        new_tokens = sequences[:, width:].cpu()
+        logprobs = recorder.finish(sequences).cpu()
         gens = []
         stop = set(stop_ids)
         for row in range(len(prompts)):
