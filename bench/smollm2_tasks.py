@@ -9,6 +9,7 @@ these numbers: start success roughly 10-60%, short episodes. Output: bench/resul
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ FORMATS: dict[str, tuple[str, list[str]]] = {  # name -> (suite, overrides)
         "task.env.kwargs={difficulty: 1, max_turns: 3}", "task.agent.max_turns=3", "task.agent.max_context_tokens=256",
         f"task.agent.system_prompt={TOOL_PROMPT!r}", "task.sampling.max_new_tokens=32", "task.eval_sampling.max_new_tokens=32"]),
     "countdown (3-4 numbers), boxed": ("smollm2_add.yaml", ["task.env.id=eprl/Countdown-v0", "task.env.kwargs={max_turns: 1}",
-                                                           "task.sampling.max_new_tokens=48", "task.eval_sampling.max_new_tokens=48"]),
+                                                           "task.agent.max_context_tokens=192", "task.sampling.max_new_tokens=48",
+                                                           "task.eval_sampling.max_new_tokens=48"]),
 }
 
 
@@ -68,10 +70,18 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=32)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--formats", help="re-measure only formats whose name contains one of these comma-separated "
+                   "words; the other rows are kept from the existing results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    stem = REPO / "bench" / "results" / "smollm2_tasks"
+    old = {r["format"]: r for r in json.loads(stem.with_suffix(".json").read_text())["rows"]} if args.formats else {}
+    wanted = [w.strip() for w in (args.formats or "").split(",") if w.strip()]
     rows = []
     for name, (suite, overrides) in FORMATS.items():
+        if wanted and not any(w in name for w in wanted) and name in old:
+            rows.append(old[name])
+            continue
         rows.append(measure(name, suite, overrides, args.tasks, args.samples))
         print(rows[-1], flush=True)
     info = machine()
@@ -82,7 +92,7 @@ def main() -> None:
           "| format | suite + overrides | start success | generated tokens / turn | turns | seconds |", "|---|---|---|---|---|---|"]
     md += [f"| {r['format']} | `{r['suite']}` {' '.join(f'`{o}`' for o in r['overrides'])} | {r['success']:.3f} | "
            f"{r['generated_tokens_per_turn']:.1f} | {r['turns_mean']:.2f} | {r['seconds']:.0f} |" for r in rows]
-    write_results(REPO / "bench" / "results" / "smollm2_tasks", {"machine": info, "args": vars(args), "rows": rows},
+    write_results(stem, {"machine": info, "args": vars(args), "rows": rows},
                   "\n".join(md) + "\n")
 
 
