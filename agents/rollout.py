@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import gymnasium as gym
 from tqdm.auto import tqdm
 
-from envs.contract import cap_text, checked_reset, checked_step, env_name
+from eprl.envs.contract import cap_text, checked_reset, checked_step, env_name
 
 from .chat import ChatAgent, EpisodeState
 from .trajectory import Trajectory

@@ -299,7 +299,7 @@ def main() -> None:
     if args.status:
         result["status"] = args.status
 
-    from training.plot import plot_runs
+    from eprl.training.plot import plot_runs
     plot_dir = runs / "plots"
     names = list(result["methods"])
     for png in plot_runs([runs / m for m in names], plot_dir, labels=names):

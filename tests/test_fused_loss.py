@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import LearnerConfig
-from training.fused_loss import fused_token_objective
-from training.logprobs import causal_lm_parts
-from training.losses import LossInputs, _masked, compute_policy_loss, ppo_loss
+from eprl.training.config import LearnerConfig
+from eprl.training.fused_loss import fused_token_objective
+from eprl.training.logprobs import causal_lm_parts
+from eprl.training.losses import LossInputs, _masked, compute_policy_loss, ppo_loss
 
 torch.set_num_threads(1)
 

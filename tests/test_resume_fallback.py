@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from cli_runs import SMALL
-from training.cli import main
+from eprl.training.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from envs import bwrap
-from envs.sandbox import (MAX_FILE_BYTES, MAX_FILES, MAX_PROCESSES, TMPFS_BYTES, SandboxUnavailableError,
+from eprl.envs import bwrap
+from eprl.envs.sandbox import (MAX_FILE_BYTES, MAX_FILES, MAX_PROCESSES, TMPFS_BYTES, SandboxUnavailableError,
                           run_python)
 
 
@@ -289,14 +289,14 @@ def test_missing_bwrap_refuses_with_the_install_line(monkeypatch):
         run_python("print(1)")
     assert "apt-get install -y bubblewrap" in str(err.value) and "sandbox: none" in str(err.value)
     assert len(str(err.value).splitlines()) == 1
-    from envs import make
+    from eprl.envs import make
     with pytest.raises(SandboxUnavailableError, match="bubblewrap"):
         make("ArithmeticTool-v0", tools=("calc", "python"))
     make("ArithmeticTool-v0", tools=("calc",))  # no python tool: no sandbox needed
 
 
 def test_sandbox_none_is_an_explicit_opt_out_with_a_warning(monkeypatch, caplog):
-    import envs.sandbox as sandbox
+    import eprl.envs.sandbox as sandbox
     monkeypatch.setattr(sandbox, "_warned_unsandboxed", False)
     monkeypatch.setattr(bwrap.shutil, "which", lambda name: None)
     with caplog.at_level("WARNING", logger="eprl.sandbox"):

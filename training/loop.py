@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents import make_agent
-from agents.engines import SamplingError, check_unbiased, make_engine
-from agents.rollout import RolloutRunner
+from eprl.agents import make_agent
+from eprl.agents.engines import SamplingError, check_unbiased, make_engine
+from eprl.agents.rollout import RolloutRunner
 from . import distributed
 from .advantages import informative_groups
 from .batch import collate
