@@ -110,7 +110,7 @@ def aggregate(per_run: dict[str, dict[int, dict]], band: float) -> dict[str, dic
         ok = [s for s in seeds.values() if s]
         if not ok:
             continue
-        med = lambda k: statistics.median(s[k] for s in ok if s[k] is not None) if any(s[k] is not None for s in ok) else None
+        med = lambda k: statistics.median(s[k] for s in ok if s[k] is not None) if any(s[k] is not None for s in ok) else None  # noqa: B023 (used in this iteration)
         out[variant] = {"seeds": len(ok), "tail_rel_median": med("tail_rel"), "holds_band": sum(s["holds_band"] for s in ok),
                         "tail_rel_each": [round(s["tail_rel"], 3) for s in ok],
                         "eval_initial_median": med("eval_initial"), "eval_final_median": med("eval_final"),

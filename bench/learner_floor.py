@@ -54,6 +54,7 @@ def make_batch(vocab: int, pad_id: int, shape, seed: int = 0):
 
 def load(name: str, threads: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from eprl.training.config import load_run_config
     from eprl.training.policy import load_policy, resolve_model_path
     sets = [f"run.threads={threads}"]

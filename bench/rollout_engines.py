@@ -231,6 +231,7 @@ def _dist(name: str) -> bool:
 # ----------------------------------------------------------------------------- child: one model
 def load_model(kind: str, log):
     import torch
+
     from eprl.training.config import load_run_config
     from eprl.training.policy import load_policy, resolve_model_path
     cfg = load_run_config(TASK, overrides=[f"model.cache_dir={CACHE}"])
@@ -238,6 +239,7 @@ def load_model(kind: str, log):
     model, tok = load_policy(path, cfg)
     if kind == "big":
         from transformers import Qwen3Config, Qwen3ForCausalLM
+
         from eprl.training.tiny_default import MODEL_SHAPE
         torch.manual_seed(0)
         config = Qwen3Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
@@ -304,6 +306,7 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
     import cProfile
     import io
     import pstats
+
     from eprl.agents import make_agent
     from eprl.agents.rollout import RolloutRunner
     from eprl.training.loop import sample_tasks
@@ -368,7 +371,7 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
         st = pstats.Stats(prof)
 
         def row(key, val):
-            (file, line, fn), (cc, nc, tt, ct, _) = key, val
+            (file, line, fn), (_cc, nc, tt, ct, _) = key, val
             return {"function": f"{_short(file)}:{line}({fn})", "calls": nc / REPLAY_PASSES,
                     "tottime_s": tt / REPLAY_PASSES, "cumtime_s": ct / REPLAY_PASSES}
         top = [row(k, v) for k, v in sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:15]]
@@ -390,6 +393,7 @@ def _short(file: str) -> str:
 
 def child(args) -> dict:
     import torch
+
     from eprl.agents.chat import ChatAgent
     from eprl.agents.engines import make_engine
     from eprl.training.config import EngineConfig, SamplingConfig

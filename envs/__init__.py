@@ -1,7 +1,7 @@
 """Text environments (gymnasium.Env, str in / str out) and their registry (namespace ``eprl``)."""
 from eprl.envs.base import EpisodeOverError, TextEnv, TextSpace
-from eprl.envs.registry import EnvKwargsError, UnknownEnvironmentError, list_envs, load_plugins, make, register_env
 from eprl.envs.math import register_math_envs
+from eprl.envs.registry import EnvKwargsError, UnknownEnvironmentError, list_envs, load_plugins, make, register_env
 
 register_math_envs()
 from eprl.envs import appworld  # noqa: E402,F401  (registers eprl/AppWorld-v0)

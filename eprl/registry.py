@@ -62,7 +62,7 @@ class Registry(Generic[T]):
         return value
 
     def _scan(self) -> None:
-        if self._scanned:
+        if self._scanned or self.group is None:
             return
         self._scanned = True
         for ep in entry_points(group=self.group):
@@ -83,14 +83,14 @@ class Registry(Generic[T]):
         return name
 
     def get(self, name: str) -> T:
-        value = self._entries[self.check(name)]
+        value: Any = self._entries[self.check(name)]
         if isinstance(value, str):
             try:
                 value = load_target(value)
             except (ImportError, AttributeError) as err:
                 raise ConfigError(f"{self.kind} {name!r}: cannot load {value!r}: {err}") from err
             self._entries[name] = value
-        return value  # type: ignore[return-value]
+        return value
 
     # read-only mapping protocol, as the dicts this replaces
     def __contains__(self, name: object) -> bool:

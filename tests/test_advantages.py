@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from eprl.training.advantages import (ADVANTAGE_ESTIMATORS, compute_advantages, informative_groups,
-                                 overlong_penalty)
+from eprl.training.advantages import compute_advantages, informative_groups, overlong_penalty
 from eprl.training.config import LearnerConfig
 
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from eprl import envs
-from eprl.envs.appworld.setup import build_world, missing_reason, venv_ready, venv_dir, world_ready, world_root
+from eprl.envs.appworld.setup import build_world, missing_reason, venv_dir, venv_ready, world_ready, world_root
 
 pytestmark = pytest.mark.appworld
 

@@ -13,8 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eprl.training.checkpoint import (CheckpointError, checkpoint_problem, clean_partial_writes, latest_checkpoint,
-                                 list_checkpoints, load_trainer_state, save_checkpoint)
+from eprl.training.checkpoint import (
+    CheckpointError,
+    checkpoint_problem,
+    clean_partial_writes,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    save_checkpoint,
+)
 
 
 def _state(model) -> dict:

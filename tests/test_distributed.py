@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import torchrun_ok
 
 from eprl.agents.trajectory import Trajectory
 from eprl.training.batch import PolicyBatch, collate
@@ -25,8 +26,6 @@ from eprl.training.checkpoint import load_trainer_state, save_checkpoint
 from eprl.training.config import LearnerConfig
 from eprl.training.learner import Learner
 from eprl.training.microbatch import plan, split_by_tokens
-
-from cli_runs import torchrun_ok
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from eprl.envs.math.data import default_data_dir, load_problems
 from eprl.envs.math import verify
+from eprl.envs.math.data import default_data_dir, load_problems
 from eprl.envs.math.verify import check_countdown, check_math, extract_answer, extract_boxed
 
 DATA = default_data_dir()

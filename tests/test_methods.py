@@ -75,6 +75,7 @@ def test_controller_sees_the_pre_update_entropy_even_with_differentiable_entropy
     """repo_d / entropy bonus compute in-update entropy; the logged `entropy` (and the controller's H)
     must still be the pre-update policy's, identical to what a method without that term logs."""
     import torch
+
     from eprl.agents.trajectory import Trajectory
     from eprl.training.batch import collate
     from eprl.training.config import LearnerConfig

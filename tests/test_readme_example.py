@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_runs import SMALL
 from gymnasium.utils.env_checker import check_env
 
 from eprl import envs
-from cli_runs import SMALL
 from eprl.training.config import ConfigError, TaskSuite, load_task_suite
 from eprl.training.policy import env_factory
 

@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from cli_runs import SMALL
+
 from eprl.errors import ConfigError, EprlError
 from eprl.registry import Registry, UnknownNameError
 from eprl.training.config import load_run_config

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from cli_runs import SMALL, continue_cmd, run_ok, train_cmd
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 # ADAPO moves eps_high, which only the dapo loss reads (config refuses adapo with ppo)

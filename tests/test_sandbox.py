@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from eprl.envs import bwrap
-from eprl.envs.sandbox import (MAX_FILE_BYTES, MAX_FILES, MAX_PROCESSES, TMPFS_BYTES, SandboxUnavailableError,
-                          run_python)
+from eprl.envs.sandbox import MAX_FILE_BYTES, MAX_FILES, MAX_PROCESSES, TMPFS_BYTES, SandboxUnavailableError, run_python
 
 
 def test_normal_code_runs_in_an_empty_dir():
@@ -229,7 +228,7 @@ print(json.dumps({{"started": len(children), "error": error}}))"""
 
 @needs_bwrap
 def test_file_size_cap_leaves_no_partial_file():
-    code = f"""import json, os
+    code = """import json, os
 try:
     with open("/tmp/big", "wb") as f:
         for _ in range(20):
@@ -237,7 +236,7 @@ try:
     error = None
 except OSError as e:
     error = e.errno
-print(json.dumps({{"error": error, "size": os.path.getsize("/tmp/big")}}))"""
+print(json.dumps({"error": error, "size": os.path.getsize("/tmp/big")}))"""
     seen = _seen(code)
     assert seen["error"] == 27 and seen["size"] <= MAX_FILE_BYTES  # EFBIG
     assert _seen("import json, os; print(json.dumps(os.listdir('/tmp')))") == []

@@ -15,9 +15,10 @@ try:
 except Exception:  # noqa: BLE001 - any import failure means "no usable vllm here"
     pytest.skip(VLLM_MISSING, allow_module_level=True)
 
+from vllm_common import ENGINE_KW, chat_prompts, engine_continuation_logprobs, learner_logprobs, start_engine  # noqa: E402
+
 from eprl.agents.engines import SamplingError  # noqa: E402
 from eprl.training.config import EngineConfig, SamplingConfig  # noqa: E402
-from vllm_common import ENGINE_KW, chat_prompts, engine_continuation_logprobs, learner_logprobs, start_engine  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 TEMPERATURE = 0.7

@@ -53,9 +53,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_eval(args) -> dict:
+    import tempfile
+
     from .checkpoint import resolve_checkpoint
     from .loop import Trainer, preflight
-    import tempfile
     cfg = load_run_config(args.task, args.config, args.overrides)
     preflight(cfg, new_run=False)
     iteration = 0
@@ -141,6 +142,7 @@ def run(argv=None) -> int:
 
 def main(argv=None) -> None:
     from eprl.agents.engines import SamplingError
+
     from .checkpoint import CheckpointError
     from .model_source import ModelSourceError
     from .policy import ModelLoadError

@@ -75,6 +75,7 @@ class EntropyController:
 
     def band(self) -> float:
         """Half-width of the dead band around H*: tolerance, or tolerance * H* when tolerance_relative."""
+        assert self.target_entropy is not None  # only called once H* is set
         return self.ec.tolerance * (abs(self.target_entropy) if self.ec.tolerance_relative else 1.0)
 
     def update(self, mean_entropy: float) -> None:

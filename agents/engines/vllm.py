@@ -50,6 +50,7 @@ from typing import Sequence
 import torch
 
 from .base import Generation, check_unbiased
+
 # shared with vllm_server.py (which this module imports lazily): in their own module, so no cycle
 from .vllm_shared import WORKER_EXTENSION, Adapter, EprlWorkerExtension, to_generation  # noqa: F401
 

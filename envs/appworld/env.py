@@ -15,7 +15,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-
 from eprl.envs.appworld.client import AppWorldClient
 from eprl.envs.appworld.metrics import summarize
 from eprl.envs.appworld.server import AppWorldServer, AppWorldServerError
