@@ -1,28 +1,25 @@
-"""Agents: everything between text and tokens. `make_agent(name, tokenizer, cfg)` by name."""
+"""Agents: everything between text and tokens. `make_agent(name, tokenizer, system_prompt)` by name.
+
+AGENTS is a Registry (eprl/registry.py) of agent classes `(tokenizer, system_prompt=...) -> ChatAgent`;
+installed packages add theirs through the entry-point group `eprl.agents`.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
+from eprl.registry import Registry
+
 from .chat import ChatAgent, TemplatePrefixError
 from .trajectory import Trajectory
 
-AGENTS: dict[str, Callable[..., ChatAgent]] = {"chat": ChatAgent}
-
-
-def register_agent(name: str):
-    def deco(cls):
-        AGENTS[name] = cls
-        return cls
-    return deco
+AGENTS: Registry[Callable[..., ChatAgent]] = Registry("agent type", group="eprl.agents")
+AGENTS.register("chat", ChatAgent)
+AGENTS.register("react", "eprl.agents.react:ReactAgent")
+register_agent = AGENTS.register
 
 
 def make_agent(name: str, tokenizer, system_prompt: str | None = None) -> ChatAgent:
-    if name not in AGENTS:
-        raise ValueError(f"unknown agent type {name!r}; registered: {', '.join(sorted(AGENTS))}")
-    return AGENTS[name](tokenizer, system_prompt=system_prompt)
-
-
-from . import react  # noqa: E402,F401  (registers "react")
+    return AGENTS.get(name)(tokenizer, system_prompt=system_prompt)
 
 
 __all__ = ["AGENTS", "ChatAgent", "TemplatePrefixError", "Trajectory", "make_agent", "register_agent"]

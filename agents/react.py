@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-from . import register_agent
 from .chat import ChatAgent
 
 _BLOCK = re.compile(r"```(?:python|py)[^\S\n]*\n(.*?)(?:```|\Z)", re.S | re.I)
@@ -70,7 +69,6 @@ def extract_code(text: str) -> str:
     return "\n\n".join(b for b in blocks if b.strip())
 
 
-@register_agent("react")
 class ReactAgent(ChatAgent):
     """ChatAgent whose action is the python code of the message; default system prompt above."""
 

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import gymnasium as gym
 from tqdm.auto import tqdm
 
-from envs.contract import cap_text, checked_reset, checked_step, env_name
+from eprl.envs.contract import cap_text, checked_reset, checked_step, env_name
 
 from .chat import ChatAgent, EpisodeState
 from .trajectory import Trajectory
@@ -145,7 +145,7 @@ class RolloutRunner:
                 t0 = time.perf_counter()
                 actions = [self.agent.record_action(ep.state, gen.token_ids, gen.logprobs) for ep, gen in zip(fits, gens)]
                 stats.generated_tokens += sum(len(gen.token_ids) for gen in gens)
-                results = self._map(lambda i: self._guard(lambda: checked_step(
+                results = self._map(lambda i, fits=fits, actions=actions: self._guard(lambda: checked_step(
                     fits[i].env.step(actions[i]), env_name(fits[i].env), fits[i].task_id), fits[i].env, fits[i].task_id),
                     list(range(len(fits))))
                 for ep, result in zip(fits, results):

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import envs  # noqa: E402
-from envs.appworld.setup import missing_reason, venv_python, world_root  # noqa: E402
+from eprl import envs  # noqa: E402
+from eprl.envs.appworld.setup import missing_reason, venv_python, world_root  # noqa: E402
 
 STEP = "x = sum(range(100))\nprint(apis.supervisor.show_profile()['first_name'], x)"
 IN_PROCESS = """

@@ -3,7 +3,7 @@
     python bench/entropy_band.py --variants grpo,repo_r_z4 --seeds 0,1,2 --jobs 2 [--tag entropy_band]
     python bench/entropy_band.py --report-only --runs DIR      # summarise runs made elsewhere
 
-Every (variant, seed) is one `python -m training train` on the embedded tiny default (tasks/default.yaml,
+Every (variant, seed) is one `python -m eprl.training train` on the embedded tiny default (tasks/default.yaml,
 cached warm-start in $EPRL_CACHE), single-threaded on the CPU, `--jobs` of them at a time. Variants differ
 only by their overrides (VARIANTS); `common_overrides` holds what they share. Each variant has a baseline (BASELINE):
 the same settings without the controller, so "holds the band" is always read against "what it would
@@ -70,7 +70,7 @@ def common_overrides(args, seed: int, run_dir: Path) -> list[str]:
 def run_one(args, variant: str, seed: int) -> dict:
     run_dir = Path(args.runs) / f"{variant}-s{seed}"
     overrides = common_overrides(args, seed, run_dir) + VARIANTS[variant]
-    cmd = [sys.executable, "-m", "training", "train", "--task", str(TASK)] + [a for o in overrides for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "eprl.training", "train", "--task", str(TASK)] + [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     shutil.rmtree(run_dir, ignore_errors=True)  # our own scratch run directory, from an earlier attempt
     t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def aggregate(per_run: dict[str, dict[int, dict]], band: float) -> dict[str, dic
         ok = [s for s in seeds.values() if s]
         if not ok:
             continue
-        med = lambda k: statistics.median(s[k] for s in ok if s[k] is not None) if any(s[k] is not None for s in ok) else None
+        med = lambda k: statistics.median(s[k] for s in ok if s[k] is not None) if any(s[k] is not None for s in ok) else None  # noqa: B023 (used in this iteration)
         out[variant] = {"seeds": len(ok), "tail_rel_median": med("tail_rel"), "holds_band": sum(s["holds_band"] for s in ok),
                         "tail_rel_each": [round(s["tail_rel"], 3) for s in ok],
                         "eval_initial_median": med("eval_initial"), "eval_final_median": med("eval_final"),

@@ -20,11 +20,12 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from training.config import load_run_config  # noqa: E402
-from training.learner import Learner  # noqa: E402
-from training.loop import _start  # noqa: E402
-from training.policy import resolve_model_path  # noqa: E402
 from bench_io import machine, write_results  # noqa: E402
+
+from eprl.training.config import load_run_config  # noqa: E402
+from eprl.training.learner import Learner  # noqa: E402
+from eprl.training.loop import _start  # noqa: E402
+from eprl.training.policy import resolve_model_path  # noqa: E402
 
 EC = "learner.entropy_control"
 SETTINGS = {"grpo (none)": [], "repo_r zeta 0.05": ["type=repo_r", "zeta=0.05"],

@@ -17,16 +17,17 @@ Running a subset of methods merges into an existing JSON made with the same comm
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import bench_io
+from bench_io import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -57,20 +58,8 @@ def common_overrides(args) -> list[str]:
             "run.threads=1", "run.progress=false", f"run.out_dir={RUNS / args.tag}"] + list(args.extra)
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
-    import torch
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "eprl_cache": os.environ.get("EPRL_CACHE")}
+    return {**bench_io.machine(), "eprl_cache": os.environ.get("EPRL_CACHE")}
 
 
 def run_method(method: str, common: list[str], runs: Path) -> dict:
@@ -299,7 +288,7 @@ def main() -> None:
     if args.status:
         result["status"] = args.status
 
-    from training.plot import plot_runs
+    from eprl.training.plot import plot_runs
     plot_dir = runs / "plots"
     names = list(result["methods"])
     for png in plot_runs([runs / m for m in names], plot_dir, labels=names):

@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from training.config import EntropyControlConfig, LearnerConfig  # noqa: E402
-from training.tabular_testbed import STARTS, run_tabular, tail_rel  # noqa: E402
-from bench_io import machine as machine_info, write_results  # noqa: E402
+from bench_io import machine as machine_info  # noqa: E402
+from bench_io import write_results
+
+from eprl.training.config import EntropyControlConfig, LearnerConfig  # noqa: E402
+from eprl.training.tabular_testbed import STARTS, run_tabular, tail_rel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 E4 = dict(epochs=4, minibatches=4)  # 16 SGD steps per batch: ratios leave 1, the clip bounds bind

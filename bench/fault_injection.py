@@ -38,7 +38,7 @@ MODES = ("time", "checkpoint", "eval")
 
 def train_cmd(cache: Path, out: Path, name: str) -> list[str]:
     sets = SETTINGS + [f"model.cache_dir={cache}", f"run.out_dir={out}", f"run.name={name}"]
-    return [sys.executable, "-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
+    return [sys.executable, "-m", "eprl.training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
             *[a for s in sets for a in ("--set", s)]]
 
 
@@ -132,7 +132,7 @@ def one_kill(k: int, mode: str, rng: random.Random, cache: Path, out: Path, ref_
         resumes += 1
         # killed before the run directory was complete: what a user does is start it again
         again = not (run / "meta.json").is_file()
-        cmd = train_cmd(cache, out, name) if again else [sys.executable, "-m", "training", "train", "--resume", str(run)]
+        cmd = train_cmd(cache, out, name) if again else [sys.executable, "-m", "eprl.training", "train", "--resume", str(run)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=900)
         notes += [ln for ln in proc.stdout.splitlines() if ln.startswith(("removed", "skipping", "resumed"))]
         if proc.returncode != 0:

@@ -49,7 +49,7 @@ def run_one(engine: str, dtype: str, iterations: int, out: Path) -> dict:
                  "task.eval.num_tasks=16", "task.eval_samples=1"]
     if engine == "vllm":
         overrides += ["engine.gpu_memory_utilization=0.3", "engine.max_model_len=512"]
-    cmd = [sys.executable, "-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml")]
+    cmd = [sys.executable, "-m", "eprl.training", "train", "--task", str(REPO / "tasks" / "default.yaml")]
     cmd += [a for o in overrides for a in ("--set", o)]
     log = out / f"{name}.log"
     t0 = time.perf_counter()

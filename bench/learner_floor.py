@@ -37,8 +37,8 @@ SHAPES = {"tiny": (64, (40, 60), 2, (8, 24), (6, 12)),           # the default j
 
 
 def make_batch(vocab: int, pad_id: int, shape, seed: int = 0):
-    from agents.trajectory import Trajectory
-    from training.batch import collate
+    from eprl.agents.trajectory import Trajectory
+    from eprl.training.batch import collate
     rows, prompt, turns, answer, obs = shape
     g = torch.Generator().manual_seed(seed)
     draw = lambda lo_hi: int(torch.randint(lo_hi[0], lo_hi[1] + 1, (1,), generator=g))  # noqa: E731
@@ -54,8 +54,9 @@ def make_batch(vocab: int, pad_id: int, shape, seed: int = 0):
 
 def load(name: str, threads: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from training.config import load_run_config
-    from training.policy import load_policy, resolve_model_path
+
+    from eprl.training.config import load_run_config
+    from eprl.training.policy import load_policy, resolve_model_path
     sets = [f"run.threads={threads}"]
     if name.startswith("smollm2"):
         sets += ["model.name_or_path=smollm2-135m"]
@@ -81,8 +82,8 @@ def bare_step(model, batch, optimizer=None):
 
 
 def bench_model(name: str, rounds: int, threads: int) -> dict:
-    from training.config import LearnerConfig
-    from training.learner import Learner
+    from eprl.training.config import LearnerConfig
+    from eprl.training.learner import Learner
     model, tok, cfg = load(name, threads)
     batch = make_batch(len(tok), tok.pad_token_id, SHAPES[name.split("-")[0]])
     new = Learner(model, LearnerConfig(), temperature=1.0, max_len_norm=320)

@@ -54,9 +54,9 @@ def _interleaved(fns: dict, reps: int, device: str, inner: int = 1) -> dict[str,
 
 
 def bench_clamps(reps: int, device: str) -> dict:
-    from training import losses
-    from training.config import LearnerConfig
-    from training.losses import LossInputs, compute_policy_loss
+    from eprl.training import losses
+    from eprl.training.config import LearnerConfig
+    from eprl.training.losses import LossInputs, compute_policy_loss
 
     torch.manual_seed(0)
     B, T = 64, 512
@@ -91,7 +91,7 @@ def bench_clamps(reps: int, device: str) -> dict:
 def bench_head(reps: int, device: str, tokens: int = 2048, hidden_size: int = 256, vocab: int = 4096) -> dict:
     from torch import nn
 
-    from training.logprobs import token_logprobs_and_entropy
+    from eprl.training.logprobs import token_logprobs_and_entropy
 
     torch.manual_seed(0)
     head = nn.Linear(hidden_size, vocab, bias=False).to(device)
@@ -121,11 +121,11 @@ def bench_head(reps: int, device: str, tokens: int = 2048, hidden_size: int = 25
 def bench_tiny_step(reps: int, device: str) -> dict:
     import random
 
-    from agents.trajectory import Trajectory
-    from training.batch import collate
-    from training.config import LearnerConfig
-    from training.learner import Learner
-    from training.tiny_default import build_model, train_tokenizer
+    from eprl.agents.trajectory import Trajectory
+    from eprl.training.batch import collate
+    from eprl.training.config import LearnerConfig
+    from eprl.training.learner import Learner
+    from eprl.training.tiny_default import build_model, train_tokenizer
 
     rng = random.Random(0)
     tok = train_tokenizer([f"Compute {rng.randint(1, 99)}*{rng.randint(1, 99)}. <calc>1+2</calc> \\boxed{{3}}"

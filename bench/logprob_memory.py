@@ -39,8 +39,8 @@ def child(args: argparse.Namespace) -> dict:
     import torch
     from torch import nn
 
-    from training.fused_loss import fused_token_objective
-    from training.logprobs import token_logprobs_and_entropy
+    from eprl.training.fused_loss import fused_token_objective
+    from eprl.training.logprobs import token_logprobs_and_entropy
 
     torch.manual_seed(0)
     T, H, V = args.tokens, args.hidden, args.vocab

@@ -231,14 +231,16 @@ def _dist(name: str) -> bool:
 # ----------------------------------------------------------------------------- child: one model
 def load_model(kind: str, log):
     import torch
-    from training.config import load_run_config
-    from training.policy import load_policy, resolve_model_path
+
+    from eprl.training.config import load_run_config
+    from eprl.training.policy import load_policy, resolve_model_path
     cfg = load_run_config(TASK, overrides=[f"model.cache_dir={CACHE}"])
     path = resolve_model_path(cfg, log=log)
     model, tok = load_policy(path, cfg)
     if kind == "big":
         from transformers import Qwen3Config, Qwen3ForCausalLM
-        from training.tiny_default import MODEL_SHAPE
+
+        from eprl.training.tiny_default import MODEL_SHAPE
         torch.manual_seed(0)
         config = Qwen3Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
                              pad_token_id=tok.pad_token_id, **{**MODEL_SHAPE, **BIG_SHAPE})
@@ -304,10 +306,11 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
     import cProfile
     import io
     import pstats
-    from agents import make_agent
-    from agents.rollout import RolloutRunner
-    from training.loop import sample_tasks
-    from training.policy import env_factory
+
+    from eprl.agents import make_agent
+    from eprl.agents.rollout import RolloutRunner
+    from eprl.training.loop import sample_tasks
+    from eprl.training.policy import env_factory
 
     suite = cfg.task
     timer = Timer()
@@ -323,7 +326,7 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
         return sample_tasks(seed, rep, 0, suite.tasks_per_iteration, n_tasks)
 
     # math-verify (sympy) is the env's slow path for answers that are not plain numbers: time it too.
-    import envs.math.verify as math_verify_mod
+    import eprl.envs.math.verify as math_verify_mod
     orig_verify, verify_calls = math_verify_mod._verify, []
 
     def timed_verify(pred, gold):
@@ -368,7 +371,7 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
         st = pstats.Stats(prof)
 
         def row(key, val):
-            (file, line, fn), (cc, nc, tt, ct, _) = key, val
+            (file, line, fn), (_cc, nc, tt, ct, _) = key, val
             return {"function": f"{_short(file)}:{line}({fn})", "calls": nc / REPLAY_PASSES,
                     "tottime_s": tt / REPLAY_PASSES, "cumtime_s": ct / REPLAY_PASSES}
         top = [row(k, v) for k, v in sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:15]]
@@ -390,10 +393,11 @@ def _short(file: str) -> str:
 
 def child(args) -> dict:
     import torch
-    from agents.chat import ChatAgent
-    from agents.engines import make_engine
-    from training.config import EngineConfig, SamplingConfig
-    from training.policy import env_factory
+
+    from eprl.agents.chat import ChatAgent
+    from eprl.agents.engines import make_engine
+    from eprl.training.config import EngineConfig, SamplingConfig
+    from eprl.training.policy import env_factory
 
     def log(msg):
         print(f"[{args.child}] {msg}", file=sys.stderr, flush=True)

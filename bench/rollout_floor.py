@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 
 
 def load(name: str):
-    from training.config import load_run_config
-    from training.policy import load_policy, resolve_model_path
+    from eprl.training.config import load_run_config
+    from eprl.training.policy import load_policy, resolve_model_path
     sets = ["model.name_or_path=smollm2-135m"] if name == "smollm2" else []
     cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=sets)
     return load_policy(resolve_model_path(cfg, log=lambda *_: None), cfg)
@@ -66,8 +66,8 @@ def output_logits_path(model, ids: torch.Tensor, new_tokens: int, pad_id: int) -
 
 
 def bench_model(name: str, args) -> dict:
-    from agents.engines.hf import HFEngine
-    from training.config import SamplingConfig
+    from eprl.agents.engines.hf import HFEngine
+    from eprl.training.config import SamplingConfig
     model, tok = load(name)
     model.eval()
     g = torch.Generator().manual_seed(0)

@@ -3,7 +3,7 @@ and the micro-batch default (issue #14: `auto` vs one pass); the embedded tiny d
 
     python bench/smollm2_cost.py [--rounds 2] [--iterations 3] [--threads 1] [--settings "full fp32,tiny default"]
 
-Each setting is a real `python -m training train` on the study's domain A (tasks/smollm2_add.yaml, 32
+Each setting is a real `python -m eprl.training train` on the study's domain A (tasks/smollm2_add.yaml, 32
 episodes per iteration, 2 minibatches), run under `/usr/bin/time -v` for its peak RSS. The settings run
 alternately, round after round, so a busy machine slows them alike; the first iteration of each run (warm-up)
 is left out, and the figures are medians over the rest. Peak RSS: the whole process's (`time -v`), and
@@ -49,7 +49,7 @@ def one_run(name: str, sets: list[str], iterations: int, threads: int, out: Path
     task = REPO / "tasks" / ("default.yaml" if tiny else "smollm2_add.yaml")
     common = ["run.device=cpu", "run.progress=false", "task.eval.num_tasks=1", "task.eval_samples=1",
               "run.checkpoint_every=1000"] if tiny else COMMON
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "training", "train", "--task", str(task),
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "eprl.training", "train", "--task", str(task),
            *[a for s in [*common, *sets, f"run.iterations={iterations}", f"run.threads={threads}", f"run.out_dir={out}",
                          f"run.name={run.name}"] for a in ("--set", s)]]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),

@@ -38,12 +38,12 @@ FORMATS: dict[str, tuple[str, list[str]]] = {  # name -> (suite, overrides)
 
 
 def measure(name: str, suite: str, overrides: list[str], tasks: int, samples: int) -> dict:
-    from agents import make_agent
-    from agents.engines import make_engine
-    from agents.rollout import RolloutRunner
-    from training.config import load_run_config
-    from training.evaluate import summarize
-    from training.policy import env_factory, load_policy, resolve_model_path
+    from eprl.agents import make_agent
+    from eprl.agents.engines import make_engine
+    from eprl.agents.rollout import RolloutRunner
+    from eprl.training.config import load_run_config
+    from eprl.training.evaluate import summarize
+    from eprl.training.policy import env_factory, load_policy, resolve_model_path
 
     cfg = load_run_config(REPO / "tasks" / suite, None, ["model.name_or_path=smollm2-135m", "run.progress=false",
                                                           f"task.eval.num_tasks={tasks}", f"task.eval_samples={samples}",

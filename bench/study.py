@@ -9,7 +9,7 @@ seeds). Runs are of three kinds:
 - `A/<method>/s<seed>`: domain A from the base model;
 - `B/<method>/s<seed>`: domain B continued (`eprl continue`) from that run's final checkpoint (fresh optimizer);
 - `B/base/s<seed>`: domain B from the base model, the reference for "learns B faster".
-Every run is one `python -m training` subprocess (one torch thread) in `work_dir/<run id>`. A run whose
+Every run is one `python -m eprl.training` subprocess (one torch thread) in `work_dir/<run id>`. A run whose
 summary is in `results_dir/runs/` is done and never rerun; a run directory with a checkpoint is resumed
 bit-exactly with `train --resume`; anything else starts fresh. When a run ends, its summary (config
 overrides, per-iteration metrics, evaluations, wall time, machine, code version) is written atomically
@@ -111,13 +111,13 @@ def state(spec: dict, run: Run) -> str:
 def command(spec: dict, run: Run) -> list[str]:
     rd = run_dir(spec, run)
     if state(spec, run) == "resumable":
-        return [sys.executable, "-m", "training", "train", "--resume", str(rd)]
+        return [sys.executable, "-m", "eprl.training", "train", "--resume", str(rd)]
     sets = run.sets + [f"run.out_dir={rd.parent}", f"run.name={rd.name}", "run.progress=false", "run.threads=1"]
     args = [a for s in sets for a in ("--set", s)]
     if run.parent:
         parent_dir = run_dir(spec, next(r for r in plan(spec) if r.id == run.parent))
-        return [sys.executable, "-m", "training", "continue", str(parent_dir), "--task", str(run.task), *args]
-    return [sys.executable, "-m", "training", "train", "--task", str(run.task), *args]
+        return [sys.executable, "-m", "eprl.training", "continue", str(parent_dir), "--task", str(run.task), *args]
+    return [sys.executable, "-m", "eprl.training", "train", "--task", str(run.task), *args]
 
 
 def git_commit() -> str:

@@ -13,7 +13,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
 from bench_io import atomic_write
 
 BAND = 0.10        # "within +-10% of H*"

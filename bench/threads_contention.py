@@ -2,12 +2,12 @@
 
     python bench/threads_contention.py [--rounds 2] [--iterations 3] [--competitors 0,1,2]
 
-Each setting is a real `python -m training train` of the embedded default (tasks/default.yaml, smaller
+Each setting is a real `python -m eprl.training train` of the embedded default (tasks/default.yaml, smaller
 evaluation) next to k CPU-bound competitor processes (a Python busy loop each, at the job's own nice
 level). Settings:
 - `before`: the CLI without this change's OpenMP default (OMP_WAIT_POLICY unset: libgomp threads spin
   at every barrier), torch's default thread count (one per core);
-- `after`: `python -m training` as it is now (OMP_WAIT_POLICY=PASSIVE unless the user set it);
+- `after`: `python -m eprl.training` as it is now (OMP_WAIT_POLICY=PASSIVE unless the user set it);
 - `threads=1`: one torch thread (the spin question does not arise).
 Settings alternate within each (round, k); the first iteration of each run (warm-up) is left out, the
 figure is the median `time_iteration` over the rest. Output: bench/results/threads_contention.{json,md}.
@@ -31,9 +31,9 @@ COMMON = ["run.progress=false", "task.eval.num_tasks=2", "task.eval_samples=1", 
           "run.device=cpu"]
 # how each setting starts the CLI, and extra environment
 SETTINGS = {
-    "before": (["-c", "import os; os.environ.pop('OMP_WAIT_POLICY', None); from training.cli import main; main()"], {}),
-    "after": (["-m", "training"], {}),
-    "threads=1": (["-m", "training"], {"__threads": "1"}),
+    "before": (["-c", "import os; os.environ.pop('OMP_WAIT_POLICY', None); from eprl.training.cli import main; main()"], {}),
+    "after": (["-m", "eprl.training"], {}),
+    "threads=1": (["-m", "eprl.training"], {"__threads": "1"}),
 }
 BUSY = "while True: pass"
 

@@ -7,7 +7,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-from envs.contract import checked_reset, checked_step, env_name
+from eprl.envs.contract import checked_reset, checked_step, env_name
 
 MAX_TEXT_LENGTH = 1_000_000
 

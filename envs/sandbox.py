@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs import bwrap
-from envs.bwrap import SandboxUnavailableError
+from eprl.envs import bwrap
+from eprl.envs.bwrap import SandboxUnavailableError
 
 SANDBOXES = ("bwrap", "none")
 MAX_FILE_BYTES = 8 * 1024 * 1024  # largest file (and stdout/stderr) the code may write

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training import distributed
-from training.checkpoint import load_trainer_state, save_checkpoint
-from training.config import LearnerConfig
-from training.learner import Learner
+from eprl.training import distributed
+from eprl.training.checkpoint import load_trainer_state, save_checkpoint
+from eprl.training.config import LearnerConfig
+from eprl.training.learner import Learner
 
 
 def full_state(learner: Learner) -> dict:

@@ -1,4 +1,4 @@
-"""Shared by tests that drive `python -m training` in subprocesses: cheap settings, the command, a run that must pass."""
+"""Shared by tests that drive `python -m eprl.training` in subprocesses: cheap settings, the command, a run that must pass."""
 from __future__ import annotations
 
 import os
@@ -14,18 +14,18 @@ SMALL = ["model.tiny_sft_steps=30", "task.group_size=2", "task.tasks_per_iterati
 
 
 def train_cmd(sets: list[str], task: str = "default.yaml") -> list[str]:
-    """`python -m training train --task tasks/<task> --set ...` for each of `sets`."""
-    return [sys.executable, "-m", "training", "train", "--task", str(REPO / "tasks" / task),
+    """`python -m eprl.training train --task tasks/<task> --set ...` for each of `sets`."""
+    return [sys.executable, "-m", "eprl.training", "train", "--task", str(REPO / "tasks" / task),
             *[a for s in sets for a in ("--set", s)]]
 
 
 def continue_cmd(checkpoint, settings: list[str], out: Path, iterations: int, task: str = "arith_hard.yaml") -> list[str]:
-    """`python -m training continue CHECKPOINT --task tasks/<task>` into run `out/child`, with `settings`'
+    """`python -m eprl.training continue CHECKPOINT --task tasks/<task>` into run `out/child`, with `settings`'
     non-task fields and a small second suite (2 tasks x 2 samples)."""
     sets = [s for s in settings if not s.startswith("task.")] + [
         "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2", "task.eval_samples=1",
         f"run.out_dir={out}", "run.name=child", f"run.iterations={iterations}"]
-    return [sys.executable, "-m", "training", "continue", str(checkpoint), "--task", str(REPO / "tasks" / task),
+    return [sys.executable, "-m", "eprl.training", "continue", str(checkpoint), "--task", str(REPO / "tasks" / task),
             *[a for s in sets for a in ("--set", s)]]
 
 

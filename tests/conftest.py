@@ -25,7 +25,7 @@ def math_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from training.tiny_default import train_tokenizer
+    from eprl.training.tiny_default import train_tokenizer
     rng = random.Random(0)
     texts = [f"Compute {rng.randint(1, 99)}*{rng.randint(1, 99)}+{rng.randint(1, 99)}. <calc>1+2</calc> <result>3</result> "
              f"\\boxed{{{rng.randint(1, 999)}}} Incorrect, try again." for _ in range(300)]
@@ -34,7 +34,7 @@ def tiny_tokenizer():
 
 @pytest.fixture()
 def tiny_model(tiny_tokenizer):
-    from training.tiny_default import build_model
+    from eprl.training.tiny_default import build_model
     return build_model(tiny_tokenizer, seed=0).eval()
 
 

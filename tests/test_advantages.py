@@ -3,9 +3,8 @@ import math
 import pytest
 import torch
 
-from training.advantages import (ADVANTAGE_ESTIMATORS, compute_advantages, informative_groups,
-                                 overlong_penalty)
-from training.config import LearnerConfig
+from eprl.training.advantages import compute_advantages, informative_groups, overlong_penalty
+from eprl.training.config import LearnerConfig
 
 torch.set_num_threads(1)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from envs import make
-from envs.math import verify
+from eprl.envs import make
+from eprl.envs.math import verify
 
 CORPUS = Path(__file__).parent / "corpus" / "adversarial_actions"
 REPO = Path(__file__).resolve().parent.parent

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.chat import ChatAgent, TemplatePrefixError
-from agents.engines import SamplingError, make_engine
-from agents.trajectory import Trajectory
-from training.batch import collate
-from training.config import EngineConfig, LearnerConfig, SamplingConfig
-from training.learner import Learner
-from training.logprobs import model_logprobs
+from eprl.agents.chat import ChatAgent, TemplatePrefixError
+from eprl.agents.engines import SamplingError, make_engine
+from eprl.agents.trajectory import Trajectory
+from eprl.training.batch import collate
+from eprl.training.config import EngineConfig, LearnerConfig, SamplingConfig
+from eprl.training.learner import Learner
+from eprl.training.logprobs import model_logprobs
 
 
 def _play(agent, engine, sampling, observations):
@@ -96,7 +96,7 @@ def test_no_prompt_or_observation_token_reaches_the_loss(tiny_model, tiny_tokeni
     batch = collate([traj, other], tiny_tokenizer.pad_token_id)
 
     def loss_grad(b):
-        from training.losses import LossInputs, compute_policy_loss
+        from eprl.training.losses import LossInputs, compute_policy_loss
         tiny_model.zero_grad()
         logp, _ = model_logprobs(tiny_model, b.input_ids, b.attention_mask, with_entropy=False)
         logp.retain_grad()
@@ -112,8 +112,8 @@ def test_no_prompt_or_observation_token_reaches_the_loss(tiny_model, tiny_tokeni
 
 
 def test_threaded_env_workers_give_identical_trajectories(tiny_model, tiny_tokenizer):
-    import envs
-    from agents.rollout import RolloutRunner
+    from eprl import envs
+    from eprl.agents.rollout import RolloutRunner
     agent = ChatAgent(tiny_tokenizer)
     engine = make_engine("hf", tiny_model, tiny_tokenizer, EngineConfig())
     sampling = SamplingConfig(max_new_tokens=8)

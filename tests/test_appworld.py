@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-import envs
-from envs.appworld.setup import build_world, missing_reason, venv_ready, venv_dir, world_ready, world_root
+from eprl import envs
+from eprl.envs.appworld.setup import build_world, missing_reason, venv_dir, venv_ready, world_ready, world_root
 
 pytestmark = pytest.mark.appworld
 
@@ -157,15 +157,15 @@ class _ScriptedEngine:
         self.turns = [tokenizer(m, add_special_tokens=False)["input_ids"] + [stop_id] for m in messages]
 
     def generate(self, prompts, sampling, stop_token_ids):
-        from agents.engines.base import Generation
+        from eprl.agents.engines.base import Generation
         ids = self.turns.pop(0)
         return [Generation(token_ids=list(ids), logprobs=[-0.5] * len(ids), finish_reason="stop") for _ in prompts]
 
 
 def test_environment_tokens_never_reach_the_loss_on_a_real_trajectory(env, tiny_tokenizer):
-    from agents.react import ReactAgent
-    from agents.rollout import RolloutRunner
-    from training.config import SamplingConfig
+    from eprl.agents.react import ReactAgent
+    from eprl.agents.rollout import RolloutRunner
+    from eprl.training.config import SamplingConfig
 
     agent = ReactAgent(tiny_tokenizer, system_prompt="Solve the task with python code.")
     messages = ["Try:\n```python\nprint(1 / 0)\n```",

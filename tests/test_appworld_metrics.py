@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from envs.appworld.env import load_split
-from envs.appworld.metrics import format_table, summarize
+from eprl.envs.appworld.env import load_split
+from eprl.envs.appworld.metrics import format_table, summarize
 
 
 def test_tgc_sgc_per_difficulty():

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from envs.appworld.setup import missing_reason, venv_dir, venv_ready
-from training.config import load_run_config
-from training.loop import train
-from training.metrics import read_metrics
+from eprl.envs.appworld.setup import missing_reason, venv_dir, venv_ready
+from eprl.training.config import load_run_config
+from eprl.training.loop import train
+from eprl.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.appworld, pytest.mark.slow]

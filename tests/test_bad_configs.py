@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import training.loop
-from training.cli import main
+import eprl.training.loop as training_loop
+from eprl.training.cli import main
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "bad_configs"
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text())
@@ -48,7 +48,7 @@ def test_corpus_is_large_and_every_file_is_used():
 def test_bad_config_gives_one_line_and_exit_2(case, scratch, capsys, monkeypatch):
     def no_model_work(*_a, **_k):
         raise AssertionError("the error was not caught before model work")
-    monkeypatch.setattr(training.loop, "resolve_model_path", no_model_work)
+    monkeypatch.setattr(training_loop, "resolve_model_path", no_model_work)
     with pytest.raises(SystemExit) as exited:
         main([_fill(a, scratch) for a in case["args"]])
     out, err = capsys.readouterr()
@@ -62,7 +62,7 @@ def test_bad_config_gives_one_line_and_exit_2(case, scratch, capsys, monkeypatch
 @pytest.mark.parametrize("needle", SUBPROCESS)
 def test_bad_config_exit_code_in_a_real_process(needle, scratch):
     case = next(c for c in CASES if any(needle in a for a in c["args"]))
-    proc = subprocess.run([sys.executable, "-m", "training", *[_fill(a, scratch) for a in case["args"]]],
+    proc = subprocess.run([sys.executable, "-m", "eprl.training", *[_fill(a, scratch) for a in case["args"]]],
                           capture_output=True, text=True, timeout=120, cwd=scratch)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and _fill(case["expect"], scratch) in proc.stderr

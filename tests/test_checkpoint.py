@@ -13,8 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.checkpoint import (CheckpointError, checkpoint_problem, clean_partial_writes, latest_checkpoint,
-                                 list_checkpoints, load_trainer_state, save_checkpoint)
+from eprl.training.checkpoint import (
+    CheckpointError,
+    checkpoint_problem,
+    clean_partial_writes,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    save_checkpoint,
+)
 
 
 def _state(model) -> dict:
@@ -139,7 +146,7 @@ def test_disk_full_on_a_small_tmpfs_keeps_previous_checkpoint(tmp_path, tiny_mod
 
 
 def test_resolve_checkpoint_skips_or_names_damage(tmp_path, tiny_model, tiny_tokenizer):
-    from training.checkpoint import resolve_checkpoint
+    from eprl.training.checkpoint import resolve_checkpoint
     first, second = _save(tmp_path, 1, tiny_model, tiny_tokenizer), _save(tmp_path, 2, tiny_model, tiny_tokenizer)
     assert resolve_checkpoint(tmp_path) == second
     _truncate(second / "trainer.pt")

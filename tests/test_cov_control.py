@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from training.config import EntropyControlConfig, LearnerConfig
-from training.cov_control import token_covariance
-from training.entropy_control import make_controller
-from training.losses import POLICY_LOSSES, LossInputs, compute_policy_loss
+from eprl.training.config import EntropyControlConfig, LearnerConfig
+from eprl.training.cov_control import token_covariance
+from eprl.training.entropy_control import make_controller
+from eprl.training.losses import POLICY_LOSSES, LossInputs, compute_policy_loss
 
 torch.set_num_threads(1)
 
@@ -117,7 +117,7 @@ def test_entropy_check_command_with_covariance_controls(sets, capsys):
     KL-Cov -53%, without control -64% over 30 iterations, 4 minibatches, seed 0)."""
     import json
 
-    from training.cli import run
+    from eprl.training.cli import run
     args = ["entropy-check", "--seeds", "0", "--iterations", "30", "--set", "learner.minibatches=4"]
     assert run(args + [a for s in sets for a in ("--set", s)]) == 0
     out = json.loads(capsys.readouterr().out)

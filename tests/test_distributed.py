@@ -1,6 +1,6 @@
 """The distributed learner: micro-batches (gradient accumulation by token budget) and FSDP2 over 2
 gloo processes give the single-pass, single-process update; checkpoints load across world sizes;
-`torchrun --nproc_per_node 2 -m training train` runs.
+`torchrun --nproc_per_node 2 -m eprl.training train` runs.
 
 Exact-equality tests run the tiny model in float64. Adam's first step divides each gradient by its
 own magnitude (update ~ lr * sign(g) where |g| >> eps, lr * g / eps where |g| << eps), which turns
@@ -18,15 +18,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from agents.trajectory import Trajectory
-from training.batch import PolicyBatch, collate
-from training.checkpoint import load_trainer_state, save_checkpoint
-from training.config import LearnerConfig
-from training.learner import Learner
-from training.microbatch import plan, split_by_tokens
-
 from cli_runs import torchrun_ok
+
+from eprl.agents.trajectory import Trajectory
+from eprl.training.batch import PolicyBatch, collate
+from eprl.training.checkpoint import load_trainer_state, save_checkpoint
+from eprl.training.config import LearnerConfig
+from eprl.training.learner import Learner
+from eprl.training.microbatch import plan, split_by_tokens
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
@@ -132,7 +131,7 @@ def test_optimizer_state_is_keyed_by_name_and_old_checkpoints_load(tiny_model, t
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, tiny_tokenizer):
     """One torchrun job (2 gloo ranks) runs every distributed Learner case; the tests compare."""
-    from training.tiny_default import build_model
+    from eprl.training.tiny_default import build_model
     root = tmp_path_factory.mktemp("dist")
     model = build_model(tiny_tokenizer, seed=0).eval()
     for name, dtype in (("model64", torch.float64), ("model32", torch.float32)):
@@ -238,7 +237,7 @@ def test_torchrun_train_then_resume_in_one_process(tmp_path, eprl_cache):
             "task.eval_sampling.max_new_tokens=12", "run.threads=1", "run.progress=false", "learner.entropy_coef=0.01",
             "learner.micro_batch_tokens=64", "run.iterations=2", "run.checkpoint_every=1", f"run.out_dir={tmp_path}",
             "run.name=ddp"]
-    proc = torchrun_ok("-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
+    proc = torchrun_ok("-m", "eprl.training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
                      *[a for s in sets for a in ("--set", s)])
     assert proc.stdout.count('"run_dir"') == 1  # only rank 0 reports
     run = tmp_path / "ddp"
@@ -248,7 +247,7 @@ def test_torchrun_train_then_resume_in_one_process(tmp_path, eprl_cache):
     assert (run / "checkpoints" / "iter_000002" / "model" / "model.safetensors").is_file()
     assert json.loads((run / "summary.json").read_text())["iterations"] == 2
     # the world-size-2 checkpoint resumes in one process
-    proc = subprocess.run([sys.executable, "-m", "training", "train", "--resume", str(run), "--iterations", "3"],
+    proc = subprocess.run([sys.executable, "-m", "eprl.training", "train", "--resume", str(run), "--iterations", "3"],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -262,8 +261,8 @@ def test_torchrun_train_then_resume_in_one_process(tmp_path, eprl_cache):
 def test_backend_choice(monkeypatch, device, gpus, ranks, expect):
     import torch.distributed as dist
 
-    from training import distributed
-    from training.config import ConfigError
+    from eprl.training import distributed
+    from eprl.training.config import ConfigError
     for key, value in {"WORLD_SIZE": ranks, "LOCAL_WORLD_SIZE": ranks, "LOCAL_RANK": 0}.items():
         monkeypatch.setenv(key, str(value))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)

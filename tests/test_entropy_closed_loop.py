@@ -6,8 +6,8 @@ import statistics
 import pytest
 import torch
 
-from training.config import EntropyControlConfig, LearnerConfig
-from training.tabular_testbed import run_tabular, tail_rel
+from eprl.training.config import EntropyControlConfig, LearnerConfig
+from eprl.training.tabular_testbed import run_tabular, tail_rel
 
 torch.set_num_threads(1)
 PEAKED = dict(init_scale=3.0, lr=30.0, iterations=60)  # H0 ~ 0.8 nats of log(8) = 2.08
@@ -48,7 +48,7 @@ def test_entropy_check_command(capsys):
     """`eprl entropy-check`: the configured learner and the same without control, side by side."""
     import json
 
-    from training.cli import run
+    from eprl.training.cli import run
     assert run(["entropy-check", "--set", "learner.entropy_control.type=repo_r", "--set",
                 "learner.entropy_control.zeta_max=1.0", "--seeds", "0", "--iterations", "40"]) == 0
     out = json.loads(capsys.readouterr().out)

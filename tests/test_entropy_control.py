@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from training.config import EntropyControlConfig, LearnerConfig
-from training.entropy_control import CONTROLLERS, make_controller
+from eprl.training.config import EntropyControlConfig, LearnerConfig
+from eprl.training.entropy_control import CONTROLLERS, make_controller
 
 torch.set_num_threads(1)
 
@@ -60,18 +60,18 @@ def test_tolerance_band_and_non_adaptive():
     c = make_controller(_cfg(type="repo_r", adaptive=False, zeta=0.01))
     assert _run(c, [2.0, 1.0, 3.0], lambda c: c.zeta) == [0.01, 0.01, 0.01] and c.target_entropy == 2.0
     c = make_controller(_cfg(type="adapo", adaptive=False))
-    assert _run(c, [2.0, 1.0, 3.0], lambda c: c.eps_high(0.5)) == [0.28, 0.28, 0.28]
+    assert _run(c, [2.0, 1.0, 3.0], lambda c: c.loss_overrides().get("eps_high", 0.5)) == [0.28, 0.28, 0.28]
 
 
 def test_adapo_eps_high_sequence():
     c = make_controller(_cfg(type="adapo"))  # start 0.28, gamma 1.5, bounds [eps_low/2 = 0.1, 1.0]
-    assert c.eps_high(0.99) == 0.28
+    assert c.loss_overrides().get("eps_high", 0.99) == 0.28
     H = [1.0] + [0.5] * 5 + [1.5] * 8
     expected = [0.28, 0.42, 0.63, 0.945, 1.0, 1.0,
                 1 / 1.5, 1 / 1.5 ** 2, 1 / 1.5 ** 3, 1 / 1.5 ** 4, 1 / 1.5 ** 5, 0.1, 0.1, 0.1]
-    assert _run(c, H, lambda c: c.eps_high(0.28)) == pytest.approx(expected)
+    assert _run(c, H, lambda c: c.loss_overrides().get("eps_high", 0.28)) == pytest.approx(expected)
     c = make_controller(_cfg(type="adapo", eps_high_min=0.25, eps_high_max=0.5, gamma=2.0, target_entropy=1.0))
-    assert _run(c, [0.5, 0.5, 2, 2, 2], lambda c: c.eps_high(0.0)) == pytest.approx([0.5, 0.5, 0.25, 0.25, 0.25])
+    assert _run(c, [0.5, 0.5, 2, 2, 2], lambda c: c.loss_overrides().get("eps_high", 0.0)) == pytest.approx([0.5, 0.5, 0.25, 0.25, 0.25])
 
 
 def test_target_from_several_iterations_relative_band_and_smoothing():
@@ -83,7 +83,7 @@ def test_target_from_several_iterations_relative_band_and_smoothing():
     assert _run(c, [0.91, 1.09, 0.85, 1.2], lambda c: c.zeta) == pytest.approx([1.0, 1.0, 2.0, 1.0])
     # EMA s = 0.5 starting at H*: H_c = 1.0 -> 0.8 -> 0.7 -> 0.95 -> 1.125; only H_c outside +-0.1 steps.
     c = make_controller(_cfg(type="adapo", smoothing=0.5, tolerance=0.1, tolerance_relative=True, gamma=2.0))
-    got = _run(c, [1.0, 0.6, 0.6, 1.2, 1.3], lambda c: (round(c.smoothed, 6), c.eps_high(0.0)))
+    got = _run(c, [1.0, 0.6, 0.6, 1.2, 1.3], lambda c: (round(c.smoothed, 6), c.loss_overrides().get("eps_high", 0.0)))
     assert got == [(1.0, 0.28), (0.8, 0.56), (0.7, 1.0), (0.95, 1.0), (1.125, 0.5)]
     assert c.metrics()["entropy_smoothed"] == pytest.approx(1.125)
 
@@ -97,7 +97,7 @@ def test_state_dict_round_trip_mid_warmup(kind):
     for h in [1.0, 1.5, 0.5, 3.0]:
         a.update(h)
         b.update(h)
-        assert b.metrics() == a.metrics() and b.eps_high(0.3) == a.eps_high(0.3)
+        assert b.metrics() == a.metrics() and b.loss_overrides().get("eps_high", 0.3) == a.loss_overrides().get("eps_high", 0.3)
     assert a.target_entropy == pytest.approx(1.5)
 
 
@@ -109,7 +109,7 @@ def test_state_dict_round_trip(kind):
     state = json.loads(json.dumps(a.state_dict()))
     b = make_controller(_cfg(type=kind))
     b.load_state_dict(state)
-    assert b.metrics() == a.metrics() and b.eps_high(0.3) == a.eps_high(0.3)
+    assert b.metrics() == a.metrics() and b.loss_overrides().get("eps_high", 0.3) == a.loss_overrides().get("eps_high", 0.3)
     for h in [0.5, 0.5, 4.0]:
         a.update(h)
         b.update(h)
@@ -127,7 +127,7 @@ def test_remeasure_target_is_measured_like_an_unset_one():
 def test_none_controller_and_unknown_name():
     c = make_controller(_cfg())
     adv = torch.randn(2, 3)
-    assert c.shape_advantages(adv, -torch.rand(2, 3), None, torch.ones(2, 3)) is adv and c.eps_high(0.3) == 0.3
+    assert c.shape_advantages(adv, -torch.rand(2, 3), None, torch.ones(2, 3)) is adv and c.loss_overrides().get("eps_high", 0.3) == 0.3
     cfg = _cfg()
     object.__setattr__(cfg.entropy_control, "type", "magic")
     with pytest.raises(ValueError, match="repo_r"):

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from agents.chat import ChatAgent
-from agents.engines.base import Generation
-from agents.rollout import EnvFailureError, RolloutRunner
-from envs import TextEnv, make
-from envs.contract import EnvContractError, cap_text, checked_reset, checked_step
-from training.config import SamplingConfig
+from eprl.agents.chat import ChatAgent
+from eprl.agents.engines.base import Generation
+from eprl.agents.rollout import EnvFailureError, RolloutRunner
+from eprl.envs import TextEnv, make
+from eprl.envs.contract import EnvContractError, cap_text, checked_reset, checked_step
+from eprl.training.config import SamplingConfig
 
 SAMPLING = SamplingConfig(max_new_tokens=4)
 
@@ -160,7 +160,7 @@ def test_cap_text_says_it_cut():
 
 
 def test_config_exposes_the_policy():
-    from training.config import AgentConfig, ConfigError, load_run_config
+    from eprl.training.config import AgentConfig, ConfigError, load_run_config
     assert AgentConfig().on_env_error == "fail_episode" and AgentConfig().max_failed_episodes_fraction == 0.2
     with pytest.raises(ConfigError, match="task.agent.on_env_error"):
         load_run_config(overrides=["task.agent.on_env_error=ignore"])
@@ -169,5 +169,5 @@ def test_config_exposes_the_policy():
 def test_builtin_env_registry_ids_name_the_env_in_errors():
     env = make("Arithmetic-v0")
     env.reset(seed=0)
-    from envs.contract import env_name
+    from eprl.envs.contract import env_name
     assert env_name(env) == "eprl/Arithmetic-v0"

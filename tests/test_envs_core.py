@@ -8,8 +8,8 @@ import gymnasium as gym
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs
-from envs import EpisodeOverError, TextEnv, TextSpace, UnknownEnvironmentError, list_envs, make, register_env
+from eprl import envs
+from eprl.envs import EpisodeOverError, TextEnv, TextSpace, UnknownEnvironmentError, list_envs, make, register_env
 
 BUILTIN = ["eprl/Arithmetic-v0", "eprl/ArithmeticTool-v0", "eprl/Countdown-v0",
            "eprl/Math-v0", "eprl/MathFeedback-v0", "eprl/MathTool-v0"]
@@ -26,7 +26,7 @@ def tiny_jsonl(tmp_path):
 
 def _make_kwargs(env_id, tiny_jsonl):
     spec = gym.spec(env_id)
-    needs_source = spec.entry_point == "envs.math.env:MathEnv" and "source" not in spec.kwargs
+    needs_source = spec.entry_point == "eprl.envs.math.env:MathEnv" and "source" not in spec.kwargs
     return {"source": tiny_jsonl} if needs_source else {}
 
 
@@ -48,7 +48,7 @@ def test_builtin_ids_registered():
 @pytest.mark.parametrize("env_id", list_envs())
 def test_check_env_passes_on_every_registered_env(env_id, tiny_jsonl):
     if "AppWorld" in env_id:
-        from envs.appworld.setup import missing_reason
+        from eprl.envs.appworld.setup import missing_reason
         if missing_reason():
             pytest.skip(missing_reason())
     env = make(env_id, **_make_kwargs(env_id, tiny_jsonl))
@@ -139,8 +139,8 @@ def test_register_env_with_default_kwargs():
 
 
 PLUGIN_MODULE = '''
-from envs import register_env
-from envs.base import TextEnv
+from eprl.envs import register_env
+from eprl.envs.base import TextEnv
 
 class PluginEnv(TextEnv):
     def _reset_task(self, index):

@@ -5,11 +5,11 @@ import types
 
 import pytest
 
-from envs import make
-from envs.math.data import Problem, default_data_dir, load_problems
-from envs.math.generators import arithmetic, countdown, split_of
-from envs.math.tools import ToolError, calculate
-from envs.math.verify import check_countdown
+from eprl.envs import make
+from eprl.envs.math.data import Problem, default_data_dir, load_problems
+from eprl.envs.math.generators import arithmetic, countdown, split_of
+from eprl.envs.math.tools import ToolError, calculate
+from eprl.envs.math.verify import check_countdown
 
 DATA = default_data_dir()
 needs_data = pytest.mark.skipif(not (DATA / "gsm8k_test.jsonl").is_file(),
@@ -218,7 +218,7 @@ def test_calculator_errors(expr, message):
 
 
 def test_last_number_rule_and_small_arithmetic():
-    from envs.math.verify import extract_last_number
+    from eprl.envs.math.verify import extract_last_number
     assert extract_last_number("8 + 5 = 13.") == "13"
     assert extract_last_number("It is 1,024 or -3.5 maybe") == "-3.5"
     assert extract_last_number("no digits here") is None

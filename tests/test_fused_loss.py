@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import LearnerConfig
-from training.fused_loss import fused_token_objective
-from training.logprobs import causal_lm_parts
-from training.losses import LossInputs, _masked, compute_policy_loss, ppo_loss
+from eprl.training.config import LearnerConfig
+from eprl.training.fused_loss import fused_token_objective
+from eprl.training.logprobs import causal_lm_parts
+from eprl.training.losses import LossInputs, _masked, compute_policy_loss, ppo_loss
 
 torch.set_num_threads(1)
 
@@ -95,7 +95,7 @@ def test_ppo_clip_on_tiny_qwen3_matches_compute_policy_loss(tiny_model, dtype, r
         weight = mask / (n_tok.clamp_min(1) * (n_tok > 0).sum())
 
     def per_token(lp, ent, x):
-        terms = ppo_loss(LossInputs(logp=lp, old_logp=x["old"], advantages=x["adv"], mask=x["mask"]), cfg, cfg.eps_high)
+        terms = ppo_loss(LossInputs(logp=lp, old_logp=x["old"], advantages=x["adv"], mask=x["mask"]), cfg)
         return x["w"] * (terms.loss - cfg.entropy_coef * _masked(ent, x["mask"] > 0))
 
     obj, lp, ent = fused_token_objective(hidden, head, targets, per_token, chunk_size=5,
@@ -108,7 +108,7 @@ def test_ppo_clip_on_tiny_qwen3_matches_compute_policy_loss(tiny_model, dtype, r
     want = _grads(params)
 
     _assert_close([lp, ent], [rlp.detach(), rent.detach()], rel)
-    terms = ppo_loss(LossInputs(logp=rlp, old_logp=old, advantages=adv, mask=mask), cfg, cfg.eps_high).loss
+    terms = ppo_loss(LossInputs(logp=rlp, old_logp=old, advantages=adv, mask=mask), cfg).loss
     _assert_close([obj], [loss.detach()], rel, scale=(weight * (terms.abs() + entropy_coef * rent.abs())).sum().detach())
     _assert_close(got, want, rel)
     assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.config import load_run_config
-from training.loop import _start
-from training.metrics import read_metrics
-from training.policy import resolve_model_path
+from eprl.training.config import load_run_config
+from eprl.training.loop import _start
+from eprl.training.metrics import read_metrics
+from eprl.training.policy import resolve_model_path
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")]
@@ -44,7 +44,7 @@ def test_torchrun_one_rank_nccl_fsdp2(tmp_path, eprl_cache):
     sets = ["model.tiny_sft_steps=30", f"model.cache_dir={eprl_cache}", "task.group_size=4", "task.tasks_per_iteration=3",
             "task.eval.num_tasks=2", "task.eval_samples=1", "run.iterations=2", "run.progress=false", "model.dtype=bf16",
             "run.device=cuda", f"run.out_dir={tmp_path}", "run.name=nccl"]
-    torchrun_ok("-m", "training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
+    torchrun_ok("-m", "eprl.training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
                 *[a for s in sets for a in ("--set", s)], nproc=1)
     rows = read_metrics(tmp_path / "nccl")
     assert [r["iteration"] for r in rows] == [0, 1]

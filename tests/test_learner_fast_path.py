@@ -15,12 +15,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.trajectory import Trajectory
-from training import learner as learner_mod
-from training import logprobs as logprobs_mod
-from training.batch import collate
-from training.config import EntropyControlConfig, LearnerConfig
-from training.learner import Learner, train_forward_is_eval_forward
+from eprl.agents.trajectory import Trajectory
+from eprl.training import learner as learner_mod
+from eprl.training import logprobs as logprobs_mod
+from eprl.training.batch import collate
+from eprl.training.config import EntropyControlConfig, LearnerConfig
+from eprl.training.learner import Learner, train_forward_is_eval_forward
 
 torch.set_num_threads(1)
 TIMING = ("time_learn", "learn_tokens_per_s")

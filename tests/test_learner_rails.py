@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from torch import nn
 
-from training.config import LearnerConfig
-from training.learner import Learner
-from training.logprobs import token_logprobs_and_entropy
+from eprl.training.config import LearnerConfig
+from eprl.training.learner import Learner
+from eprl.training.logprobs import token_logprobs_and_entropy
 
 torch.set_num_threads(1)
 
 
 def _batch(tokenizer, rewards, seed=0):
-    from agents.trajectory import Trajectory
-    from training.batch import collate
+    from eprl.agents.trajectory import Trajectory
+    from eprl.training.batch import collate
     torch.manual_seed(seed)
     ids = torch.randint(3, len(tokenizer), (len(rewards), 12)).tolist()
     trajs = [Trajectory(t, [0] * 6 + [1] * 6, [0.0] * 12, [(6, 12)], r, r > 0, "t", 0, "terminated")

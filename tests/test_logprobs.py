@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.logprobs import causal_lm_parts, model_logprobs, token_logprobs_and_entropy
+from eprl.training.logprobs import causal_lm_parts, model_logprobs, token_logprobs_and_entropy
 
 torch.set_num_threads(1)
 

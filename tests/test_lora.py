@@ -52,10 +52,10 @@ def _assert_standard_adapter(model_dir: Path, base: str) -> dict:
 def test_lora_training_changes_only_the_adapter(tmp_path, eprl_cache):
     from transformers import AutoModelForCausalLM
 
-    from training.config import load_run_config
-    from training.logprobs import model_logprobs
-    from training.loop import Trainer
-    from training.policy import resolve_model_path
+    from eprl.training.config import load_run_config
+    from eprl.training.logprobs import model_logprobs
+    from eprl.training.loop import Trainer
+    from eprl.training.policy import resolve_model_path
 
     # CPU also on GPU hosts: the logits are compared bit for bit with a CPU-loaded copy below.
     cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=_sets(eprl_cache, tmp_path, "lora", "run.device=cpu"))
@@ -107,7 +107,7 @@ def test_lora_continue_and_resume(tmp_path, eprl_cache):
 
     # train --resume: a run stopped after 1 iteration, extended to 2, ends bit-identical to the 2-iteration run.
     run_ok(_train_cmd(eprl_cache, tmp_path, "cut", "run.iterations=1", "run.checkpoint_every=1"))
-    run_ok([sys.executable, "-m", "training", "train", "--resume", str(tmp_path / "cut"), "--iterations", "2"])
+    run_ok([sys.executable, "-m", "eprl.training", "train", "--resume", str(tmp_path / "cut"), "--iterations", "2"])
     resumed = _adapter(tmp_path / "cut" / "checkpoints" / "iter_000002")
     assert resumed.keys() == a2.keys() and all(torch.equal(resumed[k], a2[k]) for k in a2)
 
@@ -130,15 +130,15 @@ def test_lora_continue_and_resume(tmp_path, eprl_cache):
 
 # ----------------------------------------------------------------------------- vllm engine helpers (no vllm)
 def test_vllm_lora_rank_choice():
-    from agents.engines.vllm import vllm_max_lora_rank
+    from eprl.agents.engines.vllm import vllm_max_lora_rank
     assert [vllm_max_lora_rank(r) for r in (1, 2, 8, 9, 16, 17, 64, 300, 512)] == [1, 8, 8, 16, 16, 32, 64, 320, 512]
     with pytest.raises(ValueError, match="above vLLM's largest"):
         vllm_max_lora_rank(513)
 
 
 def test_served_base_is_exactly_the_base(tmp_path, tiny_tokenizer):
-    from agents.engines.vllm import lora_rank, save_adapter, save_base_weights
-    from training.tiny_default import build_model
+    from eprl.agents.engines.vllm import lora_rank, save_adapter, save_base_weights
+    from eprl.training.tiny_default import build_model
     base = build_model(tiny_tokenizer, seed=0)
     want = {k: v.clone() for k, v in base.state_dict().items()}
     model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"],
@@ -153,9 +153,9 @@ def test_served_base_is_exactly_the_base(tmp_path, tiny_tokenizer):
 
 
 def test_server_without_lora_loading_says_how_to_start_it(monkeypatch, tmp_path):
-    from agents.engines import vllm_server
-    from agents.engines.vllm import Adapter
-    from training.config import EngineConfig
+    from eprl.agents.engines import vllm_server
+    from eprl.agents.engines.vllm import Adapter
+    from eprl.training.config import EngineConfig
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":

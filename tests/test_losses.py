@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from training.config import LearnerConfig
-from training.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, LossInputs, compute_policy_loss
+from eprl.training.config import LearnerConfig
+from eprl.training.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, LossInputs, compute_policy_loss
 
 torch.set_num_threads(1)
 
@@ -55,7 +55,7 @@ def test_dapo_asymmetric_and_eps_high_override():
     # 1.25 inside [0.8, 1.28]; 1.35 clipped to 1.28; 0.85 inside; 0.75 clipped to 0.8
     assert loss.item() == pytest.approx((-1.25 - 1.28 + 0.85 + 0.8) / 4, rel=1e-6)
     assert (met["clip_frac_high"], met["clip_frac_low"]) == (0.25, 0.25)
-    loss, met = compute_policy_loss(cfg, _batch(ratios, advs, mask), eps_high=0.1)
+    loss, met = compute_policy_loss(cfg, _batch(ratios, advs, mask), overrides={"eps_high": 0.1})
     assert loss.item() == pytest.approx((-1.1 - 1.1 + 0.85 + 0.8) / 4, rel=1e-6)
     assert met["clip_frac_high"] == 0.5
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from envs.math.data import default_data_dir, load_problems
-from envs.math import verify
-from envs.math.verify import check_countdown, check_math, extract_answer, extract_boxed
+from eprl.envs.math import verify
+from eprl.envs.math.data import default_data_dir, load_problems
+from eprl.envs.math.verify import check_countdown, check_math, extract_answer, extract_boxed
 
 DATA = default_data_dir()
 

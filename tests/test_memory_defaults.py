@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from training import microbatch
-from training.config import ConfigError, LearnerConfig, load_run_config
-from training.learner import Learner
+from eprl.training import microbatch
+from eprl.training.config import ConfigError, LearnerConfig, load_run_config
+from eprl.training.learner import Learner
 
 GiB = 2**30
 SMOLLM2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,

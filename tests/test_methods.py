@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from training.config import load_run_config
-from training.loop import Trainer, _start
-from training.metrics import read_metrics
-from training.policy import resolve_model_path
+from eprl.training.config import load_run_config
+from eprl.training.loop import Trainer, _start
+from eprl.training.metrics import read_metrics
+from eprl.training.policy import resolve_model_path
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = {
@@ -75,10 +75,11 @@ def test_controller_sees_the_pre_update_entropy_even_with_differentiable_entropy
     """repo_d / entropy bonus compute in-update entropy; the logged `entropy` (and the controller's H)
     must still be the pre-update policy's, identical to what a method without that term logs."""
     import torch
-    from agents.trajectory import Trajectory
-    from training.batch import collate
-    from training.config import LearnerConfig
-    from training.learner import Learner
+
+    from eprl.agents.trajectory import Trajectory
+    from eprl.training.batch import collate
+    from eprl.training.config import LearnerConfig
+    from eprl.training.learner import Learner
     torch.manual_seed(0)
     ids = torch.randint(3, len(tiny_tokenizer), (4, 12)).tolist()
     trajs = [Trajectory(t, [0] * 6 + [1] * 6, [0.0] * 12, [(6, 12)], float(k % 2), bool(k % 2), "t", 0, "terminated")

@@ -13,8 +13,8 @@ import torch
 gguf = pytest.importorskip("gguf", reason="needs the `gguf` package: pip install -e '.[gguf]'")
 pytest.importorskip("accelerate", reason="needs the `accelerate` package: pip install -e '.[gguf]'")
 
-from training import model_source  # noqa: E402
-from training.model_source import ModelSourceError, convert_gguf, resolve_model_source  # noqa: E402
+from eprl.training import model_source  # noqa: E402
+from eprl.training.model_source import ModelSourceError, convert_gguf, resolve_model_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -162,7 +162,7 @@ def test_missing_package_says_which_pip_install(cache, monkeypatch):
 def test_cli_exit_2_on_a_bad_gguf(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF\x00")
-    proc = subprocess.run([sys.executable, "-m", "training", "train", "--task", str(REPO / "tasks" / "smollm2_add.yaml"),
+    proc = subprocess.run([sys.executable, "-m", "eprl.training", "train", "--task", str(REPO / "tasks" / "smollm2_add.yaml"),
                            "--set", f"model.name_or_path={bad}", "--set", f"run.out_dir={tmp_path}"],
                           capture_output=True, text=True, cwd=REPO, env={"EPRL_CACHE": str(tmp_path / "c"),
                                                                          "PATH": "/usr/bin:/bin"}, timeout=300)

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from training.config import LearnerConfig
-from training.losses import LossInputs, compute_policy_loss
-from training.numerics import DTYPES, entropy_stats, make_grad_scaler, mismatch_stats
+from eprl.training.config import LearnerConfig
+from eprl.training.losses import LossInputs, compute_policy_loss
+from eprl.training.numerics import DTYPES, entropy_stats, make_grad_scaler, mismatch_stats
 
 torch.set_num_threads(1)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from training.cli import run
+from eprl.training.cli import run
 
 
 def _write(run_dir, rows, name="metrics.jsonl"):
@@ -31,7 +31,7 @@ def test_plot_overlays_runs_and_skips_missing_panels(tmp_path, capsys):
 def test_pass_at_k_for_every_k_and_its_plot(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from training.evaluate import summarize
+    from eprl.training.evaluate import summarize
     # task 0: 2 of 4 samples succeed, task 1: 0 of 4. pass@k (Chen et al.) = 1 - C(n-c, k) / C(n, k):
     # task 0: k=1 1/2, k=2 1 - 1/6 = 5/6, k=3 1 (n - c < k), k=4 1; task 1: 0
     trajs = [SimpleNamespace(group_id=g, success=s, reward=float(s))

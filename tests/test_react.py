@@ -1,8 +1,8 @@
 """ReAct agent: code-block parsing, registration, system prompt (no AppWorld needed)."""
 from __future__ import annotations
 
-import agents
-from agents.react import SYSTEM_PROMPT, ReactAgent, extract_code
+from eprl import agents
+from eprl.agents.react import SYSTEM_PROMPT, ReactAgent, extract_code
 
 
 def test_single_block():

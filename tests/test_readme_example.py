@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_runs import SMALL
 from gymnasium.utils.env_checker import check_env
 
-import envs
-from cli_runs import SMALL
-from training.config import ConfigError, TaskSuite, load_task_suite
-from training.policy import env_factory
+from eprl import envs
+from eprl.training.config import ConfigError, TaskSuite, load_task_suite
+from eprl.training.policy import env_factory
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -86,11 +86,11 @@ def _python(code: str, plugin_dir: Path, *args: str, timeout: int = 120) -> subp
 
 def test_installed_plugin_is_found_by_gymnasium_in_a_fresh_process(plugin_dir):
     proc = _python("import gymnasium as gym\n"
-                   "print(gym.make('envs:eprl/Guess-v0').reset(options={'task_index': 1})[1]['task_id'])\n"
+                   "print(gym.make('eprl.envs:eprl/Guess-v0').reset(options={'task_index': 1})[1]['task_id'])\n"
                    "print(gym.make('eprl/Guess-v0').unwrapped.max_turns)", plugin_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["guess-2", "4"]
-    proc = _python("import envs, gymnasium\nprint(gymnasium.make('eprl/Guess-v0').unwrapped.split)", plugin_dir)
+    proc = _python("import eprl.envs, gymnasium\nprint(gymnasium.make('eprl/Guess-v0').unwrapped.split)", plugin_dir)
     assert (proc.returncode, proc.stdout.strip()) == (0, "train"), proc.stderr[-2000:]
 
 
@@ -99,7 +99,7 @@ def test_eprl_trains_on_the_installed_readme_plugin(plugin_dir, eprl_cache):
     sets = [s for s in SMALL if not s.startswith("task.")] + [
         f"model.cache_dir={eprl_cache}", f"run.out_dir={plugin_dir}", "run.name=guess", "run.iterations=1",
         "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2"]
-    proc = _python("", plugin_dir, "-m", "training", "train", "--task", "guess.yaml",
+    proc = _python("", plugin_dir, "-m", "eprl.training", "train", "--task", "guess.yaml",
                    *[a for s in sets for a in ("--set", s)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (plugin_dir / "guess" / "metrics.jsonl").read_text().splitlines()]

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from cli_runs import SMALL, continue_cmd, run_ok, train_cmd
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 # ADAPO moves eps_high, which only the dapo loss reads (config refuses adapo with ppo)
@@ -54,7 +53,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, eprl_cache):
     proc.wait()
     killed = tmp_path / "killed"
     assert not (killed / "summary.json").exists(), "the run finished before it was killed"
-    run_ok([sys.executable, "-m", "training", "train", "--resume", str(killed)])
+    run_ok([sys.executable, "-m", "eprl.training", "train", "--resume", str(killed)])
     a, b = _weights(full), _weights(killed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
@@ -88,7 +87,7 @@ def test_continue_on_a_second_suite(tmp_path, eprl_cache):
     assert Path(meta["model"]) == (parent / "checkpoints" / "iter_000002" / "model").resolve() or \
         Path(meta["model"]).resolve() == (parent / "checkpoints" / "iter_000002" / "model").resolve()
     # `eprl eval` on the child run's checkpoint reports held-out success for its suite
-    proc = run_ok([sys.executable, "-m", "training", "eval", str(child), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
+    proc = run_ok([sys.executable, "-m", "eprl.training", "eval", str(child), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
                  "--set", "task.eval.num_tasks=2", "--set", "task.eval_samples=2", "--set", "run.progress=false"])
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["model"].endswith("iter_000002/model") and result["eval_tasks"] == 2.0

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import SMALL
 from safetensors.torch import load_file
 
-from cli_runs import SMALL
-from training.cli import main
+from eprl.training.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def test_truncated_newest_checkpoint_is_kept_aside_and_skipped(reference, tmp_pa
     code, out, err = cli(capsys, "train", "--resume", str(run))
     assert code == 0, err[-2000:]
     assert f"skipping iter_000003 ({damaged} is truncated (1000 of " in out
-    assert "kept as iter_000003.corrupt" in out and f"at iteration 2 from iter_000002" in out
+    assert "kept as iter_000003.corrupt" in out and "at iteration 2 from iter_000002" in out
     assert (run / "checkpoints" / "iter_000003.corrupt" / damaged).stat().st_size == 1000
     _same_as_reference(run, reference)
 

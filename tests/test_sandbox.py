@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from envs import bwrap
-from envs.sandbox import (MAX_FILE_BYTES, MAX_FILES, MAX_PROCESSES, TMPFS_BYTES, SandboxUnavailableError,
-                          run_python)
+from eprl.envs import bwrap
+from eprl.envs.sandbox import MAX_FILE_BYTES, MAX_FILES, MAX_PROCESSES, TMPFS_BYTES, SandboxUnavailableError, run_python
 
 
 def test_normal_code_runs_in_an_empty_dir():
@@ -229,7 +228,7 @@ print(json.dumps({{"started": len(children), "error": error}}))"""
 
 @needs_bwrap
 def test_file_size_cap_leaves_no_partial_file():
-    code = f"""import json, os
+    code = """import json, os
 try:
     with open("/tmp/big", "wb") as f:
         for _ in range(20):
@@ -237,7 +236,7 @@ try:
     error = None
 except OSError as e:
     error = e.errno
-print(json.dumps({{"error": error, "size": os.path.getsize("/tmp/big")}}))"""
+print(json.dumps({"error": error, "size": os.path.getsize("/tmp/big")}))"""
     seen = _seen(code)
     assert seen["error"] == 27 and seen["size"] <= MAX_FILE_BYTES  # EFBIG
     assert _seen("import json, os; print(json.dumps(os.listdir('/tmp')))") == []
@@ -289,14 +288,14 @@ def test_missing_bwrap_refuses_with_the_install_line(monkeypatch):
         run_python("print(1)")
     assert "apt-get install -y bubblewrap" in str(err.value) and "sandbox: none" in str(err.value)
     assert len(str(err.value).splitlines()) == 1
-    from envs import make
+    from eprl.envs import make
     with pytest.raises(SandboxUnavailableError, match="bubblewrap"):
         make("ArithmeticTool-v0", tools=("calc", "python"))
     make("ArithmeticTool-v0", tools=("calc",))  # no python tool: no sandbox needed
 
 
 def test_sandbox_none_is_an_explicit_opt_out_with_a_warning(monkeypatch, caplog):
-    import envs.sandbox as sandbox
+    import eprl.envs.sandbox as sandbox
     monkeypatch.setattr(sandbox, "_warned_unsandboxed", False)
     monkeypatch.setattr(bwrap.shutil, "which", lambda name: None)
     with caplog.at_level("WARNING", logger="eprl.sandbox"):

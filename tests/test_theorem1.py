@@ -8,8 +8,8 @@ A is an advantage: centred under pi in each state (E_pi[A] = 0), which the theor
 import pytest
 import torch
 
-from training.config import EntropyControlConfig, LearnerConfig
-from training.entropy_control import make_controller
+from eprl.training.config import EntropyControlConfig, LearnerConfig
+from eprl.training.entropy_control import make_controller
 
 torch.set_num_threads(1)
 S, K = 6, 10

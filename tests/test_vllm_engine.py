@@ -8,23 +8,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.engines.vllm import VLLM_MISSING
+from eprl.agents.engines.vllm import VLLM_MISSING
 
 try:
     import vllm  # noqa: F401
 except Exception:  # noqa: BLE001 - any import failure means "no usable vllm here"
     pytest.skip(VLLM_MISSING, allow_module_level=True)
 
-from agents.engines import SamplingError  # noqa: E402
-from training.config import EngineConfig, SamplingConfig  # noqa: E402
 from vllm_common import ENGINE_KW, chat_prompts, engine_continuation_logprobs, learner_logprobs, start_engine  # noqa: E402
+
+from eprl.agents.engines import SamplingError  # noqa: E402
+from eprl.training.config import EngineConfig, SamplingConfig  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 TEMPERATURE = 0.7
 
 
 def _fresh_model(tokenizer, seed: int):
-    from training.tiny_default import build_model
+    from eprl.training.tiny_default import build_model
     return build_model(tokenizer, seed=seed).eval()
 
 

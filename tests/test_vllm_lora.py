@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from agents.engines.vllm import VLLM_MISSING
+from eprl.agents.engines.vllm import VLLM_MISSING
 
 try:
     import vllm  # noqa: F401
@@ -21,10 +21,10 @@ except Exception:  # noqa: BLE001 - any import failure means "no usable vllm her
     pytest.skip(VLLM_MISSING, allow_module_level=True)
 
 from safetensors.torch import load_file  # noqa: E402
-
-from training.logprobs import model_logprobs  # noqa: E402
-from training.config import EngineConfig, SamplingConfig  # noqa: E402
 from vllm_common import ENGINE_KW, chat_prompts, engine_continuation_logprobs, learner_logprobs, start_engine  # noqa: E402
+
+from eprl.training.config import EngineConfig, SamplingConfig  # noqa: E402
+from eprl.training.logprobs import model_logprobs  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 TEMPERATURE = 0.7
@@ -34,7 +34,8 @@ MEASURED: dict[str, float] = {}  # max |engine - learner| log-prob per check, pr
 
 def _lora_model(tokenizer, seed: int):
     import peft
-    from training.tiny_default import build_model
+
+    from eprl.training.tiny_default import build_model
     base = build_model(tokenizer, seed=seed).eval()
     base_weights = {k: v.clone() for k, v in base.state_dict().items()}
     model = peft.get_peft_model(base, peft.LoraConfig(r=RANK, lora_alpha=8, task_type="CAUSAL_LM",

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from agents.chat import ChatAgent
-from agents.engines import make_engine
-from training.logprobs import model_logprobs
+from eprl.agents.chat import ChatAgent
+from eprl.agents.engines import make_engine
+from eprl.training.logprobs import model_logprobs
 
 ENGINE_KW = dict(gpu_memory_utilization=0.1, max_model_len=512, dtype="float32", enforce_eager=True, batch_size=8)
 _LIVE: list = []  # engines started by the vllm tests; at most one runs at a time (2 cores, shared RAM)

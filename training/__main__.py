@@ -6,6 +6,6 @@ import os
 # must be chosen before libgomp loads, i.e. before torch is imported; the user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .cli import main  # noqa: E402
+from eprl.training.cli import main  # noqa: E402  (absolute: `python -m training` in a checkout runs the same modules)
 
 main()

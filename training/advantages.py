@@ -10,24 +10,21 @@ against); reinforce_pp normalises over the whole batch instead.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
 
-from training.config import LearnerConfig
+from eprl.registry import Registry
 
-AdvantageFn = Callable[[Tensor, Tensor, LearnerConfig], Tensor]
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
+if TYPE_CHECKING:  # type only: config imports this module's registry
+    from eprl.training.config import LearnerConfig
+
+AdvantageFn = Callable[[Tensor, Tensor, "LearnerConfig"], Tensor]
+ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator", group="eprl.advantages")
+register_advantage = ADVANTAGE_ESTIMATORS.register
 
 GRPO_STD_EPS = 1e-6  # the "+ 1e-6" of A_k = (R_k - mean R) / (std R + 1e-6)
-
-
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    def deco(fn: AdvantageFn) -> AdvantageFn:
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-    return deco
 
 
 def _group_index(group_ids: Tensor) -> tuple[Tensor, int]:
@@ -117,9 +114,7 @@ def reinforce_pp_baseline_advantage(rewards: Tensor, group_ids: Tensor, cfg: Lea
 
 def compute_advantages(name: str, rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Tensor:
     """Dispatch by name; float32 [N] advantages, one per trajectory."""
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}")
-    return ADVANTAGE_ESTIMATORS[name](rewards, group_ids, cfg).to(torch.float32)
+    return ADVANTAGE_ESTIMATORS.get(name)(rewards, group_ids, cfg).to(torch.float32)
 
 
 def informative_groups(rewards: Tensor, group_ids: Tensor) -> Tensor:

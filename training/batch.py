@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from agents.trajectory import Trajectory
+from eprl.agents.trajectory import Trajectory
 
 
 @dataclass

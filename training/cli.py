@@ -53,9 +53,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_eval(args) -> dict:
+    import tempfile
+
     from .checkpoint import resolve_checkpoint
     from .loop import Trainer, preflight
-    import tempfile
     cfg = load_run_config(args.task, args.config, args.overrides)
     preflight(cfg, new_run=False)
     iteration = 0
@@ -79,11 +80,11 @@ def _cmd_eval(args) -> dict:
 def run(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["appworld-setup"]:
-        from envs.appworld.setup import main as appworld_setup
+        from eprl.envs.appworld.setup import main as appworld_setup
         return appworld_setup(argv[1:])
     args = _build_parser().parse_args(argv)
     if args.command == "envs":
-        import envs
+        from eprl import envs
         print("\n".join(envs.list_envs()))
         return 0
     if args.command == "config":
@@ -140,7 +141,8 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> None:
-    from agents.engines import SamplingError
+    from eprl.agents.engines import SamplingError
+
     from .checkpoint import CheckpointError
     from .model_source import ModelSourceError
     from .policy import ModelLoadError
@@ -151,7 +153,7 @@ def main(argv=None) -> None:
         print(f"eprl: error: {err}", file=sys.stderr)
         code = 2
     except ValueError as err:  # unknown env id or bad env kwargs (raised by the env itself)
-        if type(err).__module__.startswith(("envs", "training", "agents")) or "unknown" in str(err):
+        if type(err).__module__.startswith("eprl.") or "unknown" in str(err):
             print(f"eprl: error: {err}", file=sys.stderr)
             code = 2
         else:

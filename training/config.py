@@ -12,19 +12,17 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eprl.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration problem, reported as one line naming the field (CLI exit code 2)."""
+__all__ = ["ConfigError", "RunConfig", "TaskSuite", "LearnerConfig", "load_run_config", "load_task_suite", "describe"]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-
-def _registered(name: str, registry: dict, what: str) -> str:
-    if name not in registry:
-        raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(sorted(registry))}")
-    return name
+# Named choices (agent, engine, advantage, loss, aggregation, entropy control) are validated against their
+# Registry (eprl/registry.py), so a plugin's name is as valid as a built-in one. The registries are imported
+# inside the validators: their modules import torch, which loading a config does not need.
 
 
 # ----------------------------------------------------------------------------- task suite
@@ -59,8 +57,8 @@ class AgentConfig(Strict):
     @field_validator("type")
     @classmethod
     def _known_agent(cls, v: str) -> str:
-        from agents import AGENTS  # registries are imported lazily: they import this module
-        return _registered(v, AGENTS, "agent type")
+        from eprl.agents import AGENTS
+        return AGENTS.check(v)
 
 
 class TaskSuite(Strict):
@@ -95,8 +93,8 @@ class EngineConfig(Strict):
     @field_validator("type")
     @classmethod
     def _known_engine(cls, v: str) -> str:
-        from agents.engines import ENGINES
-        return _registered(v, ENGINES, "engine")
+        from eprl.agents.engines import ENGINES
+        return ENGINES.check(v)
     batch_size: int = Field(64, ge=1, description="max sequences generated together")
     gpu_memory_utilization: float = Field(0.15, gt=0, le=1, description="vllm: share of GPU memory for weights + KV cache (on CPU: share of RAM)")
     max_model_len: Optional[int] = Field(None, gt=0, description="vllm: max prompt + generation tokens per sequence (None: the model's)")
@@ -109,7 +107,7 @@ class EngineConfig(Strict):
 
 
 class EntropyControlConfig(Strict):
-    type: Literal["none", "repo_r", "repo_d", "adapo", "clip_cov", "kl_cov"] = Field("none", description="entropy controller: none | repo_r | repo_d | adapo | clip_cov | kl_cov")
+    type: str = Field("none", description="entropy controller: none | repo_r | repo_d | adapo | clip_cov | kl_cov")
     target_entropy: Union[float, Literal["remeasure"], None] = Field(None, description="H*; None = mean action-token entropy of the first target_iterations iterations (continue: the parent's H*); remeasure = measure it again on the new run even under continue")
     tolerance: float = Field(0.0, ge=0, description="band around H* inside which the controller holds still")
     tolerance_relative: bool = Field(False, description="tolerance is a fraction of H* (0.1 = +-10%) instead of nats")
@@ -128,6 +126,12 @@ class EntropyControlConfig(Strict):
     clip_cov_ub: float = Field(5.0, description="Clip-Cov: upper bound of the covariance window")
     kl_cov_ratio: float = Field(2e-4, gt=0, le=1, description="KL-Cov: fraction of action tokens (largest covariance) that get the KL penalty (at least one)")
     kl_cov_coef: float = Field(1.0, ge=0, description="KL-Cov: coefficient of the penalty coef*|logp - logp_old| on those tokens")
+
+    @field_validator("type")
+    @classmethod
+    def _known_controller(cls, v: str) -> str:
+        from .entropy_control import CONTROLLERS
+        return CONTROLLERS.check(v)
 
     @model_validator(mode="after")
     def _fields_of_another_controller(self) -> "EntropyControlConfig":
@@ -158,7 +162,7 @@ class LearnerConfig(Strict):
     advantage: str = Field("grpo", description="advantage estimator by name: grpo | loo | reinforce_pp | reinforce_pp_baseline")
     std_normalize: bool = Field(True, description="grpo: divide by group std (false = Dr.GRPO)")
     loss: str = Field("ppo", description="policy loss by name: pg | ppo | dapo | gspo | cispo")
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = Field("token_mean", description="how per-token losses are aggregated (gspo: seq_mean_token_mean unless set)")
+    loss_agg: str = Field("token_mean", description="how per-token losses are aggregated (gspo: seq_mean_token_mean unless set)")
     eps: float = Field(0.2, description="ppo: symmetric clip epsilon (LOOP uses 0.1)")
     ppo_lower_bound: Literal["one_minus_eps", "inverse"] = Field("one_minus_eps", description="ppo lower clip bound: 1-eps (standard) or 1/(1+eps) (LOOP code)")
     eps_low: float = Field(0.2, description="dapo/adapo: lower clip epsilon")
@@ -231,13 +235,19 @@ class LearnerConfig(Strict):
     @classmethod
     def _known_advantage(cls, v: str) -> str:
         from .advantages import ADVANTAGE_ESTIMATORS
-        return _registered(v, ADVANTAGE_ESTIMATORS, "advantage estimator")
+        return ADVANTAGE_ESTIMATORS.check(v)
 
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, v: str) -> str:
         from .losses import POLICY_LOSSES
-        return _registered(v, POLICY_LOSSES, "policy loss")
+        return POLICY_LOSSES.check(v)
+
+    @field_validator("loss_agg")
+    @classmethod
+    def _known_aggregation(cls, v: str) -> str:
+        from .losses import LOSS_AGGREGATIONS
+        return LOSS_AGGREGATIONS.check(v)
 
 
 class RunSection(Strict):

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from training.entropy_control import EntropyController, register_controller
-from training.losses import LossInputs, PolicyTerms
+from eprl.training.entropy_control import EntropyController
+from eprl.training.losses import LossInputs, PolicyTerms
 
 
 def token_covariance(adv: Tensor, logp: Tensor, m: Tensor) -> Tensor:
@@ -38,7 +38,6 @@ def _count(ratio: float, m: Tensor) -> int:
     return max(int(ratio * int(m.sum())), 1)
 
 
-@register_controller("clip_cov")
 class ClipCov(EntropyController):
     """Clip-Cov: detach the gradient of a random `clip_cov_ratio` of the tokens with lb < cov < ub."""
 
@@ -55,7 +54,6 @@ class ClipCov(EntropyController):
         return torch.where(chosen, per_token.detach(), per_token), {"cov_selected_frac": _frac(chosen, m)}
 
 
-@register_controller("kl_cov")
 class KlCov(EntropyController):
     """KL-Cov: + kl_cov_coef * |logp - logp_old| on the `kl_cov_ratio` tokens with the largest cov."""
 

@@ -1,6 +1,6 @@
 """The distributed learner's plumbing: torchrun process group, FSDP2 sharding, full state dicts.
 
-Launched with `torchrun --nproc_per_node N -m training train ...`; without torchrun every helper
+Launched with `torchrun --nproc_per_node N -m eprl.training train ...`; without torchrun every helper
 here is a no-op (world size 1) and the learner runs exactly as in one process.
 
 - `shard_model`: `torch.distributed.fsdp.fully_shard` on each decoder layer, then on the root
@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import ConfigError
+from .model_parts import decoder_layers
 from .numerics import DTYPES
 
 # Rank 0 runs rollouts and evaluation while the other ranks wait in a collective: be patient.
@@ -144,16 +145,6 @@ def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- sharding
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of a HF causal LM (peft-wrapped or not)."""
-    from .logprobs import causal_lm_parts
-    backbone, _ = causal_lm_parts(model)
-    layers = getattr(backbone, "layers", None)
-    if layers is not None:
-        return list(layers)
-    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-
-
 def shard_model(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     """FSDP2, in place: one FSDP group per decoder layer, then the root; returns `model`.
 

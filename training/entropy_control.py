@@ -1,13 +1,14 @@
 """Entropy controllers (docs/algorithms.md, "Entropy control"): REPO-R, REPO-D, ADAPO; Clip-Cov and
-KL-Cov (training/cov_control.py, registered here on import).
+KL-Cov (training/cov_control.py, registered here by name and imported on first use).
 
 Theorem 1: one policy-gradient step of size eta changes the entropy at state s by
     Delta H(s) ~= -eta * E_{a~pi}[ pi(a|s) * A(s,a) * L(s,a) ],   L = log pi(a|s) + H(s).
 REPO changes the advantage, A' = A - beta * L; ADAPO moves the upper clip bound eps_high.
 Both are steered once per iteration toward a target entropy H*.
 
-Registry by name: CONTROLLERS["repo_r"] is a class; `make_controller(cfg)` builds one.
-Every controller has `shape_advantages`, `shaping_stats`, `eps_high`, `update`, `metrics`,
+Registry by name (eprl/registry.py; plugins: entry-point group `eprl.entropy_controls`): CONTROLLERS["repo_r"]
+is a class taking the LearnerConfig; `make_controller(cfg)` builds one.
+Every controller has `shape_advantages`, `shaping_stats`, `loss_overrides`, `update`, `metrics`,
 `state_dict`, `load_state_dict` and the attributes `needs_entropy`, `minibatch_stats`, `token_modifier`
 (None, or a losses.TokenModifier applied to the per-token policy loss: Clip-Cov, KL-Cov).
 
@@ -18,28 +19,25 @@ minibatch gives the same advantages as shaping all of it at once.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
 
-from training.config import LearnerConfig
+from eprl.registry import Registry
 
-CONTROLLERS: dict[str, type["EntropyController"]] = {}
+if TYPE_CHECKING:  # type only: config imports this module's registry
+    from eprl.training.config import LearnerConfig
 
-
-def register_controller(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        CONTROLLERS[name] = cls
-        return cls
-    return deco
+CONTROLLERS: Registry[type["EntropyController"]] = Registry("entropy controller", group="eprl.entropy_controls")
+register_controller = CONTROLLERS.register
+# Clip-Cov and KL-Cov subclass EntropyController in their own module: registered by name, imported on first get.
+CONTROLLERS.register("clip_cov", "eprl.training.cov_control:ClipCov")
+CONTROLLERS.register("kl_cov", "eprl.training.cov_control:KlCov")
 
 
 def make_controller(cfg: LearnerConfig) -> "EntropyController":
-    name = cfg.entropy_control.type
-    if name not in CONTROLLERS:
-        raise ValueError(f"unknown entropy controller {name!r}; registered: {sorted(CONTROLLERS)}")
-    return CONTROLLERS[name](cfg)
+    return CONTROLLERS.get(cfg.entropy_control.type)(cfg)
 
 
 @register_controller("none")
@@ -70,11 +68,14 @@ class EntropyController:
         """Additive minibatch statistics the shaping needs (None: it needs none)."""
         return None
 
-    def eps_high(self, default: float) -> float:
-        return default
+    def loss_overrides(self) -> dict[str, Any]:
+        """LearnerConfig fields this controller moves, as the loss should read them now (ADAPO: eps_high).
+        The learner applies them to a copy of its config for every loss call; {}: none."""
+        return {}
 
     def band(self) -> float:
         """Half-width of the dead band around H*: tolerance, or tolerance * H* when tolerance_relative."""
+        assert self.target_entropy is not None  # only called once H* is set
         return self.ec.tolerance * (abs(self.target_entropy) if self.ec.tolerance_relative else 1.0)
 
     def update(self, mean_entropy: float) -> None:
@@ -247,8 +248,8 @@ class Adapo(EntropyController):
         self.lo = float(cfg.eps_low / 2 if self.ec.eps_high_min is None else self.ec.eps_high_min)
         self.hi = float(self.ec.eps_high_max)
 
-    def eps_high(self, default: float) -> float:
-        return self.current
+    def loss_overrides(self) -> dict[str, Any]:
+        return {"eps_high": self.current}
 
     def _step(self, entropy_low: bool) -> None:
         g = self.ec.gamma
@@ -267,5 +268,3 @@ class Adapo(EntropyController):
         super().load_state_dict(state)
         self.current = float(state["eps_high"])
 
-
-from training import cov_control  # noqa: E402,F401  (registers clip_cov and kl_cov)

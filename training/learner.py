@@ -226,7 +226,7 @@ class Learner:
         cfg, ctl = self.cfg, self.controller
         mbs = plan(rows, lengths, self.micro_batch_tokens)
         norm = AggNorm.of(batch.action_mask[rows])
-        eps_high = ctl.eps_high(cfg.eps_high)
+        overrides = ctl.loss_overrides()  # what the controller moves (ADAPO: eps_high); fixed for this step
         needs_entropy_grad = ctl.needs_entropy or cfg.entropy_coef != 0
         # REPO-D's c is a minibatch statistic: over several parts, from a no-grad pass first.
         stats = self._shaping_stats(batch, mbs, seq_adv) if ctl.minibatch_stats and len(mbs) > 1 else None
@@ -250,7 +250,7 @@ class Learner:
             adv_tok = ctl.shape_advantages(adv_tok, logp.detach(), ent, sub.action_mask, stats=stats)
             inputs = LossInputs(logp=logp, old_logp=old, advantages=adv_tok, mask=sub.action_mask,
                                 entropy=mb_entropy, ref_logp=mb.cut(ref_logp), inference_logp=sub.inference_logp)
-            loss, loss_metrics = compute_policy_loss(cfg, inputs, eps_high=eps_high, max_len_norm=self.max_len_norm,
+            loss, loss_metrics = compute_policy_loss(cfg, inputs, overrides=overrides, max_len_norm=self.max_len_norm,
                                                      norm=norm, modifier=ctl.token_modifier)
             self.scaler.scale(loss).backward()
             parts.add(loss_metrics, float(sub.action_mask.sum()), mb.dummy)

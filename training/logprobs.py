@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from . import distributed
+from .model_parts import causal_lm_parts
 
 
 def _linear(h: Tensor, weight: Tensor, bias: Optional[Tensor], fp32: bool) -> Tensor:
@@ -151,28 +152,6 @@ def token_logprobs_and_entropy(hidden: Tensor, lm_head: nn.Module, targets: Tens
     logp = torch.cat(logps).reshape(shape)
     entropy = torch.cat(ents).reshape(shape) if with_entropy else None
     return logp, entropy
-
-
-def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(decoder backbone returning last hidden states, lm_head) of a HF causal LM, peft-wrapped or not.
-
-    peft: `get_base_model()` unwraps the PeftModel (LoRA layers stay injected in the modules).
-    transformers: `get_decoder()` finds the backbone (`model.model` for Llama/Qwen-style LMs);
-    if it returns the LM itself we fall back to `base_model_prefix` / `.model`.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = base.get_decoder() if hasattr(base, "get_decoder") else None
-    if backbone is None or backbone is base:
-        backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
-        backbone = getattr(base, "model", None) if backbone is None or backbone is base else backbone
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else getattr(base, "lm_head", None)
-    if backbone is None or head is None:
-        raise ValueError(f"cannot find decoder backbone and lm_head in {type(base).__name__}")
-    cfg = getattr(base, "config", None)
-    for attr in ("final_logit_softcapping", "logit_scale"):
-        if getattr(cfg, attr, None) not in (None, 1.0):
-            raise ValueError(f"{type(base).__name__} sets config.{attr}; the chunked head does not apply it")
-    return backbone, head
 
 
 def _hidden_of(out) -> Tensor:

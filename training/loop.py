@@ -22,14 +22,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents import make_agent
-from agents.engines import SamplingError, check_unbiased, make_engine
-from agents.rollout import RolloutRunner
+from eprl.agents import make_agent
+from eprl.agents.engines import SamplingError, check_unbiased, make_engine
+from eprl.agents.rollout import RolloutRunner
+
 from . import distributed
 from .advantages import informative_groups
 from .batch import collate
-from .checkpoint import (CheckpointError, atomic_write_text, checkpoint_problem, clean_partial_writes, latest_checkpoint,
-                         list_checkpoints, load_trainer_state, resolve_checkpoint, save_checkpoint, set_rng_state)
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    checkpoint_problem,
+    clean_partial_writes,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import ConfigError, RunConfig
 from .evaluate import evaluate
 from .learner import Learner

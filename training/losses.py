@@ -2,7 +2,7 @@
 
 Registries by name, verl `core_algos` style:
 
-    POLICY_LOSSES["ppo"](batch, cfg, eps_high) -> PolicyTerms   (per-token loss + clip stats)
+    POLICY_LOSSES["ppo"](batch, cfg) -> PolicyTerms   (per-token loss + clip stats)
     LOSS_AGGREGATIONS["token_mean"](per_token, mask, max_len_norm, norm=None) -> scalar
 
 `norm` (an `AggNorm`) holds the aggregation's denominators computed once from a whole
@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
 
-from training.config import LearnerConfig
-from training.kl import LOG_RATIO_MAX, kl_estimate
+from eprl.registry import Registry
+from eprl.training.kl import LOG_RATIO_MAX, kl_estimate
+
+if TYPE_CHECKING:  # type only: config imports this module's registries
+    from eprl.training.config import LearnerConfig
 
 GSPO_SEQ_LOG_RATIO_MAX = 10.0  # GSPO's sequence log-ratio is capped at 10 (as verl)
 
@@ -67,32 +70,16 @@ class AggNorm:
         return cls(tokens=float(m.sum().clamp_min(1)), seqs=float((m.sum(-1) > 0).sum().clamp_min(1)))
 
 
-LossFn = Callable[[LossInputs, LearnerConfig, float], PolicyTerms]
+# A loss reads its parameters from cfg; an entropy controller's loss_overrides() (ADAPO: eps_high) are already
+# applied to that cfg, so a loss never needs to know which controller runs.
+LossFn = Callable[[LossInputs, "LearnerConfig"], PolicyTerms]
 AggFn = Callable[..., Tensor]  # (x, mask, max_len_norm, norm: Optional[AggNorm] = None) -> scalar
 # (per-token policy loss, its PolicyTerms, inputs) -> (modified per-token loss, metrics): Clip-Cov / KL-Cov
 TokenModifier = Callable[[Tensor, PolicyTerms, LossInputs], tuple[Tensor, dict[str, float]]]
-POLICY_LOSSES: dict[str, LossFn] = {}
-LOSS_AGGREGATIONS: dict[str, AggFn] = {}
-
-
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
-    def deco(fn: LossFn) -> LossFn:
-        POLICY_LOSSES[name] = fn
-        return fn
-    return deco
-
-
-def register_aggregation(name: str) -> Callable[[AggFn], AggFn]:
-    def deco(fn: AggFn) -> AggFn:
-        LOSS_AGGREGATIONS[name] = fn
-        return fn
-    return deco
-
-
-def _lookup(registry: dict, name: str, what: str):
-    if name not in registry:
-        raise ValueError(f"unknown {what} {name!r}; registered: {sorted(registry)}")
-    return registry[name]
+POLICY_LOSSES: Registry[LossFn] = Registry("policy loss", group="eprl.losses")
+LOSS_AGGREGATIONS: Registry[AggFn] = Registry("loss aggregation", group="eprl.loss_aggregations")
+register_loss = POLICY_LOSSES.register
+register_aggregation = LOSS_AGGREGATIONS.register
 
 
 def _dtype(t: Tensor) -> torch.dtype:
@@ -126,7 +113,7 @@ def _clipped_objective(ratio: Tensor, adv: Tensor, lo: float, hi: float,
 
 # ----------------------------------------------------------------------------- losses
 @register_loss("pg")
-def pg_loss(batch: LossInputs, cfg: LearnerConfig, eps_high: float) -> PolicyTerms:
+def pg_loss(batch: LossInputs, cfg: LearnerConfig) -> PolicyTerms:
     """REINFORCE / RLOO: loss_t = -A_t * logp_t (strictly on-policy; no clipping)."""
     m = batch.mask > 0
     adv = _masked(batch.advantages.to(_dtype(batch.logp)), m)
@@ -146,11 +133,11 @@ def _token_clip(batch: LossInputs, cfg: LearnerConfig, lo: float, hi: float) -> 
 
 
 @register_loss("ppo")
-def ppo_loss(batch: LossInputs, cfg: LearnerConfig, eps_high: float) -> PolicyTerms:
+def ppo_loss(batch: LossInputs, cfg: LearnerConfig) -> PolicyTerms:
     """PPO / LOOP: loss_t = -min(r_t A_t, clip(r_t, lo, 1+eps) A_t), r_t = exp(logp_t - logp_old_t).
 
     lo = 1 - eps (`one_minus_eps`) or 1/(1+eps) (`inverse`, as in the LOOP code). Symmetric:
-    `eps_high` (ADAPO) is not used here (config refuses adapo with ppo); use `dapo`.
+    `eps_high` (ADAPO's lever) is not read here (config refuses adapo with ppo); use `dapo`.
     Dual-clip when clip_ratio_c is set: for A < 0 the loss is at most c |A|.
     """
     lo = 1.0 - cfg.eps if cfg.ppo_lower_bound == "one_minus_eps" else 1.0 / (1.0 + cfg.eps)
@@ -158,16 +145,16 @@ def ppo_loss(batch: LossInputs, cfg: LearnerConfig, eps_high: float) -> PolicyTe
 
 
 @register_loss("dapo")
-def dapo_loss(batch: LossInputs, cfg: LearnerConfig, eps_high: float) -> PolicyTerms:
+def dapo_loss(batch: LossInputs, cfg: LearnerConfig) -> PolicyTerms:
     """DAPO clip-higher: loss_t = -min(r_t A_t, clip(r_t, 1-eps_low, 1+eps_high) A_t) (+ dual-clip).
 
-    eps_high is cfg.eps_high unless the caller (ADAPO) passes its current value.
+    cfg.eps_high is ADAPO's current value when it runs (its loss_overrides).
     """
-    return _token_clip(batch, cfg, 1.0 - cfg.eps_low, 1.0 + eps_high)
+    return _token_clip(batch, cfg, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high)
 
 
 @register_loss("gspo")
-def gspo_loss(batch: LossInputs, cfg: LearnerConfig, eps_high: float) -> PolicyTerms:
+def gspo_loss(batch: LossInputs, cfg: LearnerConfig) -> PolicyTerms:
     """GSPO, token form:
         s_i       = exp(min(10, (1/|y_i|) sum_t (logp_t - logp_old_t)))    (sequence ratio, log capped at 10)
         s_{i,t}   = sg[s_i] * exp(logp_t - sg[logp_t])                     (value s_i, grad via logp_t)
@@ -193,7 +180,7 @@ def gspo_loss(batch: LossInputs, cfg: LearnerConfig, eps_high: float) -> PolicyT
 
 
 @register_loss("cispo")
-def cispo_loss(batch: LossInputs, cfg: LearnerConfig, eps_high: float) -> PolicyTerms:
+def cispo_loss(batch: LossInputs, cfg: LearnerConfig) -> PolicyTerms:
     """CISPO (MiniMax-M1, 2025): loss_t = -sg(clip(r_t, 1 - cispo_eps_low, 1 + cispo_eps_high)) * A_t * logp_t.
 
     The clipped ratio is a constant weight: every token keeps its gradient. clip_high / clip_low count
@@ -244,11 +231,13 @@ def seq_mean_token_sum_norm(x: Tensor, m: Tensor, max_len_norm: Optional[int], n
 
 
 # ----------------------------------------------------------------------------- total loss
-def compute_policy_loss(cfg: LearnerConfig, batch: LossInputs, *, eps_high: float | None = None,
+def compute_policy_loss(cfg: LearnerConfig, batch: LossInputs, *, overrides: Mapping[str, Any] | None = None,
                         max_len_norm: int | None = None, norm: AggNorm | None = None,
                         modifier: TokenModifier | None = None) -> tuple[Tensor, dict[str, float]]:
     """loss = agg( w_t * modifier(policy_loss)_t + kl_coef * KL_t - entropy_coef * H_t ).
 
+    overrides: learner fields the entropy controller moves (its loss_overrides(), e.g. ADAPO's eps_high),
+    applied to a copy of cfg that the loss and aggregation read.
     modifier: the entropy controller's token modifier (Clip-Cov detaches chosen tokens' gradient,
     KL-Cov adds a penalty on them); identity when None.
     w_t = min(exp(clamp(logp_old_t - logp_infer_t, -20, 20)), tis_cap), detached (truncated importance
@@ -258,14 +247,16 @@ def compute_policy_loss(cfg: LearnerConfig, batch: LossInputs, *, eps_high: floa
     `norm`: the whole minibatch's denominators when `batch` is one part of it (see AggNorm); the
     loss and pg_loss of the parts then add up to the minibatch's; the other metrics are this part's.
     """
-    loss_fn = _lookup(POLICY_LOSSES, cfg.loss, "policy loss")
-    agg_fn = _lookup(LOSS_AGGREGATIONS, cfg.loss_agg, "loss aggregation")
+    if overrides:
+        cfg = cfg.model_copy(update=dict(overrides))  # never mutate the run's config
+    loss_fn = POLICY_LOSSES.get(cfg.loss)
+    agg_fn = LOSS_AGGREGATIONS.get(cfg.loss_agg)
     if norm is not None:
         agg_fn = functools.partial(agg_fn, norm=norm)
     max_len_norm = cfg.max_len_norm if max_len_norm is None else max_len_norm
     m = batch.mask > 0
     dt = _dtype(batch.logp)
-    terms = loss_fn(batch, cfg, cfg.eps_high if eps_high is None else eps_high)
+    terms = loss_fn(batch, cfg)
     per_token = terms.loss
     metrics: dict[str, float] = {}
     if modifier is not None:

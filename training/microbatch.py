@@ -78,7 +78,7 @@ def device_memory_bytes(device: torch.device) -> int:
 
 def resolve_budget(setting: Union[int, str, None], model, device: torch.device) -> Optional[int]:
     """`micro_batch_tokens` as configured: an int or None as given; "auto" from the model and the machine."""
-    if setting != "auto":
+    if not isinstance(setting, str):
         return setting
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "num_hidden_layers"):

@@ -142,7 +142,7 @@ def _require(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ModelSourceError(f"model.name_or_path: reading GGUF files needs the `gguf` and `accelerate` packages: "
+        raise ModelSourceError("model.name_or_path: reading GGUF files needs the `gguf` and `accelerate` packages: "
                                "pip install -e '.[gguf]'") from None
 
 

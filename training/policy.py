@@ -20,7 +20,7 @@ class ModelLoadError(RuntimeError):
 
 def env_factory(suite: TaskSuite, split: str):
     """A zero-arg callable making the suite's env for `split` ('train' or 'eval')."""
-    import envs
+    from eprl import envs
     spec = getattr(suite, split)
     # ${VAR} in string kwargs expands from the environment (e.g. ${EPRL_MATH_DATA}/gsm8k_test.jsonl).
     kwargs = {k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in {**suite.env.kwargs, **spec.env_kwargs}.items()}

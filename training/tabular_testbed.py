@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from training.advantages import compute_advantages
-from training.config import LearnerConfig
-from training.entropy_control import make_controller
-from training.losses import LossInputs, compute_policy_loss
+from eprl.training.advantages import compute_advantages
+from eprl.training.config import LearnerConfig
+from eprl.training.entropy_control import make_controller
+from eprl.training.losses import LossInputs, compute_policy_loss
 
 
 def run_tabular(cfg: LearnerConfig, *, iterations: int = 60, states: int = 64, actions: int = 8, group: int = 8,
@@ -44,7 +44,7 @@ def run_tabular(cfg: LearnerConfig, *, iterations: int = 60, states: int = 64, a
                 mask = torch.ones_like(logp)
                 shaped = ctl.shape_advantages(adv[mb, None].to(logp.dtype), logp.detach(), ent.detach(), mask)
                 loss, _ = compute_policy_loss(cfg, LossInputs(logp=logp, old_logp=old_logp[mb], advantages=shaped,
-                                                              mask=mask, entropy=ent), eps_high=ctl.eps_high(cfg.eps_high),
+                                                              mask=mask, entropy=ent), overrides=ctl.loss_overrides(),
                                               max_len_norm=1, modifier=ctl.token_modifier)
                 opt.zero_grad()
                 loss.backward()
@@ -54,7 +54,7 @@ def run_tabular(cfg: LearnerConfig, *, iterations: int = 60, states: int = 64, a
         out["entropy"].append(h)
         out["reward"].append(float(reward.mean()))
         out["zeta"].append(getattr(ctl, "zeta", float("nan")))
-        out["eps_high"].append(ctl.eps_high(cfg.eps_high))
+        out["eps_high"].append(ctl.loss_overrides().get("eps_high", cfg.eps_high))
     return out
 
 

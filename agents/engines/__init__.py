@@ -1,27 +1,25 @@
-"""Rollout engines by name. `make_engine(name, model, tokenizer, cfg)` builds one."""
+"""Rollout engines by name. `make_engine(name, model, tokenizer, cfg)` builds one.
+
+ENGINES is a Registry (eprl/registry.py) of factories `(model, tokenizer, engine_cfg) -> Engine`; the built-in
+ones are named by "module:attr" and imported on first use (the vllm package only when that engine is built);
+installed packages add theirs through the entry-point group `eprl.engines`.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
+from eprl.registry import Registry
+
 from .base import Engine, Generation, SamplingError, check_unbiased
 
-ENGINES: dict[str, Callable[..., Engine]] = {}
-
-
-def register_engine(name: str):
-    def deco(factory):
-        ENGINES[name] = factory
-        return factory
-    return deco
+ENGINES: Registry[Callable[..., Engine]] = Registry("engine", group="eprl.engines")
+ENGINES.register("hf", "eprl.agents.engines.hf:make_hf_engine")
+ENGINES.register("vllm", "eprl.agents.engines.vllm:make_vllm_engine")
+register_engine = ENGINES.register
 
 
 def make_engine(name: str, model, tokenizer, cfg) -> Engine:
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; registered: {', '.join(sorted(ENGINES))}")
-    return ENGINES[name](model, tokenizer, cfg)
+    return ENGINES.get(name)(model, tokenizer, cfg)
 
-
-from . import hf  # noqa: E402,F401  (registers "hf")
-from . import vllm  # noqa: E402,F401  (registers "vllm"; imports the vllm package only when built)
 
 __all__ = ["ENGINES", "Engine", "Generation", "SamplingError", "check_unbiased", "make_engine", "register_engine"]

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from . import register_engine
 from .base import Generation, check_unbiased
 
 
@@ -96,6 +95,6 @@ class HFEngine:
         return gens
 
 
-@register_engine("hf")
-def _make_hf(model, tokenizer, cfg) -> HFEngine:
+def make_hf_engine(model, tokenizer, cfg) -> HFEngine:
+    """The `hf` entry of the engine registry (agents/engines/__init__.py)."""
     return HFEngine(model, tokenizer, batch_size=cfg.batch_size)

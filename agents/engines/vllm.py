@@ -36,7 +36,7 @@ blocks, keyed by adapter name, are never reused across versions); servers `POST 
 then `/v1/unload_lora_adapter` of the previous one, and requests use "model": "eprl-v{n}" (see
 vllm_server.py). The previous adapter is dropped from vLLM and its directory deleted.
 
-vLLM is imported lazily, so `import agents` works without it.
+vLLM is imported lazily, so `import eprl.agents` works without it.
 """
 from __future__ import annotations
 
@@ -44,14 +44,15 @@ import logging
 import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from . import register_engine
 from .base import Generation, check_unbiased
+
+# shared with vllm_server.py (which this module imports lazily): in their own module, so no cycle
+from .vllm_shared import WORKER_EXTENSION, Adapter, EprlWorkerExtension, to_generation  # noqa: F401
 
 log = logging.getLogger("eprl.engines.vllm")
 
@@ -77,13 +78,6 @@ def request_fields(sampling, stop_token_ids: Sequence[int]) -> dict:
         repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
         max_tokens=int(sampling.max_new_tokens), stop_token_ids=[int(t) for t in stop_token_ids],
         ignore_eos=True, skip_special_tokens=False, logprobs=0)
-
-
-def to_generation(token_ids: Sequence[int], logprobs: Sequence[float], finish_reason: str | None) -> Generation:
-    if len(token_ids) != len(logprobs):
-        raise RuntimeError(f"vllm returned {len(token_ids)} tokens but {len(logprobs)} log-probs")
-    return Generation([int(t) for t in token_ids], [float(lp) for lp in logprobs],
-                      "stop" if finish_reason == "stop" else "length")
 
 
 def engine_dtype(model, cfg) -> str:
@@ -154,29 +148,6 @@ def save_adapter(model, path: Path) -> None:
         for item in sub.iterdir():
             item.rename(path / item.name)
         sub.rmdir()
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """One synced LoRA version as vLLM sees it."""
-    name: str       # "eprl-v{n}": the LoRARequest name / the server's model name
-    int_id: int     # n: vLLM's adapter id, never reused
-    path: Path      # weights_dir/lora-v{n}
-
-
-class EprlWorkerExtension:
-    """Mixed into vLLM's worker (`worker_extension_cls`); called through `collective_rpc`."""
-
-    def eprl_reload_weights(self, weights_path: str) -> None:
-        self.reload_weights(weights_path=weights_path)
-        model = self.model_runner.get_model()
-        head = getattr(model, "lm_head", None)
-        tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-        if tied and head is not None and hasattr(head, "cpu_linear"):  # re-pack the (new) tied weight
-            head.quant_method.process_weights_after_loading(head)
-
-
-WORKER_EXTENSION = f"{__name__}.EprlWorkerExtension"
 
 
 class LocalLLM:
@@ -318,6 +289,6 @@ class VLLMEngine:
         self._finalizer()
 
 
-@register_engine("vllm")
-def _make_vllm(model, tokenizer, cfg) -> VLLMEngine:
+def make_vllm_engine(model, tokenizer, cfg) -> VLLMEngine:
+    """The `vllm` entry of the engine registry (agents/engines/__init__.py)."""
     return VLLMEngine(model, tokenizer, cfg)

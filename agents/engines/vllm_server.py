@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 
 from .base import Generation
-from .vllm import WORKER_EXTENSION, Adapter, to_generation
+from .vllm_shared import WORKER_EXTENSION, Adapter, to_generation
 
 log = logging.getLogger("eprl.engines.vllm")
 MODEL_NAME = "eprl-policy"

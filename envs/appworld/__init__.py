@@ -3,9 +3,9 @@
 Nothing here imports appworld (it freezes the clock with freezegun): `setup` builds the venv
 and the world, `server` runs `appworld.serve.environment` with uvicorn, `client` talks httpx.
 """
-from envs.registry import register_env
+from eprl.envs.registry import register_env
 
-ENTRY_POINT = "envs.appworld.env:AppWorldEnv"
+ENTRY_POINT = "eprl.envs.appworld.env:AppWorldEnv"
 
 
 def register_appworld_envs() -> None:

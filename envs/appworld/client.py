@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from envs.appworld.server import AppWorldServerError
+from eprl.envs.appworld.server import AppWorldServerError
 
 
 class AppWorldClient:

@@ -15,12 +15,11 @@ import shutil
 import uuid
 from pathlib import Path
 
-
-from envs.appworld.client import AppWorldClient
-from envs.appworld.metrics import summarize
-from envs.appworld.server import AppWorldServer, AppWorldServerError
-from envs.appworld.setup import world_root
-from envs.base import TextEnv
+from eprl.envs.appworld.client import AppWorldClient
+from eprl.envs.appworld.metrics import summarize
+from eprl.envs.appworld.server import AppWorldServer, AppWorldServerError
+from eprl.envs.appworld.setup import world_root
+from eprl.envs.base import TextEnv
 
 SPLITS = ("train", "dev", "test_normal", "test_challenge")
 EMPTY_ACTION = ("Execution failed. No Python code found in your message. Write the code to run in a "

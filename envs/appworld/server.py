@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from envs.appworld.setup import missing_reason, venv_dir, venv_python, world_root
+from eprl.envs.appworld.setup import missing_reason, venv_dir, venv_python, world_root
 
 
 class AppWorldServerError(RuntimeError):

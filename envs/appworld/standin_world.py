@@ -28,12 +28,11 @@ def build(root: Path) -> dict:
     from appworld import update_root
 
     update_root(str(root))
+    import standin_scenarios as S
     from appworld.apps import get_all_apps
     from appworld.apps.api_lib import set_local_date_and_time
     from appworld.collections.api_docs import ApiDocCollection
     from appworld.common.datetime import DateTime
-
-    import standin_scenarios as S
 
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -96,14 +95,13 @@ def _build_base_dbs(data: Path, docs, S) -> None:
 
 
 def _build_task(data: Path, task_id: str, k: int, difficulty: int, setup, solution, evaluation, apps, S) -> None:
-    from munch import Munch
-
     from appworld.apps import get_all_apps
     from appworld.collections.models import ModelCollection
     from appworld.common.constants import CANARY_STRING, DB_VERSION
     from appworld.common.datetime import DateTime
     from appworld.ground_truth import inject_canary
     from appworld.task import Task
+    from munch import Munch
 
     first, last, email, phone, birthday, sex = S.PEOPLE[k]
     sup = Munch(first_name=first, last_name=last, email=email, phone_number=phone)

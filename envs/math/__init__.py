@@ -1,7 +1,7 @@
 """Math environments: datasets checked with math-verify, procedural arithmetic and countdown."""
-from envs.registry import register_env
+from eprl.envs.registry import register_env
 
-ENTRY_POINT = "envs.math.env:MathEnv"
+ENTRY_POINT = "eprl.envs.math.env:MathEnv"
 
 
 def register_math_envs() -> None:

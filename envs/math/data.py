@@ -132,7 +132,7 @@ def _final_answer(text: str) -> str:
     """GSM8K '... #### 18' -> '18'; a MATH solution -> its last \\boxed{} content."""
     if "####" in text:
         return text.rsplit("####", 1)[1].strip().replace(",", "")
-    from envs.math.verify import extract_boxed
+    from eprl.envs.math.verify import extract_boxed
 
     boxed = extract_boxed(text)
     return boxed if boxed is not None else text.strip()

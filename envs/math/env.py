@@ -4,12 +4,12 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from envs.base import TextEnv
-from envs.math.data import Problem, load_problems
-from envs.math.generators import GENERATORS
-from envs.math.tools import ToolError, calculate
-from envs.math.verify import check_countdown, check_math, extract_boxed, extract_last_number
-from envs.sandbox import check_sandbox, run_python
+from eprl.envs.base import TextEnv
+from eprl.envs.math.data import Problem, load_problems
+from eprl.envs.math.generators import GENERATORS
+from eprl.envs.math.tools import ToolError, calculate
+from eprl.envs.math.verify import check_countdown, check_math, extract_boxed, extract_last_number
+from eprl.envs.sandbox import check_sandbox, run_python
 
 MODES = ("single", "feedback", "tool")
 DEFAULT_MAX_TURNS = {"single": 2, "feedback": 6, "tool": 8}

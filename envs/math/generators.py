@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from envs.math.data import Problem
+from eprl.envs.math.data import Problem
 
 SPLIT_STREAMS = {"train": 0, "test": 1}
 TEST_FRACTION_PER_256 = 32  # 1/8 of the problem space belongs to the test split
@@ -58,7 +58,7 @@ def _arithmetic_expression(rng: np.random.Generator, difficulty: int) -> tuple[s
 
 
 def _evaluate(text: str) -> Fraction:
-    from envs.math.tools import calculate
+    from eprl.envs.math.tools import calculate
 
     return Fraction(calculate(text))
 
