@@ -99,18 +99,24 @@ def run_dir(spec: dict, run: Run) -> Path:
     return Path(spec["work_dir"]).resolve() / run.slug
 
 
-def state(spec: dict, run: Run) -> str:
-    if summary_path(spec, run).is_file():
-        return "done"
-    rd = run_dir(spec, run)
-    if (rd / "checkpoints" / "latest").is_file():
+def has_checkpoint(spec: dict, run: Run) -> bool:
+    return (run_dir(spec, run) / "checkpoints" / "latest").is_file()
+
+
+def dir_state(spec: dict, run: Run) -> str:
+    """What the run directory allows: resume from a checkpoint, start fresh, or restart (no checkpoint yet)."""
+    if has_checkpoint(spec, run):
         return "resumable"
-    return "fresh" if not rd.exists() else "restart"
+    return "fresh" if not run_dir(spec, run).exists() else "restart"
+
+
+def state(spec: dict, run: Run) -> str:
+    return "done" if summary_path(spec, run).is_file() else dir_state(spec, run)
 
 
 def command(spec: dict, run: Run) -> list[str]:
     rd = run_dir(spec, run)
-    if state(spec, run) == "resumable":
+    if dir_state(spec, run) == "resumable":
         return [sys.executable, "-m", "eprl.training", "train", "--resume", str(rd)]
     sets = run.sets + [f"run.out_dir={rd.parent}", f"run.name={rd.name}", "run.progress=false", "run.threads=1"]
     args = [a for s in sets for a in ("--set", s)]
@@ -138,7 +144,7 @@ def summarize(spec: dict, run: Run, wall_seconds: float) -> dict:
 
 def execute(spec: dict, run: Run) -> tuple[Run, int, float]:
     rd = run_dir(spec, run)
-    if state(spec, run) == "restart":  # killed before its first checkpoint: nothing to keep
+    if dir_state(spec, run) == "restart":  # killed before its first checkpoint: nothing to keep
         shutil.rmtree(rd)
     rd.parent.mkdir(parents=True, exist_ok=True)
     cmd = command(spec, run)
@@ -149,20 +155,37 @@ def execute(spec: dict, run: Run) -> tuple[Run, int, float]:
         log.flush()
         code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     seconds = time.time() - t0
-    if code == 0:
+    if code == 0 and not summary_path(spec, run).is_file():  # a rebuilt parent keeps its committed summary
         atomic_write(summary_path(spec, run), json.dumps(summarize(spec, run, seconds), indent=1))
     return run, code, seconds
+
+
+def with_parents(spec: dict, todo: list[Run]) -> list[Run]:
+    """`todo` plus, before each B run, its A parent when that run is done (summary committed) but its
+    checkpoints are gone (run directories do not travel between machines): the parent is trained again
+    (same seed and settings) to give the B run its starting weights; its summary is left as committed."""
+    by_id = {r.id: r for r in plan(spec)}
+    out: list[Run] = []
+    for run in todo:
+        for parent in (by_id[n] for n in run.needs):
+            if state(spec, parent) == "done" and not has_checkpoint(spec, parent) and parent not in out:
+                out.append(parent)
+        if run not in out:
+            out.append(run)
+    return out
 
 
 def run_all(spec: dict, jobs: int, only: list[str] | None = None, limit: int | None = None) -> int:
     """Start or resume every run not done, `jobs` at a time; B runs wait for their A parent."""
     todo = [r for r in plan(spec) if state(spec, r) != "done" and (not only or any(r.id.startswith(o) for o in only))]
-    todo = todo[:limit] if limit else todo
+    todo = with_parents(spec, todo[:limit] if limit else todo)
+    by_id = {r.id: r for r in plan(spec)}
     failed: set[str] = set()
     with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
         running: dict[cf.Future, Run] = {}
         while todo or running:
-            ready = [r for r in todo if all(state(spec, next(x for x in plan(spec) if x.id == n)) == "done" for n in r.needs)]
+            ready = [r for r in todo if all(state(spec, by_id[n]) == "done" and has_checkpoint(spec, by_id[n])
+                                            and by_id[n] not in todo for n in r.needs)]
             blocked = [r for r in todo if any(n in failed for n in r.needs)]
             for r in blocked:
                 todo.remove(r)
@@ -170,7 +193,7 @@ def run_all(spec: dict, jobs: int, only: list[str] | None = None, limit: int | N
             while ready and len(running) < jobs:
                 r = ready.pop(0)
                 todo.remove(r)
-                print(f"start {r.id} ({state(spec, r)})", flush=True)
+                print(f"start {r.id} ({'rebuild for its B run' if state(spec, r) == 'done' else state(spec, r)})", flush=True)
                 running[pool.submit(execute, spec, r)] = r
             if not running:
                 if todo:

@@ -102,3 +102,19 @@ def test_report_from_summaries(tmp_path):
     assert "| GRPO's entropy falls |" in text and "inconclusive (1 seed)" in text
     assert "| A/grpo/s0 |" in text and "2.000 -> 1.000" in text
     assert all(p.is_file() for p in paths) and {p.name for p in paths} >= {"entropy.png", "domain_b.png"}
+
+
+def test_parent_without_checkpoint_is_rebuilt_before_its_b_run(tmp_path):
+    """Run directories do not travel: a committed A summary without its checkpoint is trained again first."""
+    spec = _spec(tmp_path)
+    runs = {r.id: r for r in study.plan(spec)}
+    a, b = runs["A/grpo/s0"], runs["B/grpo/s0"]
+    study.summary_path(spec, a).parent.mkdir(parents=True)
+    study.summary_path(spec, a).write_text("{}")
+    assert study.state(spec, a) == "done" and study.dir_state(spec, a) == "fresh"
+    assert [r.id for r in study.with_parents(spec, [b])] == ["A/grpo/s0", "B/grpo/s0"]
+    assert study.command(spec, a)[3:5] == ["train", "--task"]  # trained from the start, not resumed
+    ckpt = study.run_dir(spec, a) / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "latest").write_text("iter_000004")
+    assert [r.id for r in study.with_parents(spec, [b])] == ["B/grpo/s0"]
