@@ -55,5 +55,10 @@ def test_entropy_check_command(capsys):
     assert out["entropy_control"] == "repo_r" and out["start"] == "peaked"
     assert out["configured"]["seeds_in_band"] == 1 and out["without_control"]["seeds_in_band"] == 0
     assert out["without_control"]["runs"][0]["tail_rel"] < -0.3
+    assert out["without_control"]["runs"][0]["zeta_last"] is None  # no zeta without REPO: null, not NaN
+    assert out["configured"]["runs"][0]["zeta_last"] > 0
     with pytest.raises(ValueError, match="unknown start 'nope'; choose one of"):
         run(["entropy-check", "--start", "nope"])
+    from eprl.training.config import ConfigError
+    with pytest.raises(ConfigError, match=r"--iterations \(5\) must be larger than the averaging window"):
+        run(["entropy-check", "--iterations", "5"])

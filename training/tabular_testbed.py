@@ -10,10 +10,12 @@ picture holds per state, so the controllers' levers act as docs/algorithms.md de
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from eprl.training.advantages import compute_advantages
-from eprl.training.config import LearnerConfig
+from eprl.training.config import ConfigError, LearnerConfig
 from eprl.training.entropy_control import make_controller
 from eprl.training.losses import LossInputs, compute_policy_loss
 
@@ -74,7 +76,7 @@ def entropy_check(cfg: LearnerConfig, *, seeds: list[int], iterations: int = 60,
     if start not in STARTS:
         raise ValueError(f"unknown start {start!r}; choose one of {sorted(STARTS)}")
     if window >= iterations:
-        raise ValueError(f"window ({window}) must be smaller than iterations ({iterations})")
+        raise ConfigError(f"entropy-check: --iterations ({iterations}) must be larger than the averaging window ({window})")
     baseline = cfg.model_copy(update={"entropy_control": cfg.entropy_control.model_copy(update={"type": "none"})})
     out = {}
     for name, c in (("configured", cfg), ("without_control", baseline)):
@@ -84,7 +86,9 @@ def entropy_check(cfg: LearnerConfig, *, seeds: list[int], iterations: int = 60,
             rel = tail_rel(run["entropy"], window)
             per_seed.append({"seed": seed, "entropy_first": run["entropy"][0], "tail_rel": rel, "in_band": abs(rel) <= band,
                              "reward_first": run["reward"][0], "reward_last": sum(run["reward"][-window:]) / window,
-                             "zeta_last": run["zeta"][-1], "eps_high_last": run["eps_high"][-1]})
+                             # None where the controller has no zeta (JSON has no NaN)
+                             "zeta_last": None if math.isnan(run["zeta"][-1]) else run["zeta"][-1],
+                             "eps_high_last": run["eps_high"][-1]})
         out[name] = {"seeds_in_band": sum(s["in_band"] for s in per_seed), "runs": per_seed}
     return {"start": start, "iterations": iterations, "band": band, "window": window,
             "entropy_control": cfg.entropy_control.type, **out}
