@@ -68,7 +68,7 @@ def _cmd_eval(args) -> dict:
         from .policy import resolve_model_path
         path = resolve_model_path(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp), path, {"model": path})
+        trainer = Trainer.from_config(cfg, Path(tmp), path, {"model": path})
         trainer.iteration = iteration
         try:
             row = trainer.run_eval()
