@@ -40,7 +40,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, RunConfig
-from .evaluate import evaluate
+from .evaluate import eval_line, evaluate_suite
 from .learner import Learner
 from .metrics import MetricsLog
 from .policy import env_factory, resolve_model_path
@@ -124,15 +124,10 @@ class Trainer:
     def run_eval(self) -> dict:
         if not self.main:
             return {}
-        suite = self.cfg.task
-        with torch.random.fork_rng():  # evaluation never shifts the training RNG stream
-            torch.manual_seed(self.cfg.run.seed + 7919)
-            result = evaluate(self.eval_runner, self.num_eval_tasks, suite.eval_samples, suite.eval_sampling,
-                              seed=self.cfg.run.seed)
+        result = evaluate_suite(self.eval_runner, self.num_eval_tasks, self.cfg)
         row = {"iteration": self.iteration, **result}
         self.evals.append(row)
-        self.log(f"[eval] after {self.iteration} updates: success {result['eval_success']:.3f} "
-                 f"({int(result['eval_tasks'])} held-out tasks x {suite.eval_samples})")
+        self.log(eval_line(self.iteration, result, self.cfg.task.eval_samples))
         return row
 
     def collect(self):
