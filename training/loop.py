@@ -24,7 +24,6 @@ import torch
 from eprl.agents.engines import SamplingError, check_unbiased
 
 from . import distributed
-from .advantages import informative_groups
 from .batch import collate
 from .builders import build_engine, build_learner, build_policy, build_runners
 from .checkpoint import (
@@ -44,6 +43,7 @@ from .evaluate import eval_line, evaluate_suite
 from .learner import Learner
 from .metrics import MetricsLog
 from .policy import env_factory, resolve_model_path
+from .select import informative_group_count, select_groups
 
 
 def sample_tasks(seed: int, iteration: int, round_: int, count: int, num_tasks: int | None) -> list[int]:
@@ -145,10 +145,7 @@ class Trainer:
             stats.append(st)
             if not lc.dynamic_sampling:
                 break
-            keep = informative_groups(torch.tensor([t.reward for t in trajectories]),
-                                      torch.tensor([t.group_id for t in trajectories]))
-            informative = len({t.group_id for t, k in zip(trajectories, keep) if k})
-            if informative >= suite.tasks_per_iteration or rounds >= lc.max_resample_rounds:
+            if informative_group_count(trajectories) >= suite.tasks_per_iteration or rounds >= lc.max_resample_rounds:
                 break
             rounds += 1
         return trajectories, stats, rounds
@@ -184,13 +181,7 @@ class Trainer:
                "rollout_tokens_per_s": sum(s.generated_tokens for s in stats) / max(sum(s.wall_seconds for s in stats), 1e-9)}
         for reason in sorted({t.termination for t in trajectories}):
             row[f"end_{reason}"] = sum(t.termination == reason for t in trajectories)
-        if self.cfg.learner.drop_zero_advantage or self.cfg.learner.dynamic_sampling:
-            keep = informative_groups(torch.tensor(rewards, dtype=torch.float32),
-                                      torch.tensor([t.group_id for t in trajectories])).tolist()
-            trajectories = [t for t, k in zip(trajectories, keep) if k]
-            if self.cfg.learner.dynamic_sampling:  # DAPO: train on exactly the target number of groups when possible
-                wanted = sorted({t.group_id for t in trajectories})[:self.cfg.task.tasks_per_iteration]
-                trajectories = [t for t in trajectories if t.group_id in set(wanted)]
+        trajectories = select_groups(trajectories, self.cfg.learner, self.cfg.task.tasks_per_iteration)
         row["groups_trained"] = len({t.group_id for t in trajectories})
         return row, (collate(trajectories, self.tokenizer.pad_token_id) if trajectories else None)
 
