@@ -1,5 +1,9 @@
 """The training recipe: rollout -> learn -> (eval) -> checkpoint, once per iteration.
 
+The Trainer runs the recipe on parts built by training/builders.py (policy, engine, runners, learner;
+`Trainer.from_config` builds them all); between rollout and collation, training/select.py's
+`select_groups` picks the groups to train on.
+
 Three entry points share it: a new run, `resume` (same run, bit-exact continuation from the
 latest checkpoint) and `continue` (new run on a new task suite from a checkpoint's weights,
 fresh optimizer and iteration counter, entropy target kept, parent recorded).
