@@ -98,20 +98,6 @@ class TimedEngine:
         self.engine.sync_weights(model)
 
 
-class ReplayEngine:
-    """Returns recorded generations instantly, in order (the episodes must replay identically)."""
-
-    def __init__(self, calls):
-        self.calls, self.i = calls, 0
-
-    def generate(self, prompts, sampling, stop_token_ids):
-        lengths, gens = self.calls[self.i]
-        self.i += 1
-        if lengths != [len(p) for p in prompts]:
-            raise RuntimeError("replay diverged from the recorded run (prompt lengths differ)")
-        return gens
-
-
 class TimedTokenizer:
     """Tokenizer proxy timing what the chat agent does with it, keyed by the agent method (timer.phase)."""
 
@@ -348,11 +334,12 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
     # Replay the last repeat with no engine cost: the loop's own time, and its profile. One warm-up pass
     # (env construction, gymnasium's first-call checks), then timed passes, then profiled passes.
     rep, calls, trajs = last
-    replay_engine = ReplayEngine(calls)
+    from eprl.agents.engines import ScriptedEngine
+    replay_engine = ScriptedEngine.replay(calls)  # recorded outputs, in order, instantly
     replayer = RolloutRunner(make_env, make_agent(suite.agent.type, tok, suite.agent.system_prompt), replay_engine, **common)
 
     def replay():
-        replay_engine.i = 0
+        replay_engine.calls = 0
         t0 = time.perf_counter()
         out, _ = replayer.run(tasks(rep), suite.group_size, suite.sampling, seed=seed + rep)
         return time.perf_counter() - t0, out

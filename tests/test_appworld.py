@@ -150,18 +150,6 @@ def test_four_concurrent_episodes_on_four_servers(world):
             e.close()
 
 
-class _ScriptedEngine:
-    """Returns fixed assistant messages (token ids + stop token), one per turn."""
-
-    def __init__(self, tokenizer, messages, stop_id):
-        self.turns = [tokenizer(m, add_special_tokens=False)["input_ids"] + [stop_id] for m in messages]
-
-    def generate(self, prompts, sampling, stop_token_ids):
-        from eprl.agents.engines.base import Generation
-        ids = self.turns.pop(0)
-        return [Generation(token_ids=list(ids), logprobs=[-0.5] * len(ids), finish_reason="stop") for _ in prompts]
-
-
 def test_environment_tokens_never_reach_the_loss_on_a_real_trajectory(env, tiny_tokenizer):
     from eprl.agents.react import ReactAgent
     from eprl.agents.rollout import RolloutRunner
@@ -170,7 +158,9 @@ def test_environment_tokens_never_reach_the_loss_on_a_real_trajectory(env, tiny_
     agent = ReactAgent(tiny_tokenizer, system_prompt="Solve the task with python code.")
     messages = ["Try:\n```python\nprint(1 / 0)\n```",
                 "Fixed.\n```python\n" + CREATE_NOTE.replace("TITLE", '"Packing list"') + "```"]
-    engine = _ScriptedEngine(tiny_tokenizer, messages, agent.stop_token_ids[0])
+    from eprl.agents.engines import ScriptedEngine
+    stop = agent.stop_token_ids[0]  # one fixed assistant message per turn, ending with the stop token
+    engine = ScriptedEngine([tiny_tokenizer(m, add_special_tokens=False)["input_ids"] + [stop] for m in messages])
     runner = RolloutRunner(lambda: env, agent, engine, max_turns=4, max_context_tokens=100_000, progress=False)
     (traj,), _ = runner.run([0], group_size=1, sampling=SamplingConfig(max_new_tokens=8), seed=0)
     assert traj.success and traj.reward == 1.0 and traj.termination == "terminated"

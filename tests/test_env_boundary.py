@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eprl.agents.chat import ChatAgent
-from eprl.agents.engines.base import Generation
+from eprl.agents.engines import ScriptedEngine
 from eprl.agents.rollout import EnvFailureError, RolloutRunner
 from eprl.envs import TextEnv, make
 from eprl.envs.contract import EnvContractError, cap_text, checked_reset, checked_step
@@ -17,14 +17,9 @@ from eprl.training.config import SamplingConfig
 SAMPLING = SamplingConfig(max_new_tokens=4)
 
 
-class ScriptedEngine:
+def scripted(tokenizer, text="\\boxed{1}") -> ScriptedEngine:
     """Answers every prompt with the token ids of `text` (no model): the runner's logic alone is under test."""
-
-    def __init__(self, tokenizer, text="\\boxed{1}"):
-        self.ids = tokenizer(text, add_special_tokens=False)["input_ids"][:SAMPLING.max_new_tokens]
-
-    def generate(self, prompts, sampling, stop_token_ids):
-        return [Generation(list(self.ids), [-0.5] * len(self.ids), "length") for _ in prompts]
+    return ScriptedEngine.constant(tokenizer(text, add_special_tokens=False)["input_ids"][:SAMPLING.max_new_tokens])
 
 
 class BadEnv(TextEnv):
@@ -58,7 +53,7 @@ class BadEnv(TextEnv):
 
 def _runner(tiny_tokenizer, how, tasks=(0,), **kwargs):
     agent = ChatAgent(tiny_tokenizer)
-    return RolloutRunner(lambda: BadEnv(how, tasks), agent, ScriptedEngine(tiny_tokenizer), max_turns=3,
+    return RolloutRunner(lambda: BadEnv(how, tasks), agent, scripted(tiny_tokenizer), max_turns=3,
                          max_context_tokens=kwargs.pop("max_context_tokens", 320), progress=False, **kwargs)
 
 
@@ -147,7 +142,7 @@ def test_a_huge_first_observation_is_cut_too(tiny_tokenizer):
             super()._reset_task(index)
             return "y " * 500_000, {"task_id": "huge"}
 
-    runner = RolloutRunner(HugePrompt, ChatAgent(tiny_tokenizer), ScriptedEngine(tiny_tokenizer), max_turns=3,
+    runner = RolloutRunner(HugePrompt, ChatAgent(tiny_tokenizer), scripted(tiny_tokenizer), max_turns=3,
                            max_context_tokens=320, progress=False)
     trajs, _ = runner.run([0], 1, SAMPLING, seed=0)
     assert len(trajs[0].token_ids) <= 320 and trajs[0].termination == "context_limit" and trajs[0].num_action_tokens == 0

@@ -63,7 +63,7 @@ def test_lora_training_changes_only_the_adapter(tmp_path, eprl_cache):
     base_path = resolve_model_path(cfg, log=quiet)
     torch.manual_seed(0)
     (tmp_path / "lora").mkdir()
-    trainer = Trainer(cfg, tmp_path / "lora", base_path, {"model": base_path, "parent": None}, log=quiet)
+    trainer = Trainer.from_config(cfg, tmp_path / "lora", base_path, {"model": base_path, "parent": None}, log=quiet)
     try:
         model = trainer.model
         assert isinstance(model, peft.PeftModel)

@@ -51,7 +51,9 @@ def _copy(reference: Path, tmp_path: Path) -> Path:
 
 def _rows(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s")} for r in rows]
+    # timings and the process's peak RSS (here: of the whole pytest process) are measurements of the machine
+    return [{k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s") and k != "rss_peak_mb"}
+            for r in rows]
 
 
 def _weights(run: Path, name: str = "iter_000003") -> dict:

@@ -53,10 +53,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_eval(args) -> dict:
-    import tempfile
-
+    """Held-out evaluation of a checkpoint (or the configured model): policy, engine and eval runner
+    from training/builders.py, no learner and no optimizer; the same numbers a run's eval.jsonl gets."""
+    from .builders import build_engine, build_policy, build_runner
     from .checkpoint import resolve_checkpoint
-    from .loop import Trainer, preflight
+    from .evaluate import eval_line, evaluate_suite
+    from .loop import preflight
     cfg = load_run_config(args.task, args.config, args.overrides)
     preflight(cfg, new_run=False)
     iteration = 0
@@ -67,14 +69,14 @@ def _cmd_eval(args) -> dict:
     else:
         from .policy import resolve_model_path
         path = resolve_model_path(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp), path, {"model": path})
-        trainer.iteration = iteration
-        try:
-            row = trainer.run_eval()
-        finally:
-            trainer.close()
-    return {"model": path, **row}
+    _, tokenizer, rollout_model = build_policy(cfg, path)
+    runner, num_tasks = build_runner(cfg, "eval", build_engine(cfg, rollout_model, tokenizer), tokenizer)
+    try:
+        result = evaluate_suite(runner, num_tasks, cfg)
+    finally:
+        runner.close()
+    print(eval_line(iteration, result, cfg.task.eval_samples))
+    return {"model": path, "iteration": iteration, **result}
 
 
 def run(argv=None) -> int:

@@ -6,6 +6,7 @@ from collections import defaultdict
 from math import comb
 
 import numpy as np
+import torch
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -32,3 +33,16 @@ def evaluate(runner, num_tasks: int, samples: int, sampling, seed: int, prefix: 
     trajectories, stats = runner.run(list(range(num_tasks)), samples, sampling, seed=seed, desc="eval")
     env_metrics = {f"{prefix}{k}": v for k, v in runner.episode_metrics(trajectories).items()}
     return {**summarize(trajectories, prefix), **env_metrics, f"{prefix}seconds": stats.wall_seconds}
+
+
+def evaluate_suite(runner, num_tasks: int, cfg) -> dict[str, float]:
+    """`evaluate` with a run config's eval settings and seeds (a run's eval.jsonl rows and `eprl eval` alike);
+    the torch RNG stream outside is left as it was (evaluation never shifts training's)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.run.seed + 7919)
+        return evaluate(runner, num_tasks, cfg.task.eval_samples, cfg.task.eval_sampling, seed=cfg.run.seed)
+
+
+def eval_line(iteration: int, result: dict, samples: int) -> str:
+    return (f"[eval] after {iteration} updates: success {result['eval_success']:.3f} "
+            f"({int(result['eval_tasks'])} held-out tasks x {samples})")

@@ -1,5 +1,9 @@
 """The training recipe: rollout -> learn -> (eval) -> checkpoint, once per iteration.
 
+The Trainer runs the recipe on parts built by training/builders.py (policy, engine, runners, learner;
+`Trainer.from_config` builds them all); between rollout and collation, training/select.py's
+`select_groups` picks the groups to train on.
+
 Three entry points share it: a new run, `resume` (same run, bit-exact continuation from the
 latest checkpoint) and `continue` (new run on a new task suite from a checkpoint's weights,
 fresh optimizer and iteration counter, entropy target kept, parent recorded).
@@ -12,7 +16,6 @@ all-gather of the weights per iteration.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import resource
@@ -22,13 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eprl.agents import make_agent
-from eprl.agents.engines import SamplingError, check_unbiased, make_engine
-from eprl.agents.rollout import RolloutRunner
+from eprl.agents.engines import SamplingError, check_unbiased
 
 from . import distributed
-from .advantages import informative_groups
 from .batch import collate
+from .builders import build_engine, build_learner, build_policy, build_runners
 from .checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -42,10 +43,11 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, RunConfig
-from .evaluate import evaluate
+from .evaluate import eval_line, evaluate_suite
 from .learner import Learner
 from .metrics import MetricsLog
-from .policy import env_factory, load_policy, resolve_model_path
+from .policy import env_factory, resolve_model_path
+from .select import informative_group_count, select_groups
 
 
 def sample_tasks(seed: int, iteration: int, round_: int, count: int, num_tasks: int | None) -> list[int]:
@@ -57,37 +59,43 @@ def sample_tasks(seed: int, iteration: int, round_: int, count: int, num_tasks: 
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, model_path: str, meta: dict, log=print):
+    """Runs the recipe on parts built elsewhere (training/builders.py); `from_config` builds them.
+
+    On ranks other than 0 (torchrun) there is no engine, runner or rollout copy: those are None.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, model, tokenizer, rollout_model, engine, train_runner,
+                 eval_runner, num_train_tasks: int | None, num_eval_tasks: int | None, learner: Learner,
+                 meta: dict, log=print):
         self.cfg, self.run_dir, self.meta, self.log = cfg, Path(run_dir), meta, log
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
-        suite = cfg.task
         self.main = distributed.is_main()
-        self.model, self.tokenizer = load_policy(model_path, cfg)
-        device = distributed.resolve_device(cfg.run.device)
-        # rollout_model: what the engine samples from and checkpoints are written from (rank 0 only).
-        self.rollout_model = self.model
-        if distributed.active():  # the learner shards self.model below (FSDP places the shards); rank 0 keeps a plain copy
-            self.rollout_model = copy.deepcopy(self.model).to(device) if self.main else None
-        else:
-            self.model.to(device)
-        if self.main:
-            self.engine = make_engine(cfg.engine.type, self.rollout_model, self.tokenizer, cfg.engine)
-            agent = make_agent(suite.agent.type, self.tokenizer, suite.agent.system_prompt)
-            common = dict(max_turns=suite.agent.max_turns, max_context_tokens=suite.agent.max_context_tokens,
-                          progress=cfg.run.progress, env_workers=suite.agent.env_workers, on_env_error=suite.agent.on_env_error,
-                          max_failed_fraction=suite.agent.max_failed_episodes_fraction)
-            self.train_runner = RolloutRunner(env_factory(suite, "train"), agent, self.engine, **common)
-            self.eval_runner = RolloutRunner(env_factory(suite, "eval"), agent, self.engine, **common)
-            self.num_train_tasks = suite.train.num_tasks or self.train_runner.num_tasks
-            self.num_eval_tasks = suite.eval.num_tasks or self.eval_runner.num_tasks
-            if self.num_eval_tasks is None:
-                raise ValueError("task.eval.num_tasks must be set for a procedural environment (it has no fixed size)")
-        self.learner = Learner(self.model, cfg.learner, temperature=suite.sampling.temperature,
-                               max_len_norm=cfg.learner.max_len_norm or suite.agent.max_context_tokens, dtype=cfg.model.dtype)
+        self.model, self.tokenizer, self.rollout_model = model, tokenizer, rollout_model
+        self.engine, self.train_runner, self.eval_runner = engine, train_runner, eval_runner
+        self.num_train_tasks, self.num_eval_tasks = num_train_tasks, num_eval_tasks
+        self.learner = learner
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.evals = MetricsLog(self.run_dir / "eval.jsonl")
         self.iteration = 0
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, run_dir: Path, model_path: str, meta: dict, log=print) -> "Trainer":
+        """Every part from the config: policy, then (rank 0) engine and runners, then the learner."""
+        model, tokenizer, rollout_model = build_policy(cfg, model_path)
+        engine, runners = None, (None, None, None, None)
+        if distributed.is_main():
+            engine = build_engine(cfg, rollout_model, tokenizer)
+            runners = build_runners(cfg, engine, tokenizer)
+        train_runner, eval_runner, num_train_tasks, num_eval_tasks = runners
+        try:
+            learner = build_learner(cfg, model)
+        except BaseException:
+            for runner in (train_runner, eval_runner):
+                if runner is not None:
+                    runner.close()
+            raise
+        return cls(cfg, run_dir, model=model, tokenizer=tokenizer, rollout_model=rollout_model, engine=engine,
+                   train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train_tasks,
+                   num_eval_tasks=num_eval_tasks, learner=learner, meta=meta, log=log)
 
     # ------------------------------------------------------------------ state
     def restore(self, ckpt: Path) -> None:
@@ -120,15 +128,10 @@ class Trainer:
     def run_eval(self) -> dict:
         if not self.main:
             return {}
-        suite = self.cfg.task
-        with torch.random.fork_rng():  # evaluation never shifts the training RNG stream
-            torch.manual_seed(self.cfg.run.seed + 7919)
-            result = evaluate(self.eval_runner, self.num_eval_tasks, suite.eval_samples, suite.eval_sampling,
-                              seed=self.cfg.run.seed)
+        result = evaluate_suite(self.eval_runner, self.num_eval_tasks, self.cfg)
         row = {"iteration": self.iteration, **result}
         self.evals.append(row)
-        self.log(f"[eval] after {self.iteration} updates: success {result['eval_success']:.3f} "
-                 f"({int(result['eval_tasks'])} held-out tasks x {suite.eval_samples})")
+        self.log(eval_line(self.iteration, result, self.cfg.task.eval_samples))
         return row
 
     def collect(self):
@@ -146,10 +149,7 @@ class Trainer:
             stats.append(st)
             if not lc.dynamic_sampling:
                 break
-            keep = informative_groups(torch.tensor([t.reward for t in trajectories]),
-                                      torch.tensor([t.group_id for t in trajectories]))
-            informative = len({t.group_id for t, k in zip(trajectories, keep) if k})
-            if informative >= suite.tasks_per_iteration or rounds >= lc.max_resample_rounds:
+            if informative_group_count(trajectories) >= suite.tasks_per_iteration or rounds >= lc.max_resample_rounds:
                 break
             rounds += 1
         return trajectories, stats, rounds
@@ -185,13 +185,7 @@ class Trainer:
                "rollout_tokens_per_s": sum(s.generated_tokens for s in stats) / max(sum(s.wall_seconds for s in stats), 1e-9)}
         for reason in sorted({t.termination for t in trajectories}):
             row[f"end_{reason}"] = sum(t.termination == reason for t in trajectories)
-        if self.cfg.learner.drop_zero_advantage or self.cfg.learner.dynamic_sampling:
-            keep = informative_groups(torch.tensor(rewards, dtype=torch.float32),
-                                      torch.tensor([t.group_id for t in trajectories])).tolist()
-            trajectories = [t for t, k in zip(trajectories, keep) if k]
-            if self.cfg.learner.dynamic_sampling:  # DAPO: train on exactly the target number of groups when possible
-                wanted = sorted({t.group_id for t in trajectories})[:self.cfg.task.tasks_per_iteration]
-                trajectories = [t for t in trajectories if t.group_id in set(wanted)]
+        trajectories = select_groups(trajectories, self.cfg.learner, self.cfg.task.tasks_per_iteration)
         row["groups_trained"] = len({t.group_id for t in trajectories})
         return row, (collate(trajectories, self.tokenizer.pad_token_id) if trajectories else None)
 
@@ -286,7 +280,7 @@ def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
     run_dir = distributed.broadcast_object(run_dir)
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
-    return Trainer(cfg, run_dir, model_path, meta, log)
+    return Trainer.from_config(cfg, run_dir, model_path, meta, log)
 
 
 def train(cfg: RunConfig, log=print) -> dict:
@@ -364,13 +358,13 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
     if ckpt is None:  # killed before its first checkpoint: start over in place (the same rows come again)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
-        trainer = Trainer(cfg, run_dir, meta["model"], meta, log)
+        trainer = Trainer.from_config(cfg, run_dir, meta["model"], meta, log)
         if trainer.main:
             trainer.metrics.truncate_after(-1)
             trainer.evals.truncate_after(0)
         log(f"resumed {run_dir} at iteration 0: no checkpoint was written yet")
     else:
-        trainer = Trainer(cfg, run_dir, str(ckpt / "model"), meta, log)
+        trainer = Trainer.from_config(cfg, run_dir, str(ckpt / "model"), meta, log)
         trainer.restore(ckpt)
         log(f"resumed {run_dir} at iteration {trainer.iteration} from {ckpt.name}")
     return trainer.fit()

@@ -11,6 +11,7 @@ from typing import Callable
 from eprl.registry import Registry
 
 from .base import Engine, Generation, SamplingError, check_unbiased
+from .scripted import ScriptedEngine
 
 ENGINES: Registry[Callable[..., Engine]] = Registry("engine", group="eprl.engines")
 ENGINES.register("hf", "eprl.agents.engines.hf:make_hf_engine")
@@ -22,4 +23,4 @@ def make_engine(name: str, model, tokenizer, cfg) -> Engine:
     return ENGINES.get(name)(model, tokenizer, cfg)
 
 
-__all__ = ["ENGINES", "Engine", "Generation", "SamplingError", "check_unbiased", "make_engine", "register_engine"]
+__all__ = ["ENGINES", "Engine", "Generation", "SamplingError", "ScriptedEngine", "check_unbiased", "make_engine", "register_engine"]

@@ -1,0 +1,74 @@
+"""The training loop in process, from parts (training/builders.py): seconds, no subprocess."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from cli_runs import SMALL
+
+from eprl.training import cli
+from eprl.training.builders import build_engine, build_learner, build_policy, build_runners
+from eprl.training.config import load_run_config
+from eprl.training.learner import Learner
+from eprl.training.loop import Trainer
+from eprl.training.metrics import read_metrics
+from eprl.training.policy import resolve_model_path
+
+REPO = Path(__file__).resolve().parent.parent
+TASK = str(REPO / "tasks" / "default.yaml")
+
+
+def quiet(*_a, **_k) -> None:
+    pass
+
+
+def test_trainer_from_parts_then_eval_without_an_optimizer(tmp_path, eprl_cache, monkeypatch, capsys):
+    # the entropy bonus guarantees a gradient even when every group's rewards are equal
+    sets = [*SMALL, f"model.cache_dir={eprl_cache}", "run.device=cpu", "learner.entropy_coef=0.01"]
+    cfg = load_run_config(TASK, overrides=[*sets, "run.iterations=2", "run.checkpoint_every=2"])
+    path = resolve_model_path(cfg, log=quiet)
+    torch.manual_seed(cfg.run.seed)
+    model, tokenizer, rollout_model = build_policy(cfg, path)
+    assert rollout_model is model  # one process: the engine samples from the learner's own module
+    engine = build_engine(cfg, rollout_model, tokenizer)
+    train_runner, eval_runner, num_train, num_eval = build_runners(cfg, engine, tokenizer)
+    assert num_eval == 3
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    trainer = Trainer(cfg, run_dir, model=model, tokenizer=tokenizer, rollout_model=rollout_model, engine=engine,
+                      train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train,
+                      num_eval_tasks=num_eval, learner=build_learner(cfg, model), meta={"model": path}, log=quiet)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    summary = trainer.fit()
+
+    rows = read_metrics(run_dir)
+    assert [r["iteration"] for r in rows] == [0, 1]
+    for row in rows:
+        assert row["episodes"] == 6 and row["groups_trained"] == 3 and row["resample_rounds"] == 0
+        assert all(math.isfinite(row[k]) for k in ("loss", "entropy", "grad_norm", "reward_mean"))
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in evals] == [0, 2]  # before and after training (eval_every=0)
+    ckpt = run_dir / "checkpoints" / "iter_000002"
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "iter_000002"
+    assert json.loads((ckpt / "state.json").read_text())["iteration"] == 2
+    assert (ckpt / "model" / "model.safetensors").is_file()
+    assert summary["iterations"] == 2 and summary["eval_success_final"] == evals[-1]["eval_success"]
+    assert any(not torch.equal(start[k], v) for k, v in model.state_dict().items()), "the weights did not change"
+
+    # `eprl eval` of that checkpoint: the run's own final eval row, and no learner or optimizer is ever built
+    def refuse(*_a, **_k):
+        raise AssertionError("eprl eval built a learner or an optimizer")
+    monkeypatch.setattr(Learner, "__init__", refuse)
+    monkeypatch.setattr(torch.optim, "AdamW", refuse)
+    capsys.readouterr()
+    assert cli.run(["eval", str(run_dir), "--task", TASK, *[a for s in sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[eval] after 2 updates: success")
+    result = json.loads(out[out.index("{"):])
+    assert Path(result.pop("model")).resolve() == (ckpt / "model").resolve()
+    timing = lambda row: {k: v for k, v in row.items() if not k.endswith("seconds")}  # noqa: E731
+    assert timing(result) == timing(evals[-1])
+
+
