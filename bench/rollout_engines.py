@@ -141,14 +141,14 @@ class TimedAgent:
             self._timer.add(phase, time.perf_counter() - t0)
             self._timer.phase = "other"
 
-    def start(self, obs):
-        return self._timed("start", self._agent.start, obs)
+    def start(self, obs, max_tokens=None):
+        return self._timed("start", self._agent.start, obs, max_tokens)
 
     def record_action(self, state, token_ids, logprobs):
         return self._timed("record_action", self._agent.record_action, state, token_ids, logprobs)
 
-    def record_observation(self, state, obs):
-        return self._timed("record_observation", self._agent.record_observation, state, obs)
+    def record_observation(self, state, obs, max_tokens=None):
+        return self._timed("record_observation", self._agent.record_observation, state, obs, max_tokens)
 
 
 def timed_env_factory(make_env, timer: Timer):
