@@ -134,7 +134,8 @@ def supervised_warm_start(model, tokenizer, conversations, steps: int, seed: int
 
 # ----------------------------------------------------------------------------- cached entry point
 def _cache_root(cache_dir: str | None) -> Path:
-    return Path(cache_dir or os.environ.get("EPRL_CACHE", Path.home() / ".cache" / "eprl"))
+    from .model_source import cache_root  # one definition of $EPRL_CACHE's default
+    return Path(cache_dir) if cache_dir else cache_root()
 
 
 def build_default_policy(make_env, env_key: dict, *, sft_steps: int, noise: float, seed: int = 0,
