@@ -91,6 +91,22 @@ def _pct(values: list[float]) -> str:
     return ", ".join(f"{v:+.0%}" for v in values) if values else "-"
 
 
+def parent_entropy_claim(runs: list[dict]) -> list[tuple[str, str, str, str]]:
+    """Does the entropy a policy kept on A predict how fast it learns B? One point per continued B run:
+    the parent's last-WINDOW mean entropy on A against the B run's eval_auc, whatever the method."""
+    a = {r["id"]: r for r in runs if r["domain"] == "A"}
+    pairs = [(float(np.nanmean(series(a[r["parent"]], "entropy")[-WINDOW:])), eval_auc(r))
+             for r in runs if r["domain"] == "B" and r.get("parent") in a]
+    pairs = [(h, y) for h, y in pairs if np.isfinite(h) and np.isfinite(y)]
+    if len(pairs) < 3:
+        return []
+    r, p = pearson_with_p(np.array([h for h, _ in pairs]), np.array([y for _, y in pairs]))
+    verdict = "reproduced" if r > 0 and p < 0.05 else ("not reproduced" if (r <= 0 and len(pairs) >= 8) else "inconclusive")
+    return [("Higher entropy kept on A, faster learning on B", "Pearson r > 0 with one-sided permutation p < 0.05 between "
+             f"the parent's last-{WINDOW} mean entropy on A and B's mean held-out success after the start, over "
+             "continued B runs", f"r = {r:+.2f}, p = {p:.3f}, n = {len(pairs)} runs", verdict)]
+
+
 def claims(runs: list[dict]) -> list[tuple[str, str, str, str]]:
     """(claim, rule, numbers, verdict) rows."""
     a = by_method(runs, "A")
@@ -124,6 +140,7 @@ def claims(runs: list[dict]) -> list[tuple[str, str, str, str]]:
             verdict = "not run"
         rows.append(("Entropy-preserved policies learn B faster than GRPO's", "mean held-out success over B's evaluations "
                      "after the start, entropy-controlled continuations vs the GRPO continuation", nums, verdict))
+        rows += parent_entropy_claim(runs)
     xs = [(r["metrics"][-1].get("cumulative_entropy"), final_eval(r)) for r in runs if r["domain"] == "A" and r["metrics"]]
     xs = [(c, y) for c, y in xs if c is not None and np.isfinite(y)]
     if len(xs) >= 3:

@@ -118,3 +118,18 @@ def test_parent_without_checkpoint_is_rebuilt_before_its_b_run(tmp_path):
     ckpt.mkdir(parents=True)
     (ckpt / "latest").write_text("iter_000004")
     assert [r.id for r in study.with_parents(spec, [b])] == ["B/grpo/s0"]
+
+
+def test_parent_entropy_claim_pairs_each_b_run_with_its_own_parent():
+    runs = []
+    for s in range(8):  # parents that kept more entropy continue to faster B runs
+        parent = _run("repo_r", s, [2.0, 0.2 * (s + 1)] * 3, [0.2, 0.5])
+        child = _run("repo_r", s, [1.0, 0.5], [0.3, 0.1 * s, 0.1 * s], domain="B")
+        child["parent"] = parent["id"]
+        runs += [parent, child]
+    row = next(r for r in study_report.claims(runs) if r[0].startswith("Higher entropy kept on A"))
+    assert row[3] == "reproduced" and "r = +1.00" in row[2] and "n = 8 runs" in row[2]
+    for child in runs[1::2]:
+        child["eval"] = [{"iteration": 0, "eval_success": 0.3}, {"iteration": 4, "eval_success": 0.9 - 0.1 * child["seed"]}]
+    assert next(r for r in study_report.claims(runs) if r[0].startswith("Higher entropy kept on A"))[3] == "not reproduced"
+    assert not [r for r in study_report.claims(runs[:4]) if r[0].startswith("Higher entropy kept on A")]  # 2 pairs: no row
