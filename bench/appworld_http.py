@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_io import machine, write_results  # noqa: E402
+
 from eprl import envs  # noqa: E402
 from eprl.envs.appworld.setup import missing_reason, venv_python, world_root  # noqa: E402
 
@@ -103,9 +104,10 @@ def main() -> int:
         return 1
     http, first_reset = http_step_latency(args.steps)
     local = in_process_latency(args.steps, "a1c3e5f_1")
+    mach = machine()
     result = {
         "world": "stand-in (not the official AppWorld data; not AppWorld scores)",
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpu_count": mach["cores"], **mach},
         "step_latency_ms": {
             "http": {"median": round(1000 * statistics.median(http), 2), "p90": round(1000 * pct(http, 0.9), 2)},
             "in_process": {"median": round(1000 * statistics.median(local), 2), "p90": round(1000 * pct(local, 0.9), 2)},
@@ -113,11 +115,9 @@ def main() -> int:
         "first_reset_s (server start + initialize)": round(first_reset, 2),
         "throughput": [episodes_per_minute(s, args.episodes) for s in (1, 2, 4)],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "appworld_http.json").write_text(json.dumps(result, indent=2))
     lat = result["step_latency_ms"]
     md = ["# AppWorld over HTTP (stand-in world; not AppWorld scores)", "",
-          f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}", "",
+          f"Machine: {mach['cores']} CPUs, {mach['platform']}, Python {mach['python']}", "",
           "| step | median ms | p90 ms |", "|---|---|---|",
           f"| HTTP (env.step -> server) | {lat['http']['median']} | {lat['http']['p90']} |",
           f"| in-process (AppWorld.execute) | {lat['in_process']['median']} | {lat['in_process']['p90']} |", "",
@@ -125,7 +125,7 @@ def main() -> int:
           "| servers | episodes | solved | wall s | episodes/min |", "|---|---|---|---|---|"]
     md += [f"| {t['servers']} | {t['episodes']} | {t['solved']} | {t['wall_s']} | {t['episodes_per_min']} |"
            for t in result["throughput"]]
-    (args.out / "appworld_http.md").write_text("\n".join(md) + "\n")
+    write_results(args.out / "appworld_http", result, "\n".join(md) + "\n", indent=2)
     print("\n".join(md))
     return 0
 

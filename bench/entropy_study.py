@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-import bench_io
-from bench_io import atomic_write
+from bench_io import atomic_write, save_figure
+from bench_io import machine as bench_machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -59,7 +59,7 @@ def common_overrides(args) -> list[str]:
 
 
 def machine() -> dict:
-    return {**bench_io.machine(), "eprl_cache": os.environ.get("EPRL_CACHE")}
+    return {**bench_machine(), "eprl_cache": os.environ.get("EPRL_CACHE")}
 
 
 def run_method(method: str, common: list[str], runs: Path) -> dict:
@@ -235,10 +235,8 @@ def plot_sampled(result: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main() -> None:

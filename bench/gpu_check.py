@@ -14,10 +14,8 @@ Without a CUDA device it exits with status 2 and says so (nothing is written).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -25,21 +23,13 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_io import machine, write_results  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 KEYS = ["reward_mean", "entropy", "entropy_sampled", "loss", "grad_norm", "clip_frac_high", "clip_frac_low",
         "mismatch_dp_mean", "mismatch_dp_max", "mismatch_iw_max", "time_rollout", "time_learn"]
-
-
-def machine() -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import vllm
-        info["vllm"] = vllm.__version__
-    except Exception as err:  # noqa: BLE001 - report, do not fail: the hf runs still mean something
-        info["vllm"] = f"not importable ({type(err).__name__})"
-    return info
 
 
 def run_one(engine: str, dtype: str, iterations: int, out: Path) -> dict:
@@ -94,10 +84,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = [run_one(e, d, args.iterations, out) for e in args.engines.split(",") for d in args.dtypes.split(",")]
-    result = {"machine": machine(), "runs": runs}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu_check.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "gpu_check.md").write_text(write_md(result))
+    result = {"machine": machine("device", "vllm"), "runs": runs}
+    write_results(RESULTS / "gpu_check", result, write_md(result), indent=2)
     print(write_md(result))
     return 0 if all(r["rc"] == 0 for r in runs) else 1
 

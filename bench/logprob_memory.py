@@ -17,13 +17,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_io import machine, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,9 +38,9 @@ def _rss_kib() -> int:
 
 def child(args: argparse.Namespace) -> dict:
     import torch
+    from fused_loss import fused_token_objective  # bench/fused_loss.py (this script's folder is on sys.path)
     from torch import nn
 
-    from eprl.training.fused_loss import fused_token_objective
     from eprl.training.logprobs import token_logprobs_and_entropy
 
     torch.manual_seed(0)
@@ -69,7 +70,7 @@ def child(args: argparse.Namespace) -> dict:
         logp, ent = token_logprobs_and_entropy(hidden, ckpt_head, targets, chunk_size=args.chunk)
         return (logp * g_lp).sum() + (ent * g_ent).sum()
 
-    def fused():  # training/fused_loss.py: same objective, gradients formed in the forward (3 matmuls)
+    def fused():  # bench/fused_loss.py: same objective, gradients formed in the forward (3 matmuls)
         return fused_token_objective(hidden, head, targets, lambda lp, h, x: x["a"] * lp + x["b"] * h,
                                      chunk_size=args.chunk, extra={"a": g_lp, "b": g_ent})[0]
 
@@ -93,16 +94,6 @@ def child(args: argparse.Namespace) -> dict:
             "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
 
 
-def machine() -> dict:
-    import torch
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    mem = next(l.split(":", 1)[1].strip() for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_total": mem, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
-
-
 def _load(x) -> str:
     return "/".join(f"{v:.2f}" for v in x)
 
@@ -114,7 +105,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--reps", type=int, default=1, help="1 keeps the default run near 3.5 min on 2 cores")
     p.add_argument("--chunks", type=int, nargs="*", default=[256], help="chunk sizes of the recompute-in-backward path")
-    p.add_argument("--fused-chunks", type=int, nargs="*", default=[256], help="chunk sizes of training/fused_loss.py")
+    p.add_argument("--fused-chunks", type=int, nargs="*", default=[256], help="chunk sizes of bench/fused_loss.py")
     p.add_argument("--checkpoint-chunks", type=int, nargs="*", default=[], help="also time the generic checkpoint path")
     p.add_argument("--keep-previous", action="store_true",
                    help="carry over rows of the previous results file for (variant, chunk) pairs not re-run, marked with their run")
@@ -139,7 +130,7 @@ def main() -> None:
         r["mem_ratio_vs_naive"] = r["peak_delta_mib"] / naive["peak_delta_mib"]
         r["time_ratio_vs_naive"] = r["median_s"] / naive["median_s"]
         r["meets_goal"] = r["mem_ratio_vs_naive"] <= 1 / 8 and r["time_ratio_vs_naive"] <= 1.15
-    mach = {**machine(), "date": date, "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
+    mach = {**machine("mem_total", "torch_threads", cpu_key="cpu"), "date": date, "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
     prev_file = RESULTS / "logprob_memory.json"
     if args.keep_previous and prev_file.is_file():
         prev = json.loads(prev_file.read_text())
@@ -149,9 +140,7 @@ def main() -> None:
                 runs.append({**r, "run": r.get("run", prev["machine"]["date"])})  # ratios vs that run's naive
     result = {"machine": mach, "setup": {"tokens": args.tokens, "vocab": args.vocab, "hidden": args.hidden,
                                          "reps": args.reps, "dtype": "float32"}, "runs": runs}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "logprob_memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "logprob_memory.md").write_text(markdown(result))
+    write_results(RESULTS / "logprob_memory", result, markdown(result), indent=2)
 
 
 def markdown(res: dict) -> str:
@@ -176,7 +165,7 @@ def markdown(res: dict) -> str:
                      f"{r.get('run', m['date'])}{'' if r.get('run', m['date']) == m['date'] else ' (earlier run)'} |")
     lines += ["", "Variants: `naive` = full float32 logits + log_softmax under autograd; `chunked` = "
               "training/logprobs.py recompute-in-backward path for an nn.Linear head; `checkpoint` = the same under "
-              "torch.utils.checkpoint (any head); `fused` = training/fused_loss.py, objective "
+              "torch.utils.checkpoint (any head); `fused` = bench/fused_loss.py, objective "
               "sum(g_lp * logp + g_ent * H) with the gradients formed per chunk in the forward. All variants "
               "back-propagate the same objective (same upstream gradients g_lp, g_ent).", "",
               "Why recompute cannot meet the time goal (<= 1.15x): the head matmul (2 x tokens x hidden x vocab "

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from bench_io import atomic_write
+from bench_io import atomic_write, save_figure
 
 BAND = 0.10        # "within +-10% of H*"
 WINDOW = 3         # iterations averaged at the start and the end of a run (one iteration's H is noisy)
@@ -189,7 +189,7 @@ def figures(runs: list[dict], out: Path) -> list[Path]:
     def save(fig, name):
         path = out / name
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
 

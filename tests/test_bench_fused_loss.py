@@ -1,11 +1,17 @@
+"""bench/fused_loss.py (the `fused` variant of bench/logprob_memory.py): values and gradients equal autograd's."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from eprl.training.config import LearnerConfig
-from eprl.training.fused_loss import fused_token_objective
-from eprl.training.logprobs import causal_lm_parts
-from eprl.training.losses import LossInputs, _masked, compute_policy_loss, ppo_loss
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from fused_loss import fused_token_objective  # noqa: E402
+
+from eprl.training.config import LearnerConfig  # noqa: E402
+from eprl.training.logprobs import causal_lm_parts  # noqa: E402
+from eprl.training.losses import LossInputs, _masked, compute_policy_loss, ppo_loss  # noqa: E402
 
 torch.set_num_threads(1)
 

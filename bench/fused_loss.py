@@ -20,6 +20,11 @@ recompute-in-backward path of training/logprobs.py does 4). Only one chunk's flo
 autograd.Function, scaled by the upstream scalar gradient (so loss scaling / `loss * c` work).
 The returned log-probs and entropies are detached (use them for metrics / controllers).
 Our choice, not the paper's; values and gradients equal the unchunked autograd computation.
+
+Not the learner's path: the learner uses training/logprobs.py (recompute in backward), which serves every
+loss, including the ones that are not token-separable (GSPO's sequence ratio, Clip-Cov / KL-Cov's batch
+covariance), and any lm_head. This is the `fused` variant of bench/logprob_memory.py, kept here as the
+3-matmul reference that benchmark compares against; tests/test_bench_fused_loss.py checks it.
 """
 from __future__ import annotations
 
