@@ -107,6 +107,11 @@ def parent_entropy_claim(runs: list[dict]) -> list[tuple[str, str, str, str]]:
              "continued B runs", f"r = {r:+.2f}, p = {p:.3f}, n = {len(pairs)} runs", verdict)]
 
 
+def _clip_high(runs: list[dict]) -> str:
+    """Mean fraction of tokens the upper clip bound held back (clip-higher only matters where this is > 0)."""
+    return f"{float(np.mean([np.nanmean(series(r, 'clip_frac_high')) for r in runs])):.2%}" if runs else "-"
+
+
 def claims(runs: list[dict]) -> list[tuple[str, str, str, str]]:
     """(claim, rule, numbers, verdict) rows."""
     a = by_method(runs, "A")
@@ -117,15 +122,19 @@ def claims(runs: list[dict]) -> list[tuple[str, str, str, str]]:
     rows.append(("GRPO's entropy falls", f"every seed: last-{WINDOW} mean < H0 by more than {BAND:.0%}",
                  f"grpo {_pct(g)} (seeds {seeds.get('grpo', [])})", _verdict(g, lambda v: v < -BAND, lambda v: v >= -BAND)))
     for name, label in (("repo_r", "REPO-R (paper's zeta bounds)"), ("repo_r_wide", "REPO-R (zeta_max 1)"),
-                        ("repo_d", "REPO-D"), ("adapo", "ADAPO"), ("clip_cov", "Clip-Cov"), ("kl_cov", "KL-Cov")):
+                        ("repo_d", "REPO-D"), ("adapo", "ADAPO"), ("adapo_offpolicy", "ADAPO (2 epochs x 4 minibatches)"),
+                        ("clip_cov", "Clip-Cov"), ("kl_cov", "KL-Cov")):
         v = change.get(name, [])
         if name in ("repo_r", "adapo") or v:
             rows.append((f"{label} holds entropy within +-{BAND:.0%} of H*", f"every seed: abs(last-{WINDOW} mean / H* - 1) <= {BAND:.0%}",
                          f"{name} {_pct(v)} (seeds {seeds.get(name, [])})",
                          _verdict(v, lambda x: abs(x) <= BAND, lambda x: abs(x) > BAND)))
-    d = change.get("dapo", [])
-    rows.append(("DAPO's entropy runs away (rises)", f"every seed: last-{WINDOW} mean > H0 by more than {BAND:.0%}",
-                 f"dapo {_pct(d)} (seeds {seeds.get('dapo', [])})", _verdict(d, lambda v: v > BAND, lambda v: v <= BAND)))
+    for name, label in (("dapo", "DAPO"), ("dapo_offpolicy", "DAPO (2 epochs x 4 minibatches)")):
+        d = change.get(name, [])
+        if name == "dapo" or d:
+            rows.append((f"{label}'s entropy runs away (rises)", f"every seed: last-{WINDOW} mean > H0 by more than {BAND:.0%}",
+                         f"{name} {_pct(d)} (seeds {seeds.get(name, [])}); upper clip binds on {_clip_high(a.get(name, []))} "
+                         "of tokens", _verdict(d, lambda v: v > BAND, lambda v: v <= BAND)))
     b = by_method(runs, "B")
     if b:
         auc = {m: float(np.mean([eval_auc(r) for r in rs])) for m, rs in b.items()}

@@ -75,6 +75,11 @@ def test_claims_verdicts():
     assert verdicts["REPO-R (paper's zeta bounds) holds entropy within +-10% of H*"] == "inconclusive (seeds disagree)"
     assert verdicts["ADAPO holds entropy within +-10% of H*"] == "inconclusive (1 seed)"
     assert verdicts["DAPO's entropy runs away (rises)"] == "not run"
+    runs += [_run("dapo_offpolicy", s, [1.0, 1.1, 1.2, 1.3, 1.4, 1.5], [0.2, 0.3]) for s in range(3)]
+    rows = {c: (n, v) for c, _, n, v in study_report.claims(runs)}
+    assert rows["DAPO (2 epochs x 4 minibatches)'s entropy runs away (rises)"][1] == "reproduced"
+    assert "upper clip binds on 0.00% of tokens" in rows["DAPO (2 epochs x 4 minibatches)'s entropy runs away (rises)"][0]
+    assert "ADAPO (2 epochs x 4 minibatches) holds entropy within +-10% of H*" not in rows  # not run: no row
     runs = [_run("repo_r", s, held, [0.2, 0.4]) for s in range(3)]
     assert {c: v for c, _, _, v in study_report.claims(runs)}["REPO-R (paper's zeta bounds) holds entropy within +-10% of H*"] == "reproduced"
 
