@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from eprl.agents.engines.config import EngineConfig, SamplingConfig, Strict
 from eprl.errors import ConfigError
 
-__all__ = ["ConfigError", "RunConfig", "TaskSuite", "LearnerConfig", "load_run_config", "load_task_suite", "describe"]
+__all__ = ["ConfigError", "EngineConfig", "RunConfig", "SamplingConfig", "Strict", "TaskSuite", "LearnerConfig", "load_run_config", "load_task_suite", "describe"]
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 # Named choices (agent, engine, advantage, loss, aggregation, entropy control) are validated against their
 # Registry (eprl/registry.py), so a plugin's name is as valid as a built-in one. The registries are imported
@@ -34,15 +32,6 @@ class EnvSpec(Strict):
 class SplitSpec(Strict):
     env_kwargs: dict[str, Any] = Field(default_factory=dict, description="env kwargs for this split, merged over env.kwargs (e.g. split: test)")
     num_tasks: Optional[int] = Field(None, description="number of tasks in the split (None: all of a dataset; required for procedural envs in eval)")
-
-
-class SamplingConfig(Strict):
-    temperature: float = Field(1.0, gt=0, description="sampling temperature; the learner divides logits by the same value")
-    max_new_tokens: int = Field(64, gt=0, description="token budget of one agent turn")
-    top_p: float = Field(1.0, description="nucleus sampling; != 1 makes learner and sampler probabilities differ, refused unless allow_biased_sampling")
-    top_k: int = Field(0, description="top-k sampling (0 = off); refused unless allow_biased_sampling")
-    allow_biased_sampling: bool = Field(False, description="opt in to top_p/top_k that make the sampler's distribution differ from the learner's")
-    greedy: bool = Field(False, description="argmax decoding (evaluation)")
 
 
 class AgentConfig(Strict):
@@ -85,25 +74,6 @@ class ModelConfig(Strict):
     lora_rank: int = Field(16, description="LoRA rank")
     lora_alpha: int = Field(32, description="LoRA alpha")
     lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="modules that get LoRA adapters")
-
-
-class EngineConfig(Strict):
-    type: str = Field("hf", description="rollout engine by name: hf | vllm")
-
-    @field_validator("type")
-    @classmethod
-    def _known_engine(cls, v: str) -> str:
-        from eprl.agents.engines import ENGINES
-        return ENGINES.check(v)
-    batch_size: int = Field(64, ge=1, description="max sequences generated together")
-    gpu_memory_utilization: float = Field(0.15, gt=0, le=1, description="vllm: share of GPU memory for weights + KV cache (on CPU: share of RAM)")
-    max_model_len: Optional[int] = Field(None, gt=0, description="vllm: max prompt + generation tokens per sequence (None: the model's)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="vllm: weights/compute dtype (auto: the learner model's dtype)")
-    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs / torch.compile (faster start, slower decoding)")
-    launch_server: bool = Field(False, description="vllm: start a `vllm serve` on 127.0.0.1 and use it over HTTP instead of an in-process LLM")
-    server_urls: list[str] = Field(default_factory=list, description="vllm: URLs of running OpenAI-compatible vLLM servers (several = replicas, round-robin)")
-    server_timeout: float = Field(600.0, gt=0, description="vllm server: seconds to wait for /health at launch and for one request")
-    weights_dir: Optional[str] = Field(None, description="vllm: where synced weights are written (None: a temp dir); servers given by URL must see it")
 
 
 class EntropyControlConfig(Strict):

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from .config import SamplingConfig
 
 
 class SamplingError(ValueError):
@@ -17,14 +20,15 @@ class Generation:
 
 
 class Engine(Protocol):
-    def generate(self, prompts: Sequence[Sequence[int]], sampling, stop_token_ids: Sequence[int]) -> list[Generation]:
-        """Continue each prompt once; `sampling` is a training.config.SamplingConfig."""
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+                 stop_token_ids: Sequence[int]) -> list[Generation]:
+        """Continue each prompt once."""
 
     def sync_weights(self, model) -> None:
         """Make the engine sample from the learner's current weights."""
 
 
-def check_unbiased(sampling) -> None:
+def check_unbiased(sampling: SamplingConfig) -> None:
     """Refuse sampling settings under which the learner's recomputed probabilities would differ."""
     biased = [name for name, off in (("top_p", 1.0), ("top_k", 0)) if getattr(sampling, name) != off]
     if biased and not sampling.allow_biased_sampling:
