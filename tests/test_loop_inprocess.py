@@ -12,7 +12,7 @@ from eprl.training import cli
 from eprl.training.builders import build_engine, build_learner, build_policy, build_runners
 from eprl.training.config import load_run_config
 from eprl.training.learner import Learner
-from eprl.training.loop import Trainer
+from eprl.training.loop import Trainer, continue_from, resume, saved_config, train
 from eprl.training.metrics import read_metrics
 from eprl.training.policy import resolve_model_path
 
@@ -72,3 +72,21 @@ def test_trainer_from_parts_then_eval_without_an_optimizer(tmp_path, eprl_cache,
     assert timing(result) == timing(evals[-1])
 
 
+def test_continue_and_resume_leave_the_callers_config_unchanged(tmp_path, eprl_cache):
+    # REPO-R records H* after the first iteration: the child inherits it, which used to be written into the caller's cfg
+    sets = [*SMALL, f"model.cache_dir={eprl_cache}", "run.device=cpu", f"run.out_dir={tmp_path}", "run.iterations=1",
+            "run.checkpoint_every=1", "learner.entropy_control.type=repo_r"]
+    parent_cfg = load_run_config(TASK, overrides=[*sets, "run.name=parent"])
+    parent = train(parent_cfg)
+    child_cfg = load_run_config(TASK, overrides=[*sets, "run.name=child"])
+    before = child_cfg.model_dump()
+    child = continue_from(parent["run_dir"], child_cfg)
+    assert child_cfg.model_dump() == before and child_cfg.learner.entropy_control.target_entropy is None
+    meta = json.loads((Path(child["run_dir"]) / "meta.json").read_text())
+    inherited = saved_config(child["run_dir"]).learner.entropy_control.target_entropy
+    assert meta["target_entropy_source"] == "parent" and inherited == meta["parent_target_entropy"] > 0
+
+    # resume --iterations extends the run without rewriting the config it was started with
+    resumed = resume(parent["run_dir"], iterations=2)
+    assert resumed["iterations"] == 2 and [r["iteration"] for r in read_metrics(parent["run_dir"])] == [0, 1]
+    assert saved_config(parent["run_dir"]).run.iterations == 1

@@ -118,7 +118,8 @@ def run(argv=None) -> int:
         given = [flag for flag, value in (("--task", args.task), ("--config", args.config), ("--set", args.overrides)) if value]
         if given:
             raise ConfigError(f"train --resume takes the run's own config.json; {', '.join(given)} would be ignored: "
-                              "drop it (only --iterations may change), or start a new run")
+                              "drop it (only --iterations N may change, to extend the run), or use `eprl continue "
+                              f"{args.resume} --task ...` for a new run from its weights with other settings")
     elif args.command == "train":
         args.task = args.task or str(DEFAULT_TASK)
         if args.iterations is not None:

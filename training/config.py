@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from eprl.agents.engines.config import EngineConfig, SamplingConfig, Strict
 from eprl.errors import ConfigError
 
-__all__ = ["ConfigError", "EngineConfig", "RunConfig", "SamplingConfig", "Strict", "TaskSuite", "LearnerConfig", "load_run_config", "load_task_suite", "describe"]
+__all__ = ["ConfigError", "EngineConfig", "RunConfig", "SamplingConfig", "Strict", "TaskSuite", "LearnerConfig", "load_run_config", "load_task_suite", "describe", "updated"]
 
 
 # Named choices (agent, engine, advantage, loss, aggregation, entropy control) are validated against their
@@ -61,6 +61,36 @@ class TaskSuite(Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="sampling for training rollouts")
     eval_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(greedy=True), description="sampling for evaluation")
     eval_samples: int = Field(1, ge=1, description="samples per eval task (pass@k uses k <= eval_samples)")
+
+    @model_validator(mode="after")
+    def _one_turn_limit(self) -> "TaskSuite":
+        """The agent's turn cap and the env's must agree: the larger one would never act. An agent.max_turns
+        left unset follows the env's (when both splits give the env the same limit)."""
+        found = env_turn_limits(self)
+        if "max_turns" not in self.agent.model_fields_set and len({v for _, v in found}) == 1:
+            self.agent.max_turns = found[0][1]
+        for field, value in found:
+            if value != self.agent.max_turns:
+                raise ValueError(f"agent.max_turns={self.agent.max_turns} disagrees with {field}={value}: the smaller "
+                                 "limit ends every episode and the other never acts; set them equal (an unset "
+                                 "agent.max_turns follows the env's)")
+        return self
+
+
+ENV_TURN_LIMITS = ("max_turns", "max_interactions")  # env kwargs that cap an episode's turns (math envs, AppWorld)
+
+
+def env_turn_limits(suite: TaskSuite) -> list[tuple[str, int]]:
+    """(field, value) of each split's env turn limit given in the suite; None (the env's default) is left out."""
+    found: list[tuple[str, int]] = []
+    for split in ("train", "eval"):
+        split_kwargs = getattr(suite, split).env_kwargs
+        for key in ENV_TURN_LIMITS:
+            field, value = ((f"{split}.env_kwargs.{key}", split_kwargs[key]) if key in split_kwargs
+                            else (f"env.kwargs.{key}", suite.env.kwargs.get(key)))
+            if isinstance(value, int) and not isinstance(value, bool) and (field, value) not in found:
+                found.append((field, value))
+    return found
 
 
 # ----------------------------------------------------------------------------- run
@@ -304,7 +334,7 @@ def _validate(model: type[BaseModel], data: dict, prefix: str = "") -> Any:
         return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        field = prefix + ".".join(str(p) for p in first["loc"])
+        field = (prefix + ".".join(str(p) for p in first["loc"])).rstrip(".")
         msg = "unknown field (check spelling; see the configuration reference in README)" if first["type"] == "extra_forbidden" else first["msg"]
         got = "" if first["type"] == "extra_forbidden" else f" (got {first.get('input')!r})"
         if first["type"] == "value_error" and isinstance(first.get("input"), dict):  # a section's combination check
@@ -328,6 +358,18 @@ def load_run_config(task: str | Path | None = None, config: str | Path | None = 
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set learner.lr=1e-5")
         key, raw = item.split("=", 1)
         _set_path(data, key.strip(), raw)
+    return _validate(RunConfig, data)
+
+
+def updated(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """A validated copy of `cfg` with `{"a.b": value}` changes; `cfg` itself is never mutated."""
+    data = cfg.model_dump()
+    for dotted, value in changes.items():
+        *sections, key = dotted.split(".")
+        node = data
+        for section in sections:
+            node = node[section]
+        node[key] = value
     return _validate(RunConfig, data)
 
 

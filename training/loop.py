@@ -42,7 +42,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, updated
 from .evaluate import eval_line, evaluate_suite
 from .learner import Learner
 from .metrics import MetricsLog
@@ -341,7 +341,7 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir)
     if iterations is not None:
-        cfg.run.iterations = iterations
+        cfg = updated(cfg, {"run.iterations": iterations})
     meta_path = run_dir / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: no meta.json (the run was killed while starting); start it again")
@@ -381,9 +381,9 @@ def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
     ec = cfg.learner.entropy_control
     source = "remeasured" if ec.target_entropy == "remeasure" else "set" if ec.target_entropy is not None else "parent"
     if ec.target_entropy is None and parent_target is not None:
-        ec.target_entropy = parent_target
+        cfg = updated(cfg, {"learner.entropy_control.target_entropy": parent_target})  # the caller's cfg is kept
     meta = {"model": str(ckpt / "model"), "parent": str(ckpt.resolve()),
             "parent_run": str(ckpt.parent.parent.resolve()), "parent_target_entropy": parent_target,
             "target_entropy_source": source,
-            "inherited_target_entropy": None if source == "remeasured" else ec.target_entropy}
+            "inherited_target_entropy": None if source == "remeasured" else cfg.learner.entropy_control.target_entropy}
     return _start(cfg, str(ckpt / "model"), meta, log).fit()
