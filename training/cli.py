@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from eprl.errors import EprlError
+
 from .config import ConfigError, describe, load_run_config
 
 DEFAULT_TASK = Path(__file__).resolve().parent.parent / "tasks" / "default.yaml"
@@ -144,21 +146,9 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> None:
-    from eprl.agents.engines import SamplingError
-
-    from .checkpoint import CheckpointError
-    from .model_source import ModelSourceError
-    from .policy import ModelLoadError
     try:
         code = run(argv)
-    except (ConfigError, SamplingError, ModelLoadError, ModelSourceError, CheckpointError, FileNotFoundError,
-            FileExistsError) as err:
+    except (EprlError, FileNotFoundError, FileExistsError) as err:  # the user's to fix: one line, no traceback
         print(f"eprl: error: {err}", file=sys.stderr)
         code = 2
-    except ValueError as err:  # unknown env id or bad env kwargs (raised by the env itself)
-        if type(err).__module__.startswith("eprl.") or "unknown" in str(err):
-            print(f"eprl: error: {err}", file=sys.stderr)
-            code = 2
-        else:
-            raise
     sys.exit(code)

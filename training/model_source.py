@@ -23,11 +23,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from eprl.errors import EprlError
+
 GGUF_MAGIC = b"GGUF"
 MARKER = "eprl_source.json"
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(EprlError, ValueError):
     """A model source that cannot be used; one line saying what to do (CLI exit code 2)."""
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from eprl.errors import EprlError
+
 from .config import ConfigError, RunConfig, TaskSuite
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(EprlError, RuntimeError):
     """The model could not be loaded; the message says what to pass instead."""
 
 
@@ -31,8 +33,9 @@ def env_factory(suite: TaskSuite, split: str):
     except envs.EnvKwargsError as err:
         fields = [f"task.{split}.env_kwargs.{k}" if k in spec.env_kwargs else f"task.env.kwargs.{k}" for k in err.unexpected]
         raise ConfigError(f"{', '.join(fields)}: {err}") from None
-    except (ValueError, TypeError, OSError) as err:  # the env's own complaint (bad value, unreadable data)
-        raise ConfigError(f"task.env ({suite.env.id}, {split} split): {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    except (ValueError, TypeError, OSError, ImportError) as err:  # the env's own complaint (bad value, unreadable data)
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"task.env.kwargs: {suite.env.id} ({split} split): {message}") from None
     return lambda: envs.make(suite.env.id, **kwargs)
 
 

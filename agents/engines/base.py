@@ -4,11 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
+from eprl.errors import ConfigError
+
 if TYPE_CHECKING:
     from .config import SamplingConfig
 
 
-class SamplingError(ValueError):
+class SamplingError(ConfigError):
     """Sampling settings the learner cannot reproduce (top-p/top-k without opt-in)."""
 
 
