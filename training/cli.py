@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from eprl.errors import EprlError
 
 from .config import ConfigError, describe, load_run_config
+from .logs import configure_logging
+
+log = logging.getLogger("eprl.training.cli")
 
 DEFAULT_TASK = Path(__file__).resolve().parent.parent / "tasks" / "default.yaml"
 
@@ -77,12 +81,13 @@ def _cmd_eval(args) -> dict:
         result = evaluate_suite(runner, num_tasks, cfg)
     finally:
         runner.close()
-    print(eval_line(iteration, result, cfg.task.eval_samples))
+    log.info(eval_line(iteration, result, cfg.task.eval_samples))
     return {"model": path, "iteration": iteration, **result}
 
 
 def run(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    configure_logging()
     if argv[:1] == ["appworld-setup"]:
         from eprl.envs.appworld.setup import main as appworld_setup
         return appworld_setup(argv[1:])

@@ -17,6 +17,7 @@ all-gather of the weights per iteration.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import time
@@ -49,6 +50,8 @@ from .metrics import MetricsLog
 from .policy import env_factory, resolve_model_path
 from .select import informative_group_count, select_groups
 
+log = logging.getLogger("eprl.training.loop")
+
 
 def sample_tasks(seed: int, iteration: int, round_: int, count: int, num_tasks: int | None) -> list[int]:
     """Task indices for one iteration: a pure function of (seed, iteration, round) = the data position."""
@@ -66,8 +69,8 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, *, model, tokenizer, rollout_model, engine, train_runner,
                  eval_runner, num_train_tasks: int | None, num_eval_tasks: int | None, learner: Learner,
-                 meta: dict, log=print):
-        self.cfg, self.run_dir, self.meta, self.log = cfg, Path(run_dir), meta, log
+                 meta: dict):
+        self.cfg, self.run_dir, self.meta = cfg, Path(run_dir), meta
         self.main = distributed.is_main()
         self.model, self.tokenizer, self.rollout_model = model, tokenizer, rollout_model
         self.engine, self.train_runner, self.eval_runner = engine, train_runner, eval_runner
@@ -78,7 +81,7 @@ class Trainer:
         self.iteration = 0
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, run_dir: Path, model_path: str, meta: dict, log=print) -> "Trainer":
+    def from_config(cls, cfg: RunConfig, run_dir: Path, model_path: str, meta: dict) -> "Trainer":
         """Every part from the config: policy, then (rank 0) engine and runners, then the learner."""
         model, tokenizer, rollout_model = build_policy(cfg, model_path)
         engine, runners = None, (None, None, None, None)
@@ -95,7 +98,7 @@ class Trainer:
             raise
         return cls(cfg, run_dir, model=model, tokenizer=tokenizer, rollout_model=rollout_model, engine=engine,
                    train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train_tasks,
-                   num_eval_tasks=num_eval_tasks, learner=learner, meta=meta, log=log)
+                   num_eval_tasks=num_eval_tasks, learner=learner, meta=meta)
 
     # ------------------------------------------------------------------ state
     def restore(self, ckpt: Path) -> None:
@@ -131,7 +134,7 @@ class Trainer:
         result = evaluate_suite(self.eval_runner, self.num_eval_tasks, self.cfg)
         row = {"iteration": self.iteration, **result}
         self.evals.append(row)
-        self.log(eval_line(self.iteration, result, self.cfg.task.eval_samples))
+        log.info(eval_line(self.iteration, result, self.cfg.task.eval_samples))
         return row
 
     def collect(self):
@@ -168,7 +171,7 @@ class Trainer:
         row["time_iteration"] = time.perf_counter() - t0
         row["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; peak so far
         self.metrics.append(row)
-        self.log(f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
+        log.info(f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
                  f"entropy {row.get('entropy', float('nan')):.3f} rollout {row['time_rollout']:.1f}s "
                  f"learn {row.get('time_learn', 0.0):.1f}s")
         return row
@@ -267,11 +270,7 @@ def preflight(cfg: RunConfig, new_run: bool = True) -> None:
         _check_run_dir_free(_run_dir(cfg))
 
 
-def _quiet(*_args, **_kwargs) -> None:
-    pass
-
-
-def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
+def _start(cfg: RunConfig, model_path: str, meta: dict) -> Trainer:
     run_dir = None
     if distributed.is_main():  # rank 0 names and writes the run directory; the others get its name
         run_dir = _new_run_dir(cfg)
@@ -280,16 +279,15 @@ def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
     run_dir = distributed.broadcast_object(run_dir)
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
-    return Trainer.from_config(cfg, run_dir, model_path, meta, log)
+    return Trainer.from_config(cfg, run_dir, model_path, meta)
 
 
-def train(cfg: RunConfig, log=print) -> dict:
+def train(cfg: RunConfig) -> dict:
     """A new run from the configured model (the embedded default when none is given)."""
-    log = log if distributed.is_main() else _quiet
     preflight(cfg)
     with distributed.main_first():  # rank 0 builds the embedded default's cache, the others find it
-        model_path = resolve_model_path(cfg, log)
-    return _start(cfg, model_path, {"model": model_path, "parent": None}, log).fit()
+        model_path = resolve_model_path(cfg)
+    return _start(cfg, model_path, {"model": model_path, "parent": None}).fit()
 
 
 def saved_config(run_dir: str | Path) -> RunConfig:
@@ -300,7 +298,7 @@ def saved_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.model_validate_json(path.read_text())
 
 
-def resumable_checkpoint(run_dir: Path, log=print) -> Path | None:
+def resumable_checkpoint(run_dir: Path) -> Path | None:
     """The newest intact checkpoint of a run, or None if the run never wrote one.
 
     Removes partial writes of a killed run; newer checkpoints that fail `checkpoint_problem` are
@@ -321,23 +319,22 @@ def resumable_checkpoint(run_dir: Path, log=print) -> Path | None:
         raise CheckpointError(f"--resume {run_dir}: no intact checkpoint ({found}); nothing was changed: restore a "
                               "checkpoint directory or start a new run with another run.name")
     for name in clean_partial_writes(run_dir):
-        log(f"removed {name}: the partial write of a killed run")
+        log.info(f"removed {name}: the partial write of a killed run")
     for ckpt, problem in skipped:
         aside, n = ckpt.with_name(f"{ckpt.name}.corrupt"), 1
         while aside.exists():
             n += 1
             aside = ckpt.with_name(f"{ckpt.name}.corrupt{n}")
         os.replace(ckpt, aside)
-        log(f"skipping {ckpt.name} ({problem}): kept as {aside.name}")
+        log.info(f"skipping {ckpt.name} ({problem}): kept as {aside.name}")
     pointer = root / "latest"
     if chosen is not None and (not pointer.is_file() or pointer.read_text().strip() != chosen.name):
         atomic_write_text(pointer, chosen.name)  # continue/eval of this run dir see the checkpoint resumed from
     return chosen
 
 
-def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dict:
+def resume(run_dir: str | Path, iterations: int | None = None) -> dict:
     """Continue the same run exactly where its newest intact checkpoint left it."""
-    log = log if distributed.is_main() else _quiet
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir)
     if iterations is not None:
@@ -349,7 +346,7 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
     found: tuple = (None, None)
     if distributed.is_main():  # rank 0 checks and tidies; every rank gets the choice (or the error)
         try:
-            found = (resumable_checkpoint(run_dir, log), None)
+            found = (resumable_checkpoint(run_dir), None)
         except CheckpointError as err:
             found = (None, str(err))
     ckpt, error = distributed.broadcast_object(found)
@@ -358,22 +355,21 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
     if ckpt is None:  # killed before its first checkpoint: start over in place (the same rows come again)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
-        trainer = Trainer.from_config(cfg, run_dir, meta["model"], meta, log)
+        trainer = Trainer.from_config(cfg, run_dir, meta["model"], meta)
         if trainer.main:
             trainer.metrics.truncate_after(-1)
             trainer.evals.truncate_after(0)
-        log(f"resumed {run_dir} at iteration 0: no checkpoint was written yet")
+        log.info(f"resumed {run_dir} at iteration 0: no checkpoint was written yet")
     else:
-        trainer = Trainer.from_config(cfg, run_dir, str(ckpt / "model"), meta, log)
+        trainer = Trainer.from_config(cfg, run_dir, str(ckpt / "model"), meta)
         trainer.restore(ckpt)
-        log(f"resumed {run_dir} at iteration {trainer.iteration} from {ckpt.name}")
+        log.info(f"resumed {run_dir} at iteration {trainer.iteration} from {ckpt.name}")
     return trainer.fit()
 
 
-def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
+def continue_from(checkpoint: str | Path, cfg: RunConfig) -> dict:
     """A new run on `cfg.task` from a checkpoint's weights. The entropy target H*: the parent's (default),
     the one set in `target_entropy`, or, with `target_entropy: remeasure`, measured again on the new domain."""
-    log = log if distributed.is_main() else _quiet
     preflight(cfg)
     ckpt = resolve_checkpoint(checkpoint)
     _, trainer_state = load_trainer_state(ckpt)
@@ -386,4 +382,4 @@ def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
             "parent_run": str(ckpt.parent.parent.resolve()), "parent_target_entropy": parent_target,
             "target_entropy_source": source,
             "inherited_target_entropy": None if source == "remeasured" else cfg.learner.entropy_control.target_entropy}
-    return _start(cfg, str(ckpt / "model"), meta, log).fit()
+    return _start(cfg, str(ckpt / "model"), meta).fit()

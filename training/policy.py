@@ -5,6 +5,7 @@ With `model.lora`, a peft LoRA adapter is trained instead of all weights.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from eprl.errors import EprlError
 
 from .config import ConfigError, RunConfig, TaskSuite
+
+log = logging.getLogger("eprl.training.policy")
 
 
 class ModelLoadError(EprlError, RuntimeError):
@@ -39,21 +42,21 @@ def env_factory(suite: TaskSuite, split: str):
     return lambda: envs.make(suite.env.id, **kwargs)
 
 
-def resolve_model_path(cfg: RunConfig, log=print) -> str:
+def resolve_model_path(cfg: RunConfig) -> str:
     """An HF directory or hub id: the configured one (a .gguf file or packaged short name is converted
     once and cached, training/model_source.py), else the embedded tiny default."""
     if cfg.model.name_or_path is not None:
         from .model_source import resolve_model_source
-        return resolve_model_source(cfg.model.name_or_path, log)
+        return resolve_model_source(cfg.model.name_or_path)
     from .config import EnvSpec, TaskSuite
     from .tiny_default import WARM_START_ENV, build_default_policy
     # The scripted warm-start expert knows calculator arithmetic; other suites start from that policy too.
     suite = cfg.task if cfg.task.env.id == WARM_START_ENV else TaskSuite(env=EnvSpec(id=WARM_START_ENV, kwargs={"difficulty": 2, "max_turns": 4}))
     if suite is not cfg.task:
-        log(f"no model given: warm-starting the tiny default on {WARM_START_ENV} (the scripted expert's domain)")
+        log.info(f"no model given: warm-starting the tiny default on {WARM_START_ENV} (the scripted expert's domain)")
     env_key = {"id": suite.env.id, **suite.env.kwargs, **suite.train.env_kwargs}
     return str(build_default_policy(env_factory(suite, "train"), env_key, sft_steps=cfg.model.tiny_sft_steps,
-                                    noise=cfg.model.tiny_sft_noise, seed=cfg.run.seed, cache_dir=cfg.model.cache_dir, log=log))
+                                    noise=cfg.model.tiny_sft_noise, seed=cfg.run.seed, cache_dir=cfg.model.cache_dir))
 
 
 def check_serializable(model, path: str) -> None:
