@@ -64,7 +64,7 @@ def _cmd_eval(args) -> dict:
     from .builders import build_engine, build_policy, build_runner
     from .checkpoint import resolve_checkpoint
     from .evaluate import eval_line, evaluate_suite
-    from .loop import preflight
+    from .preflight import preflight
     cfg = load_run_config(args.task, args.config, args.overrides)
     preflight(cfg, new_run=False)
     iteration = 0

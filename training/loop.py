@@ -26,8 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eprl.agents.engines import SamplingError, check_unbiased
-
 from . import distributed
 from .batch import collate
 from .builders import build_engine, build_learner, build_policy, build_runners
@@ -43,11 +41,12 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import ConfigError, RunConfig, updated
+from .config import RunConfig, updated
 from .evaluate import eval_line, evaluate_suite
 from .learner import Learner
-from .metrics import MetricsLog
-from .policy import env_factory, resolve_model_path
+from .metrics import MetricStream
+from .policy import resolve_model_path
+from .preflight import check_run_dir_free, preflight, run_dir_for
 from .select import informative_group_count, select_groups
 
 log = logging.getLogger("eprl.training.loop")
@@ -76,8 +75,8 @@ class Trainer:
         self.engine, self.train_runner, self.eval_runner = engine, train_runner, eval_runner
         self.num_train_tasks, self.num_eval_tasks = num_train_tasks, num_eval_tasks
         self.learner = learner
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
-        self.evals = MetricsLog(self.run_dir / "eval.jsonl")
+        self.metrics = MetricStream(self.run_dir, "metrics", cfg.run.metric_sinks)
+        self.evals = MetricStream(self.run_dir, "eval", cfg.run.metric_sinks)
         self.iteration = 0
 
     @classmethod
@@ -193,6 +192,8 @@ class Trainer:
         return row, (collate(trajectories, self.tokenizer.pad_token_id) if trajectories else None)
 
     def close(self) -> None:
+        self.metrics.close()
+        self.evals.close()
         if self.main:
             self.train_runner.close()
             self.eval_runner.close()
@@ -234,40 +235,11 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- entry points
-def _run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.run.out_dir) / (cfg.run.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def _check_run_dir_free(run_dir: Path) -> None:
-    if any((run_dir / name).exists() for name in ("metrics.jsonl", "eval.jsonl", "checkpoints")):
-        raise FileExistsError(f"run directory {run_dir} already holds a run; use `train --resume {run_dir}` or another run.name")
-
-
 def _new_run_dir(cfg: RunConfig) -> Path:
-    run_dir = _run_dir(cfg)
-    _check_run_dir_free(run_dir)
+    run_dir = run_dir_for(cfg)
+    check_run_dir_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def preflight(cfg: RunConfig, new_run: bool = True) -> None:
-    """Fail in one line before any model work: env id, kwargs and data, eval size, sampling, run directory."""
-    env_factory(cfg.task, "train")
-    make_eval = env_factory(cfg.task, "eval")
-    if cfg.task.eval.num_tasks is None:
-        env = make_eval()
-        size = env.unwrapped.num_tasks
-        env.close()
-        if size is None:
-            raise ConfigError(f"task.eval.num_tasks: must be set for {cfg.task.env.id}, a procedural environment "
-                              "(it has no fixed size); e.g. --set task.eval.num_tasks=64")
-    for field in ("sampling", "eval_sampling"):
-        try:
-            check_unbiased(getattr(cfg.task, field))
-        except SamplingError as err:
-            raise ConfigError(f"task.{field}: {err}") from None
-    if new_run and cfg.run.name:
-        _check_run_dir_free(_run_dir(cfg))
 
 
 def _start(cfg: RunConfig, model_path: str, meta: dict) -> Trainer:
