@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(1)
     task = REPO / "tasks" / "default.yaml"
     cfg = load_run_config(task, overrides=["run.progress=false", f"run.out_dir={args.out_dir}", "run.device=cpu"])
-    trainer = _start(cfg, resolve_model_path(cfg, log=lambda *_: None), {"model": "tiny"}, log=lambda *_: None)
+    trainer = _start(cfg, resolve_model_path(cfg), {"model": "tiny"})
     batches = []
     for it in range(3):
         trainer.iteration = it

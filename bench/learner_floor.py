@@ -63,7 +63,7 @@ def load(name: str, threads: int):
     if name == "smollm2-lora":  # the study's LoRA (bench/smollm2_cost.py)
         sets += ["model.lora=true", "model.lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"]
     cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=sets)
-    model, tok = load_policy(resolve_model_path(cfg, log=lambda *_: None), cfg)
+    model, tok = load_policy(resolve_model_path(cfg), cfg)
     del AutoModelForCausalLM, AutoTokenizer
     return model, tok, cfg
 

@@ -72,7 +72,7 @@ def load_model(kind: str, log):
     from eprl.training.config import load_run_config
     from eprl.training.policy import load_policy, resolve_model_path
     cfg = load_run_config(TASK, overrides=[f"model.cache_dir={CACHE}"])
-    path = resolve_model_path(cfg, log=log)
+    path = resolve_model_path(cfg)
     model, tok = load_policy(path, cfg)
     if kind == "big":
         from transformers import Qwen3Config, Qwen3ForCausalLM

@@ -36,7 +36,7 @@ def load(name: str):
     from eprl.training.policy import load_policy, resolve_model_path
     sets = ["model.name_or_path=smollm2-135m"] if name == "smollm2" else []
     cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=sets)
-    return load_policy(resolve_model_path(cfg, log=lambda *_: None), cfg)
+    return load_policy(resolve_model_path(cfg), cfg)
 
 
 @torch.no_grad()

@@ -9,17 +9,19 @@ from typing import Any, Callable
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 
+from eprl.errors import ConfigError
+
 NAMESPACE = "eprl"
 PLUGIN_GROUP = "eprl.envs"
 _loaded_plugins: set[tuple[str, str]] = set()
 _plugins_scanned = False
 
 
-class UnknownEnvironmentError(ValueError):
+class UnknownEnvironmentError(ConfigError):
     """Raised by ``make`` for an id that is not registered."""
 
 
-class EnvKwargsError(ValueError):
+class EnvKwargsError(ConfigError):
     """Raised by ``make`` for keyword arguments the environment's constructor does not take."""
 
     def __init__(self, message: str, unexpected: list[str]):

@@ -23,7 +23,7 @@ def test_appworld_suite_trains_and_evaluates_with_tgc_sgc(tmp_path, eprl_cache):
         "model.tiny_sft_steps=30", f"model.cache_dir={eprl_cache}", "task.group_size=2", "task.tasks_per_iteration=1",
         "task.eval.num_tasks=1", "task.sampling.max_new_tokens=32", "task.eval_sampling.max_new_tokens=32",
         "run.iterations=1", "run.progress=false", f"run.out_dir={tmp_path}", "run.name=aw"])
-    summary = train(cfg, log=lambda *_: None)
+    summary = train(cfg)
     rows = read_metrics(summary["run_dir"])
     assert len(rows) == 1 and rows[0]["episodes"] == 2
     assert rows[0]["action_tokens"] > 0

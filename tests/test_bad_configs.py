@@ -15,7 +15,8 @@ from eprl.training.cli import main
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "bad_configs"
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text())
-SUBPROCESS = ["type_group_size", "encoding_latin1", "data_malformed_json", "--resume", "env_kwarg_unknown"]
+SUBPROCESS = ["type_group_size", "encoding_latin1", "data_malformed_json", "--resume", "env_kwarg_unknown",
+              "tools: 5"]
 
 
 def _fill(text: str, tmp: Path) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eprl.training.config import ConfigError, RunConfig, describe, load_run_config, load_task_suite
+from eprl.training.config import ConfigError, RunConfig, TaskSuite, describe, load_run_config, load_task_suite
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -123,6 +123,10 @@ REFUSED = [  # combinations where a knob has no effect or changes the method's m
     (["learner.entropy_control.gamma=2"], "learner.entropy_control: gamma=2.0 has no effect with type=none (it is a adapo field)"),
     (["learner.entropy_control.type=clip_cov", "learner.entropy_control.clip_cov_lb=6"], "clip_cov_lb must be below clip_cov_ub"),
     (["learner.entropy_control.target_entropy=later"], "learner.entropy_control.target_entropy"),
+    (["task.agent.max_turns=6"], "task: agent.max_turns=6 disagrees with env.kwargs.max_turns=4: the smaller limit ends"),
+    (["task.eval.env_kwargs.max_turns=2"], "task: agent.max_turns=4 disagrees with eval.env_kwargs.max_turns=2"),
+    (["task.env.kwargs={difficulty: 2}", "task.agent.max_turns=3", "task.train.env_kwargs={split: train, max_turns: 5}"],
+     "task: agent.max_turns=3 disagrees with train.env_kwargs.max_turns=5"),
 ]
 
 
@@ -141,6 +145,23 @@ def test_valid_combinations_of_the_new_methods_load():
                  ["learner.entropy_control.target_entropy=remeasure"], ["learner.loss_agg=seq_mean_token_sum"]):
         load_run_config(REPO / "tasks" / "default.yaml", overrides=sets)
     assert load_run_config(REPO / "tasks" / "default.yaml", overrides=["learner.loss=gspo"]).learner.loss_agg == "seq_mean_token_mean"
+
+
+def test_agent_turn_limit_follows_the_envs_unless_set(tmp_path):
+    suite = lambda **kw: TaskSuite.model_validate(kw)  # noqa: E731
+    assert suite(env={"id": "eprl/Arithmetic-v0", "kwargs": {"max_turns": 2}}).agent.max_turns == 2
+    assert suite(env={"id": "eprl/AppWorld-v0", "kwargs": {"max_interactions": 3}}).agent.max_turns == 3
+    assert suite(agent={"max_turns": 5}).agent.max_turns == 5  # no env limit given (the env's default): not refused
+    assert suite().agent.max_turns == 6
+    # both splits set and disagreeing: nothing to follow, the agent's default is refused against the first
+    with pytest.raises(ValueError, match="agent.max_turns=6 disagrees with train.env_kwargs.max_turns=2"):
+        suite(train={"env_kwargs": {"max_turns": 2}}, eval={"env_kwargs": {"max_turns": 3}})
+    path = tmp_path / "suite.yaml"
+    path.write_text((REPO / "tasks" / "default.yaml").read_text().replace("agent: {max_turns: 4", "agent: {max_turns: 1"))
+    with pytest.raises(ConfigError, match=r"^task: agent.max_turns=1 disagrees with env.kwargs.max_turns=4: "):
+        load_task_suite(path)
+    saved = load_run_config(REPO / "tasks" / "default.yaml")
+    assert RunConfig.model_validate_json(saved.model_dump_json()) == saved  # a run's config.json loads back as it was
 
 
 def test_cli_refuses_a_combination_in_one_line_with_exit_2(tmp_path):

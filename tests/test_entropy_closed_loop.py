@@ -57,7 +57,7 @@ def test_entropy_check_command(capsys):
     assert out["without_control"]["runs"][0]["tail_rel"] < -0.3
     assert out["without_control"]["runs"][0]["zeta_last"] is None  # no zeta without REPO: null, not NaN
     assert out["configured"]["runs"][0]["zeta_last"] > 0
-    with pytest.raises(ValueError, match="unknown start 'nope'; choose one of"):
+    with pytest.raises(ValueError, match="entropy-check: --start 'nope' is unknown; choose one of"):
         run(["entropy-check", "--start", "nope"])
     from eprl.training.config import ConfigError
     with pytest.raises(ConfigError, match=r"--iterations \(5\) must be larger than the averaging window"):

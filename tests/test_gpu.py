@@ -27,7 +27,7 @@ def test_two_iterations_on_cuda(dtype, tmp_path, eprl_cache):
         "model.tiny_sft_steps=30", f"model.cache_dir={eprl_cache}", "task.group_size=4", "task.tasks_per_iteration=3",
         "task.eval.num_tasks=2", "task.eval_samples=1", "run.iterations=2", "run.checkpoint_every=2",
         "run.progress=false", "run.device=cuda", f"model.dtype={dtype}", f"run.out_dir={tmp_path}", "run.name=gpu"])
-    trainer = _start(cfg, resolve_model_path(cfg, log=lambda *_: None), {"model": "tiny"}, log=lambda *_: None)
+    trainer = _start(cfg, resolve_model_path(cfg), {"model": "tiny"})
     assert next(trainer.model.parameters()).device.type == "cuda"
     assert next(trainer.model.parameters()).dtype == torch.float32  # master weights; compute is autocast
     assert trainer.learner.scaler.is_enabled() == (dtype == "fp16")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from eprl.training import cli
 from eprl.training.builders import build_engine, build_learner, build_policy, build_runners
 from eprl.training.config import load_run_config
 from eprl.training.learner import Learner
-from eprl.training.loop import Trainer
+from eprl.training.loop import Trainer, continue_from, resume, saved_config, train
 from eprl.training.metrics import read_metrics
 from eprl.training.policy import resolve_model_path
 
@@ -20,15 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 TASK = str(REPO / "tasks" / "default.yaml")
 
 
-def quiet(*_a, **_k) -> None:
-    pass
-
-
 def test_trainer_from_parts_then_eval_without_an_optimizer(tmp_path, eprl_cache, monkeypatch, capsys):
     # the entropy bonus guarantees a gradient even when every group's rewards are equal
     sets = [*SMALL, f"model.cache_dir={eprl_cache}", "run.device=cpu", "learner.entropy_coef=0.01"]
     cfg = load_run_config(TASK, overrides=[*sets, "run.iterations=2", "run.checkpoint_every=2"])
-    path = resolve_model_path(cfg, log=quiet)
+    path = resolve_model_path(cfg)
     torch.manual_seed(cfg.run.seed)
     model, tokenizer, rollout_model = build_policy(cfg, path)
     assert rollout_model is model  # one process: the engine samples from the learner's own module
@@ -39,7 +36,7 @@ def test_trainer_from_parts_then_eval_without_an_optimizer(tmp_path, eprl_cache,
     run_dir.mkdir()
     trainer = Trainer(cfg, run_dir, model=model, tokenizer=tokenizer, rollout_model=rollout_model, engine=engine,
                       train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train,
-                      num_eval_tasks=num_eval, learner=build_learner(cfg, model), meta={"model": path}, log=quiet)
+                      num_eval_tasks=num_eval, learner=build_learner(cfg, model), meta={"model": path})
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     summary = trainer.fit()
 
@@ -72,3 +69,25 @@ def test_trainer_from_parts_then_eval_without_an_optimizer(tmp_path, eprl_cache,
     assert timing(result) == timing(evals[-1])
 
 
+def test_continue_and_resume_leave_the_callers_config_unchanged(tmp_path, eprl_cache, caplog):
+    caplog.set_level(logging.INFO, logger="eprl")  # a library user's lines are logging records
+    # REPO-R records H* after the first iteration: the child inherits it, which used to be written into the caller's cfg
+    sets = [*SMALL, f"model.cache_dir={eprl_cache}", "run.device=cpu", f"run.out_dir={tmp_path}", "run.iterations=1",
+            "run.checkpoint_every=1", "learner.entropy_control.type=repo_r"]
+    parent_cfg = load_run_config(TASK, overrides=[*sets, "run.name=parent"])
+    parent = train(parent_cfg)
+    child_cfg = load_run_config(TASK, overrides=[*sets, "run.name=child"])
+    before = child_cfg.model_dump()
+    child = continue_from(parent["run_dir"], child_cfg)
+    assert child_cfg.model_dump() == before and child_cfg.learner.entropy_control.target_entropy is None
+    meta = json.loads((Path(child["run_dir"]) / "meta.json").read_text())
+    inherited = saved_config(child["run_dir"]).learner.entropy_control.target_entropy
+    assert meta["target_entropy_source"] == "parent" and inherited == meta["parent_target_entropy"] > 0
+
+    # resume --iterations extends the run without rewriting the config it was started with
+    resumed = resume(parent["run_dir"], iterations=2)
+    assert resumed["iterations"] == 2 and [r["iteration"] for r in read_metrics(parent["run_dir"])] == [0, 1]
+    assert saved_config(parent["run_dir"]).run.iterations == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "eprl.training.loop"]
+    assert f"resumed {parent['run_dir']} at iteration 1 from iter_000001" in lines
+    assert sum(line.startswith("[iter   0] reward") for line in lines) == 2  # parent and child

@@ -59,11 +59,10 @@ def test_lora_training_changes_only_the_adapter(tmp_path, eprl_cache):
 
     # CPU also on GPU hosts: the logits are compared bit for bit with a CPU-loaded copy below.
     cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=_sets(eprl_cache, tmp_path, "lora", "run.device=cpu"))
-    quiet = lambda *a, **k: None  # noqa: E731
-    base_path = resolve_model_path(cfg, log=quiet)
+    base_path = resolve_model_path(cfg)
     torch.manual_seed(0)
     (tmp_path / "lora").mkdir()
-    trainer = Trainer.from_config(cfg, tmp_path / "lora", base_path, {"model": base_path, "parent": None}, log=quiet)
+    trainer = Trainer.from_config(cfg, tmp_path / "lora", base_path, {"model": base_path, "parent": None})
     try:
         model = trainer.model
         assert isinstance(model, peft.PeftModel)

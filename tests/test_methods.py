@@ -45,7 +45,7 @@ def test_method_runs_and_logs_every_metric(method, tmp_path, eprl_cache):
         "learner.epochs=2", "learner.minibatches=2", f"run.out_dir={tmp_path}", f"run.name={method}",
         "run.device=cpu",  # same draws on GPU hosts (dapo needs informative groups; CUDA is tests/test_gpu.py)
         *METHODS[method]])
-    trainer: Trainer = _start(cfg, resolve_model_path(cfg, log=lambda *_: None), {"model": "tiny"}, log=lambda *_: None)
+    trainer: Trainer = _start(cfg, resolve_model_path(cfg), {"model": "tiny"})
     summary = trainer.fit()
     rows = read_metrics(summary["run_dir"])
     assert [r["iteration"] for r in rows] == [0, 1]

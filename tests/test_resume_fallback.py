@@ -127,8 +127,10 @@ def test_resume_before_any_checkpoint_starts_over_in_place(reference, tmp_path, 
 def test_resume_refuses_config_flags(tmp_path, capsys, extra):
     code, _, err = cli(capsys, "train", "--resume", str(tmp_path), *extra)
     assert code == 2
-    assert err.strip().splitlines() == [f"eprl: error: train --resume takes the run's own config.json; {extra[0]} would "
-                                        "be ignored: drop it (only --iterations may change), or start a new run"]
+    assert err.strip().splitlines() == [
+        f"eprl: error: train --resume takes the run's own config.json; {extra[0]} would be ignored: drop it (only "
+        f"--iterations N may change, to extend the run), or use `eprl continue {tmp_path} --task ...` for a new run "
+        "from its weights with other settings"]
 
 
 def test_eval_of_a_checkpoint_reports_its_iteration(reference, capsys):

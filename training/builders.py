@@ -23,7 +23,7 @@ from eprl.agents.engines import make_engine
 from eprl.agents.rollout import RolloutRunner
 
 from . import distributed
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .learner import Learner
 from .policy import env_factory, load_policy
 
@@ -68,7 +68,7 @@ def _num_tasks(cfg: RunConfig, split: str, runner: RolloutRunner) -> int | None:
     """The split's configured `num_tasks`, else the env's own size (None: procedural); eval needs one."""
     num_tasks = getattr(cfg.task, split).num_tasks or runner.num_tasks
     if split == "eval" and num_tasks is None:
-        raise ValueError("task.eval.num_tasks must be set for a procedural environment (it has no fixed size)")
+        raise ConfigError("task.eval.num_tasks: must be set for a procedural environment (it has no fixed size)")
     return num_tasks
 
 

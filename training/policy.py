@@ -5,16 +5,21 @@ With `model.lora`, a peft LoRA adapter is trained instead of all weights.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from eprl.errors import EprlError
+
 from .config import ConfigError, RunConfig, TaskSuite
 
+log = logging.getLogger("eprl.training.policy")
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(EprlError, RuntimeError):
     """The model could not be loaded; the message says what to pass instead."""
 
 
@@ -31,26 +36,27 @@ def env_factory(suite: TaskSuite, split: str):
     except envs.EnvKwargsError as err:
         fields = [f"task.{split}.env_kwargs.{k}" if k in spec.env_kwargs else f"task.env.kwargs.{k}" for k in err.unexpected]
         raise ConfigError(f"{', '.join(fields)}: {err}") from None
-    except (ValueError, TypeError, OSError) as err:  # the env's own complaint (bad value, unreadable data)
-        raise ConfigError(f"task.env ({suite.env.id}, {split} split): {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    except (ValueError, TypeError, OSError, ImportError) as err:  # the env's own complaint (bad value, unreadable data)
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"task.env.kwargs: {suite.env.id} ({split} split): {message}") from None
     return lambda: envs.make(suite.env.id, **kwargs)
 
 
-def resolve_model_path(cfg: RunConfig, log=print) -> str:
+def resolve_model_path(cfg: RunConfig) -> str:
     """An HF directory or hub id: the configured one (a .gguf file or packaged short name is converted
     once and cached, training/model_source.py), else the embedded tiny default."""
     if cfg.model.name_or_path is not None:
         from .model_source import resolve_model_source
-        return resolve_model_source(cfg.model.name_or_path, log)
+        return resolve_model_source(cfg.model.name_or_path)
     from .config import EnvSpec, TaskSuite
     from .tiny_default import WARM_START_ENV, build_default_policy
     # The scripted warm-start expert knows calculator arithmetic; other suites start from that policy too.
     suite = cfg.task if cfg.task.env.id == WARM_START_ENV else TaskSuite(env=EnvSpec(id=WARM_START_ENV, kwargs={"difficulty": 2, "max_turns": 4}))
     if suite is not cfg.task:
-        log(f"no model given: warm-starting the tiny default on {WARM_START_ENV} (the scripted expert's domain)")
+        log.info(f"no model given: warm-starting the tiny default on {WARM_START_ENV} (the scripted expert's domain)")
     env_key = {"id": suite.env.id, **suite.env.kwargs, **suite.train.env_kwargs}
     return str(build_default_policy(env_factory(suite, "train"), env_key, sft_steps=cfg.model.tiny_sft_steps,
-                                    noise=cfg.model.tiny_sft_noise, seed=cfg.run.seed, cache_dir=cfg.model.cache_dir, log=log))
+                                    noise=cfg.model.tiny_sft_noise, seed=cfg.run.seed, cache_dir=cfg.model.cache_dir))
 
 
 def check_serializable(model, path: str) -> None:

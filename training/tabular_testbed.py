@@ -74,7 +74,7 @@ def entropy_check(cfg: LearnerConfig, *, seeds: list[int], iterations: int = 60,
     entropy of the last `window` iterations relative to iteration 0's, and whether it is within +-band.
     The testbed's SGD step size is its own (tabular logits); every other learner field is `cfg`'s."""
     if start not in STARTS:
-        raise ValueError(f"unknown start {start!r}; choose one of {sorted(STARTS)}")
+        raise ConfigError(f"entropy-check: --start {start!r} is unknown; choose one of {sorted(STARTS)}")
     if window >= iterations:
         raise ConfigError(f"entropy-check: --iterations ({iterations}) must be larger than the averaging window ({window})")
     baseline = cfg.model_copy(update={"entropy_control": cfg.entropy_control.model_copy(update={"type": "none"})})

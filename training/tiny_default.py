@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -22,6 +23,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from eprl.agents.chat import ChatAgent
+
+log = logging.getLogger("eprl.training.tiny_default")
 
 CHAT_TEMPLATE = (
     "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{%- endfor %}"
@@ -90,7 +93,7 @@ def build_model(tokenizer, seed: int) -> Qwen3ForCausalLM:
 
 
 def supervised_warm_start(model, tokenizer, conversations, steps: int, seed: int, batch_size: int = 16,
-                          lr: float = 2e-3, log=print) -> list[float]:
+                          lr: float = 2e-3) -> list[float]:
     """Cross-entropy on action tokens only (the same masks the RL learner uses)."""
     agent = ChatAgent(tokenizer)
     examples = []
@@ -126,8 +129,8 @@ def supervised_warm_start(model, tokenizer, conversations, steps: int, seed: int
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if log and (step % 100 == 0 or step == steps - 1):
-            log(f"  warm-start step {step:4d}/{steps}  loss {loss.item():.3f}")
+        if step % 100 == 0 or step == steps - 1:
+            log.info(f"  warm-start step {step:4d}/{steps}  loss {loss.item():.3f}")
     model.eval()
     return losses
 
@@ -139,22 +142,22 @@ def _cache_root(cache_dir: str | None) -> Path:
 
 
 def build_default_policy(make_env, env_key: dict, *, sft_steps: int, noise: float, seed: int = 0,
-                         num_demos: int = 2000, cache_dir: str | None = None, log=print) -> Path:
+                         num_demos: int = 2000, cache_dir: str | None = None) -> Path:
     """Return the directory of the warm-started tiny model for this env, building it if needed."""
     key = json.dumps(dict(v=CACHE_VERSION, shape=MODEL_SHAPE, env=env_key, steps=sft_steps, noise=noise,
                           seed=seed, demos=num_demos), sort_keys=True, default=str)
     target = _cache_root(cache_dir) / "tiny" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (target / "config.json").is_file():
         return target
-    log(f"building the embedded tiny policy (cached at {target})")
+    log.info(f"building the embedded tiny policy (cached at {target})")
     rng = random.Random(seed)
     env = make_env()
     # Demonstrations use task indices far above those RL and evaluation draw first.
     conversations = [demonstration_messages(env, 10_000_000 + i, rng, noise) for i in range(num_demos)]
     tokenizer = train_tokenizer([CHAT_TEMPLATE] + [m["content"] for c in conversations for m in c])
     model = build_model(tokenizer, seed)
-    log(f"  tiny Qwen3: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
-    supervised_warm_start(model, tokenizer, conversations, sft_steps, seed, log=log)
+    log.info(f"  tiny Qwen3: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    supervised_warm_start(model, tokenizer, conversations, sft_steps, seed)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from eprl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import SamplingConfig
 
 
-class SamplingError(ValueError):
+class SamplingError(ConfigError):
     """Sampling settings the learner cannot reproduce (top-p/top-k without opt-in)."""
 
 
@@ -17,14 +22,15 @@ class Generation:
 
 
 class Engine(Protocol):
-    def generate(self, prompts: Sequence[Sequence[int]], sampling, stop_token_ids: Sequence[int]) -> list[Generation]:
-        """Continue each prompt once; `sampling` is a training.config.SamplingConfig."""
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+                 stop_token_ids: Sequence[int]) -> list[Generation]:
+        """Continue each prompt once."""
 
     def sync_weights(self, model) -> None:
         """Make the engine sample from the learner's current weights."""
 
 
-def check_unbiased(sampling) -> None:
+def check_unbiased(sampling: SamplingConfig) -> None:
     """Refuse sampling settings under which the learner's recomputed probabilities would differ."""
     biased = [name for name, off in (("top_p", 1.0), ("top_k", 0)) if getattr(sampling, name) != off]
     if biased and not sampling.allow_biased_sampling:

@@ -8,13 +8,16 @@ normalised them all at once.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .base import Generation, check_unbiased
+
+if TYPE_CHECKING:
+    from .config import EngineConfig, SamplingConfig
 
 
 class _SampledLogprobs(LogitsProcessor):
@@ -52,7 +55,7 @@ class HFEngine:
         self.model = model
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], sampling, stop_token_ids: Sequence[int]) -> list[Generation]:
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, stop_token_ids: Sequence[int]) -> list[Generation]:
         check_unbiased(sampling)
         out: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -95,6 +98,6 @@ class HFEngine:
         return gens
 
 
-def make_hf_engine(model, tokenizer, cfg) -> HFEngine:
+def make_hf_engine(model, tokenizer, cfg: EngineConfig) -> HFEngine:
     """The `hf` entry of the engine registry (agents/engines/__init__.py)."""
     return HFEngine(model, tokenizer, batch_size=cfg.batch_size)

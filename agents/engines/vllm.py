@@ -13,7 +13,7 @@ generation_config.json cannot silently switch on top-k/top-p/penalties, and requ
 `ignore_eos=True` so only the caller's `stop_token_ids` end a turn (as in `hf`).
 
 Weight sync (`sync_weights`). The learner's weights are written with `save_pretrained` to
-`engine.weights_dir` (`EngineConfig.weights_dir`, default a temp dir), then
+`engine.weights_dir` (`EngineConfig.weights_dir`, agents/engines/config.py; default a temp dir), then
 - in process: `llm.collective_rpc("eprl_reload_weights", args=(dir,))` then `llm.reset_prefix_cache()`
   (cached KV blocks were computed with the old weights). `eprl_reload_weights` is a method of
   `EprlWorkerExtension` (vLLM's `worker_extension_cls`): the worker's own `reload_weights(weights_path=dir)`
@@ -45,7 +45,7 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -53,6 +53,9 @@ from .base import Generation, check_unbiased
 
 # shared with vllm_server.py (which this module imports lazily): in their own module, so no cycle
 from .vllm_shared import WORKER_EXTENSION, Adapter, EprlWorkerExtension, to_generation  # noqa: F401
+
+if TYPE_CHECKING:
+    from .config import EngineConfig, SamplingConfig
 
 log = logging.getLogger("eprl.engines.vllm")
 
@@ -69,7 +72,7 @@ def import_vllm():
     return vllm
 
 
-def request_fields(sampling, stop_token_ids: Sequence[int]) -> dict:
+def request_fields(sampling: SamplingConfig, stop_token_ids: Sequence[int]) -> dict:
     """SamplingConfig -> the vLLM sampling fields shared by `SamplingParams` and /v1/completions."""
     check_unbiased(sampling)
     return dict(
@@ -289,6 +292,6 @@ class VLLMEngine:
         self._finalizer()
 
 
-def make_vllm_engine(model, tokenizer, cfg) -> VLLMEngine:
+def make_vllm_engine(model, tokenizer, cfg: EngineConfig) -> VLLMEngine:
     """The `vllm` entry of the engine registry (agents/engines/__init__.py)."""
     return VLLMEngine(model, tokenizer, cfg)

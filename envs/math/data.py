@@ -7,12 +7,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from eprl.errors import EprlError
+
 DATA_ENV_VAR = "EPRL_MATH_DATA"
 QUESTION_COLUMNS = ("question", "problem", "prompt", "query")
 ANSWER_COLUMNS = ("answer", "final_answer", "solution")
 
 
-class DatasetError(ValueError):
+class DatasetError(EprlError, ValueError):
     """A dataset file that cannot be used; the message names the file (and line) and the fix."""
 
 
