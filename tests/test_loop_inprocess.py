@@ -84,10 +84,12 @@ def test_continue_and_resume_leave_the_callers_config_unchanged(tmp_path, eprl_c
     inherited = saved_config(child["run_dir"]).learner.entropy_control.target_entropy
     assert meta["target_entropy_source"] == "parent" and inherited == meta["parent_target_entropy"] > 0
 
-    # resume --iterations extends the run without rewriting the config it was started with
+    # resume --iterations extends the run and records the new length, so a later plain resume keeps it
     resumed = resume(parent["run_dir"], iterations=2)
     assert resumed["iterations"] == 2 and [r["iteration"] for r in read_metrics(parent["run_dir"])] == [0, 1]
-    assert saved_config(parent["run_dir"]).run.iterations == 1
+    assert saved_config(parent["run_dir"]).run.iterations == 2
+    assert resume(parent["run_dir"])["iterations"] == 2  # nothing left to do: the same final state, no new rows
+    assert [r["iteration"] for r in read_metrics(parent["run_dir"])] == [0, 1]
     lines = [r.getMessage() for r in caplog.records if r.name == "eprl.training.loop"]
     assert f"resumed {parent['run_dir']} at iteration 1 from iter_000001" in lines
     assert sum(line.startswith("[iter   0] reward") for line in lines) == 2  # parent and child

@@ -324,6 +324,10 @@ def resume(run_dir: str | Path, iterations: int | None = None) -> dict:
     ckpt, error = distributed.broadcast_object(found)
     if error:
         raise CheckpointError(error)
+    if distributed.is_main() and iterations is not None and iterations != saved_config(run_dir).run.iterations:
+        # the run's own record follows the extension, so a later plain `--resume` keeps the new length
+        log.info(f"run.iterations: {saved_config(run_dir).run.iterations} -> {iterations} (config.json updated)")
+        atomic_write_text(run_dir / "config.json", cfg.model_dump_json(indent=2))
     if ckpt is None:  # killed before its first checkpoint: start over in place (the same rows come again)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
