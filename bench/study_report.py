@@ -127,7 +127,8 @@ def claims(runs: list[dict]) -> list[tuple[str, str, str, str]]:
         v = change.get(name, [])
         if name in ("repo_r", "adapo") or v:
             rows.append((f"{label} holds entropy within +-{BAND:.0%} of H*", f"every seed: abs(last-{WINDOW} mean / H* - 1) <= {BAND:.0%}",
-                         f"{name} {_pct(v)} (seeds {seeds.get(name, [])})",
+                         f"{name} {_pct(v)} (seeds {seeds.get(name, [])})"
+                         + (f"; upper clip binds on {_clip_high(a.get(name, []))} of tokens" if "adapo" in name else ""),
                          _verdict(v, lambda x: abs(x) <= BAND, lambda x: abs(x) > BAND)))
     for name, label in (("dapo", "DAPO"), ("dapo_offpolicy", "DAPO (2 epochs x 4 minibatches)")):
         d = change.get(name, [])
