@@ -43,6 +43,10 @@ TRL runs in its own virtualenv (its pins may differ from eprl's). `--setup-trl-v
     /work/trl-venv/bin/pip install torch==2.13.0 trl==1.16.0 peft==<the eprl venv's peft>
 
 and the script checks (and records) torch, transformers and trl versions on both sides before it starts.
+
+This file is the driver (CLI, venv, model, prompts, rounds); bench/vs_trl_workers.py holds the two sides'
+subprocess bodies (`python bench/vs_trl_workers.py --worker eprl|trl ...`), bench/vs_trl_report.py the
+medians, speed-ups and the markdown.
 """
 from __future__ import annotations
 
@@ -51,45 +55,25 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from vs_trl_report import aggregate, render_markdown, step_times  # noqa: E402
+from vs_trl_workers import LORA, REPO, TASK_FILE, _write_json, worker_env  # noqa: E402
+
 DEFAULT_TRL_PYTHON = "/work/trl-venv/bin/python"
 TRL_VERSION = "1.16.0"
-TASK_FILE = REPO / "tasks" / "smollm2_add.yaml"
 # the random model: ~15.7M parameters, 12.6M of them the (tied) 49,152 x 256 embedding
 TINY = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
             tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-5)
-LORA = dict(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])  # eprl's model.lora defaults
-LR = 5e-5
-TARGETS = {"eprl": 1.5, "overlap": 2.0}  # issue #14's acceptance: speed-up over TRL (a variant named overlap*: 2x)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")  # envs/math/verify.py's last-number rule
-_PLAIN_NUMBER = re.compile(r"^-?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$")
 
 
-# ----------------------------------------------------------------------------- pure parts (tested)
-def last_number_reward(text: str, gold: str) -> float:
-    """1.0 when the last number of `text` equals `gold`: eprl's `last_number` answer rule and its plain-number
-    check (envs/math/verify.py: extract_last_number, then check_math's exact fast path)."""
-    numbers = _NUMBER.findall(text.replace(",", ""))
-    if not numbers or not _PLAIN_NUMBER.match(numbers[-1]) or not _PLAIN_NUMBER.match(gold.strip()):
-        return 0.0
-    return float(Fraction(numbers[-1]) == Fraction(gold.strip().replace(",", "")))
-
-
-def step_times(ends: list[float], warmup: int = 1) -> list[float]:
-    """Wall time of each step after the first `warmup` ones, from the times at which steps ended."""
-    first = max(warmup, 1)
-    return [b - a for a, b in zip(ends[first - 1:], ends[first:])]
-
-
+# ----------------------------------------------------------------------------- driver
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """'NAME:KEY=VALUE;KEY=VALUE' -> (NAME, [KEY=VALUE, ...]) for an extra eprl side."""
     name, sep, sets = text.partition(":")
@@ -100,220 +84,6 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     if bad:
         raise ValueError(f"--eprl-variant {text!r}: {bad[0]!r} is not KEY=VALUE")
     return name.strip(), items
-
-
-def aggregate(runs: list[dict]) -> dict[str, dict]:
-    """Worker results (each {side, round, step_ends, ...}) -> per side: timed steps, medians, TRL / side.
-
-    A side's median is over all its timed steps of all rounds; `round_medians` are per round. `speedup` is
-    TRL's median over the side's (> 1: the side is faster); it is absent when no TRL run was timed."""
-    sides: dict[str, dict] = {}
-    for run in sorted(runs, key=lambda r: (r["round"], r["side"])):
-        s = sides.setdefault(run["side"], {"side": run["side"], "sets": run.get("sets", []), "steps": [],
-                                           "round_medians": [], "first_step_s": [], "tokens_per_sample": [],
-                                           "rounds": 0})
-        times = step_times(run["step_ends"])
-        s["rounds"] += 1
-        s["steps"] += times
-        if times:
-            s["round_medians"].append(statistics.median(times))
-        if run.get("step_ends") and run.get("start") is not None:
-            s["first_step_s"].append(run["step_ends"][0] - run["start"])
-        s["tokens_per_sample"] += [t for t in run.get("tokens_per_sample", []) if t is not None]
-    for s in sides.values():
-        s["median_s"] = statistics.median(s["steps"]) if s["steps"] else None
-        s["tokens_per_sample_mean"] = statistics.fmean(s["tokens_per_sample"]) if s["tokens_per_sample"] else None
-    trl = sides.get("trl", {}).get("median_s")
-    for s in sides.values():
-        s["speedup"] = trl / s["median_s"] if trl and s["median_s"] else None
-    return sides
-
-
-def target_of(side: str, sets: list[str] = ()) -> float | None:
-    """The speed-up over TRL the issue asks of a side: 2x of the overlapped mode (a side with
-    `run.overlap=true`, or a variant named overlap*), 1.5x of the default eprl side; None for others."""
-    overlap = any(x.replace(" ", "").lower() == "run.overlap=true" for x in sets) or side.startswith("eprl:overlap")
-    if overlap:
-        return TARGETS["overlap"]
-    return TARGETS["eprl"] if side == "eprl" else None
-
-
-def render_model(entry: dict) -> list[str]:
-    """One model's section of vs_trl.md from its JSON entry."""
-    w, info = entry["workload"], entry["machine"]
-    v = entry["versions"]
-    lines = [f"## {entry['model_label']}", "",
-             f"{w['prompts']} prompts x {w['samples']} samples, {w['new_tokens']} new tokens, T=1, one optimizer step "
-             f"per batch, no KL, {'LoRA (r 16, q/k/v/o)' if w.get('lora') else 'all weights'}, fp32, "
-             f"{w['threads']} torch thread(s) per process; {entry['params'] / 1e6:.1f}M parameters "
-             f"({entry['params_trainable'] / 1e6:.2f}M trained), prompt {w['prompt_tokens'][0]}-{w['prompt_tokens'][1]} "
-             f"tokens; {entry['rounds']} alternating round(s) of {entry['steps']} steps, the first step of each "
-             "process left out.", "",
-             f"Machine: {info['cpu_model']}, {info['cores']} cores; python {info['python']}; {info['date']}; load "
-             f"average {entry['load'][0]:.2f} before, {entry['load'][1]:.2f} after. eprl: torch {v['eprl']['torch']}, "
-             f"transformers {v['eprl']['transformers']}; TRL: trl {v['trl'].get('trl', '-')}, torch "
-             f"{v['trl'].get('torch', '-')}, transformers {v['trl'].get('transformers', '-')}.",
-             f"Command: `{entry['command']}`", "",
-             "| side | settings | s / step, median | per-round medians | timed steps | TRL / side | target | "
-             "tokens / sample | first step s |", "|---|---|---|---|---|---|---|---|---|"]
-    order = sorted(entry["sides"].values(), key=lambda s: (s["side"] == "trl", s["side"] != "eprl", s["side"]))
-    for s in order:
-        med = f"{s['median_s']:.2f}" if s["median_s"] is not None else "-"
-        per = ", ".join(f"{m:.2f}" for m in s["round_medians"]) or "-"
-        sp = f"**{s['speedup']:.2f}x**" if s["speedup"] is not None and s["side"] != "trl" else ("1" if s["side"] == "trl" else "-")
-        tgt = target_of(s["side"], s["sets"])
-        mark = "" if tgt is None or s["speedup"] is None else (" met" if s["speedup"] >= tgt else " not met")
-        tok = f"{s['tokens_per_sample_mean']:.1f}" if s["tokens_per_sample_mean"] is not None else "-"
-        first = ", ".join(f"{x:.1f}" for x in s["first_step_s"]) or "-"
-        sets = "; ".join(f"`{x}`" for x in s["sets"]) or ("TRL GRPOTrainer" if s["side"] == "trl" else "defaults")
-        lines.append(f"| {s['side']} | {sets} | {med} | {per} | {len(s['steps'])} | {sp} | "
-                     f"{'-' if tgt is None else f'{tgt:g}x{mark}'} | {tok} | {first} |")
-    if entry.get("notes"):
-        lines += [""] + [f"- {n}" for n in entry["notes"]]
-    return lines + [""]
-
-
-def render_markdown(result: dict) -> str:
-    md = ["# eprl `train` vs TRL `GRPOTrainer` on the same work (issue #14)", "",
-          "Each side in its own process, one at a time, alternating rounds; a step = the wall time between the "
-          "ends of two consecutive steps (generation, reward, update, logging); medians over the timed steps of "
-          "all rounds. `TRL / side` > 1: the side is faster than TRL. Acceptance (issue #14): eprl >= 1.5x TRL "
-          "(synchronous), the overlapped mode >= 2x. `python bench/vs_trl.py --help` says how the work is made "
-          "equal; the notes under each table name what could not be.", ""]
-    order = ["tiny", "tiny-lora", "smollm2-135m", "smollm2-135m-lora"]
-    for key in sorted(result["models"], key=lambda k: (order.index(k) if k in order else len(order), k)):
-        md += render_model(result["models"][key])
-    return "\n".join(md)
-
-
-# ----------------------------------------------------------------------------- workers (subprocesses)
-def _read_spec(path: str) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def _write_json(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
-def worker_eprl(spec: dict, out: str) -> None:
-    """`eprl train` (training.loop.train, what the CLI calls) on the spec's work; step ends from its log."""
-    import torch
-    import transformers
-    torch.set_num_threads(spec["threads"])
-    from eprl.training.config import load_run_config
-    from eprl.training.loop import train
-    run_root = Path(spec["work_dir"]) / f"eprl-{spec['side'].replace(':', '_')}-r{spec['round']}"
-    shutil.rmtree(run_root, ignore_errors=True)
-    w = spec["workload"]
-    sets = [f"model.name_or_path={spec['model_dir']}", f"task.group_size={w['samples']}",
-            f"task.tasks_per_iteration={w['prompts']}", f"task.train.num_tasks={w['prompts']}",
-            f"task.sampling.max_new_tokens={w['new_tokens']}", "task.sampling.temperature=1.0",
-            f"task.agent.max_context_tokens={w['prompt_tokens'][1] + w['new_tokens'] + 16}",
-            "task.eval.num_tasks=1", "task.eval_samples=1", "task.eval_sampling.max_new_tokens=1",
-            f"learner.lr={LR}", "learner.kl_coef=0.0", "learner.epochs=1", "learner.minibatches=1",
-            f"run.iterations={spec['steps']}", f"run.threads={spec['threads']}", "run.progress=false", "run.seed=0",
-            "run.device=cpu", f"run.out_dir={run_root}", "run.name=run", f"run.checkpoint_every={spec['steps']}"]
-    if w.get("lora"):
-        sets += ["model.lora=true", f"model.lora_rank={LORA['r']}", f"model.lora_alpha={LORA['lora_alpha']}",
-                 f"model.lora_target_modules=[{','.join(LORA['target_modules'])}]"]
-    sets += spec["sets"]
-    cfg = load_run_config(TASK_FILE, overrides=sets)
-    ends: list[float] = []
-    lines: list[str] = []
-
-    def log(*args, **_kwargs) -> None:
-        msg = " ".join(str(a) for a in args)
-        if msg.startswith("[iter"):
-            ends.append(time.perf_counter())
-        lines.append(msg)
-        print(msg, flush=True)
-
-    start = time.perf_counter()
-    train(cfg, log=log)
-    rows = [json.loads(ln) for ln in (run_root / "run" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    tokens = [r["rollout_tokens_per_s"] * r["time_rollout"] / r["episodes"] if {"rollout_tokens_per_s", "time_rollout",
-              "episodes"} <= r.keys() else None for r in rows]
-    _write_json(out, {"side": spec["side"], "round": spec["round"], "sets": spec["sets"], "start": start,
-                      "step_ends": ends, "tokens_per_sample": tokens, "rows": rows,
-                      "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-                      "log_tail": lines[-5:]})
-    shutil.rmtree(run_root, ignore_errors=True)
-
-
-def worker_trl(spec: dict, out: str) -> None:
-    """TRL's GRPOTrainer on the spec's work; step ends from a callback's on_step_end."""
-    import torch
-    torch.set_num_threads(spec["threads"])
-    import transformers
-    import trl
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-    w = spec["workload"]
-    ends: list[float] = []
-    logs: list[dict] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            ends.append(time.perf_counter())
-
-        def on_log(self, args, state, control, **kwargs):
-            row = dict(kwargs.get("logs") or {})
-            logs.append(row)
-            print(json.dumps({k: v for k, v in row.items() if "time" in k or "length" in k or k == "reward"}), flush=True)
-
-    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
-    peft_config = None
-    if w.get("lora"):
-        from peft import LoraConfig
-        peft_config = LoraConfig(task_type="CAUSAL_LM", **LORA)
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p["text"]}], "answer": p["answer"]}
-                              for p in spec["prompts"]])
-
-    def last_number(completions, answer, **_kwargs):
-        return [last_number_reward(c[0]["content"] if isinstance(c, list) else c, a) for c, a in zip(completions, answer)]
-
-    n = w["prompts"] * w["samples"]
-    args = GRPOConfig(
-        output_dir=str(Path(spec["work_dir"]) / f"trl-r{spec['round']}"), max_steps=spec["steps"],
-        per_device_train_batch_size=n, gradient_accumulation_steps=1, generation_batch_size=n,
-        num_generations=w["samples"], num_iterations=1, max_completion_length=w["new_tokens"],
-        temperature=1.0, top_p=1.0, top_k=0, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group",
-        learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        optim="adamw_torch", use_vllm=False, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        seed=0, logging_steps=1,
-        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
-    trainer = GRPOTrainer(model=model, reward_funcs=last_number, args=args, train_dataset=data,
-                          processing_class=tokenizer, callbacks=[Clock()], peft_config=peft_config)
-    start = time.perf_counter()
-    trainer.train()
-    tokens = [lg["completions/mean_length"] for lg in logs if "completions/mean_length" in lg]
-    _write_json(out, {"side": "trl", "round": spec["round"], "sets": [], "start": start, "step_ends": ends,
-                      "tokens_per_sample": tokens, "rows": logs,
-                      "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                   "trl": trl.__version__}})
-    shutil.rmtree(args.output_dir, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------- driver
-def worker_env(threads: int, eprl: bool = True) -> dict:
-    """The workers' environment: `threads` OpenMP threads, the `eprl` CLI's OpenMP wait policy on both sides,
-    offline HF; the checkout on the path of the eprl side only (its top-level agents/ envs/ training/ folders stay out of the TRL venv's imports)."""
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # what `eprl` (training/__main__.py) sets; the same for TRL
-    if eprl:
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    else:
-        env.pop("PYTHONPATH", None)
-    return env
 
 
 def python_versions(python: str, modules: tuple[str, ...]) -> dict:
@@ -402,7 +172,7 @@ def run_worker(python: str, side: str, spec: dict, work: Path, threads: int, log
     spec_path, out_path = work / f"spec-{side.replace(':', '_')}-r{spec['round']}.json", work / "out.json"
     _write_json(spec_path, spec)
     out_path.unlink(missing_ok=True)
-    cmd = [python, str(Path(__file__).resolve()), "--worker", "trl" if side == "trl" else "eprl",
+    cmd = [python, str(BENCH / "vs_trl_workers.py"), "--worker", "trl" if side == "trl" else "eprl",
            "--spec", str(spec_path), "--worker-out", str(out_path)]
     t0 = time.perf_counter()
     with open(log_file, "a") as fh:
@@ -439,13 +209,7 @@ def main() -> None:
     p.add_argument("--setup-trl-venv", action="store_true", help="create/complete the TRL venv first (pip)")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "vs_trl"), help="results stem (.json, .md)")
     p.add_argument("--work-dir", default=None, help="scratch directory (default: a temporary one)")
-    p.add_argument("--worker", choices=["eprl", "trl"], help=argparse.SUPPRESS)
-    p.add_argument("--spec", help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.worker:
-        (worker_trl if args.worker == "trl" else worker_eprl)(_read_spec(args.spec), args.worker_out)
-        return
     if args.steps < 2:
         p.error("--steps must be >= 2: the first step of each process is a warm-up")
     variants = [("eprl", list(args.eprl_set))] if not args.no_eprl_default else []
@@ -461,7 +225,6 @@ def main() -> None:
     import torch
     import transformers
     sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(BENCH))
     from bench_io import machine, write_results
 
     from eprl.training.model_source import resolve_model_source
