@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -73,15 +74,19 @@ def worker_eprl(spec: dict, out: str) -> None:
     ends: list[float] = []
     lines: list[str] = []
 
-    def log(*args, **_kwargs) -> None:
-        msg = " ".join(str(a) for a in args)
-        if msg.startswith("[iter"):
-            ends.append(time.perf_counter())
-        lines.append(msg)
-        print(msg, flush=True)
+    class StepEnds(logging.Handler):  # the loop logs one "[iter N] ..." line as each iteration ends
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if msg.startswith("[iter"):
+                ends.append(time.perf_counter())
+            lines.append(msg)
+            print(msg, flush=True)
 
+    logger = logging.getLogger("eprl")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(StepEnds())
     start = time.perf_counter()
-    train(cfg, log=log)
+    train(cfg)
     rows = [json.loads(ln) for ln in (run_root / "run" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     tokens = [r["rollout_tokens_per_s"] * r["time_rollout"] / r["episodes"] if {"rollout_tokens_per_s", "time_rollout",
               "episodes"} <= r.keys() else None for r in rows]
