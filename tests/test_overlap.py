@@ -1,0 +1,118 @@
+"""run.overlap (training/overlap.py): the next batch is sampled in a second process from the weights before
+the current update. Staleness is exactly one update, the ratio is taken against the sampler's log-probs,
+and a run resumed from a checkpoint ends bit-identical to the uninterrupted overlapped run."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from cli_runs import SMALL
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from eprl.training import distributed
+from eprl.training.batch import collate
+from eprl.training.checkpoint import load_trainer_state
+from eprl.training.config import ConfigError, load_run_config
+from eprl.training.logprobs import model_logprobs
+from eprl.training.loop import preflight, resume, train
+
+REPO = Path(__file__).resolve().parent.parent
+TASK = str(REPO / "tasks" / "default.yaml")
+
+
+def quiet(*_a, **_k) -> None:
+    pass
+
+
+def test_overlap_takes_the_ratio_against_the_sampler_or_refuses():
+    assert load_run_config(TASK).run.overlap is False  # off by default
+    cfg = load_run_config(TASK, overrides=["run.overlap=true"])
+    assert cfg.learner.old_logprobs == "inference" and cfg.learner.tis_cap is None  # derived
+    decoupled = load_run_config(TASK, overrides=["run.overlap=true", "learner.tis_cap=2"])
+    assert decoupled.learner.old_logprobs == "recompute"  # decoupled PPO: clip at the current policy, TIS to the sampler
+    for sets, words in ((["learner.old_logprobs=recompute"], "recompute and no tis_cap"),
+                        (["learner.loss=pg"], "loss=pg"),
+                        (["engine.type=vllm"], "engine.type=vllm")):
+        with pytest.raises(ConfigError, match=words):
+            load_run_config(TASK, overrides=["run.overlap=true", *sets])
+
+
+def test_overlap_is_refused_under_torchrun(monkeypatch):
+    cfg = load_run_config(TASK, overrides=["run.overlap=true"])
+    monkeypatch.setattr(distributed, "active", lambda: True)  # the check reads it; a real torchrun is in test_distributed
+    with pytest.raises(ConfigError, match="run.overlap under torchrun"):
+        preflight(cfg)
+
+
+def _cfg(cache: Path, out: Path, name: str):
+    sets = [*SMALL, f"model.cache_dir={cache}", "run.device=cpu", "learner.entropy_coef=0.01", "run.overlap=true",
+            "run.iterations=3", "run.checkpoint_every=1", f"run.out_dir={out}", f"run.name={name}"]
+    return load_run_config(TASK, overrides=sets)
+
+
+@pytest.fixture(scope="module")
+def overlapped(tmp_path_factory, eprl_cache) -> Path:
+    """An uninterrupted overlapped 3-iteration run, a checkpoint after every iteration."""
+    out = tmp_path_factory.mktemp("overlap")
+    train(_cfg(eprl_cache, out, "ref"), log=quiet)
+    return out / "ref"
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s") and k != "rss_peak_mb"}
+            for r in rows]
+
+
+def _weights(run: Path, name: str) -> dict:
+    return load_file(str(run / "checkpoints" / name / "model" / "model.safetensors"))
+
+
+def test_staleness_is_one_update_and_logged(overlapped):
+    rows = _rows(overlapped)
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert [r["policy_lag"] for r in rows] == [0, 1, 1]
+    # iteration 0 learns from the weights that sampled it (float rounding only); later ones one update behind
+    assert rows[0]["mismatch_logp_abs_mean"] < 1e-4
+    assert all(r["mismatch_logp_abs_mean"] > 1e-3 for r in rows[1:])
+    assert all(r["ratio_mean"] != pytest.approx(1.0, abs=1e-4) for r in rows[1:])  # against the sampler: r != 1
+
+
+def test_the_pending_batch_was_sampled_by_the_previous_weights(overlapped):
+    # iter_000002 holds theta_2 and the batch B_2, sampled while theta_1 (iter_000001's weights) turned into theta_2
+    ckpt = overlapped / "checkpoints"
+    pending = load_trainer_state(ckpt / "iter_000002")[1]["overlap"]["pending"]
+    assert pending["iteration"] == 2 and pending["lag"] == 1
+    batch = collate(pending["trajectories"], pad_token_id(ckpt / "iter_000002"))
+    mask = batch.action_mask > 0
+    gaps = {}
+    for name in ("iter_000001", "iter_000002"):
+        model = AutoModelForCausalLM.from_pretrained(ckpt / name / "model", dtype=torch.float32).eval()
+        with torch.no_grad():
+            logp, _ = model_logprobs(model, batch.input_ids, batch.attention_mask, with_entropy=False)
+        gaps[name] = float((logp - batch.inference_logp)[mask].abs().max())
+    assert gaps["iter_000001"] < 1e-4, gaps  # the sampler's log-probs are theta_1's
+    assert gaps["iter_000002"] > 1e-2, gaps  # and not the learner's theta_2
+
+
+def pad_token_id(ckpt: Path) -> int:
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(ckpt / "model").pad_token_id
+
+
+def test_resume_from_a_checkpoint_is_bit_exact(overlapped, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(overlapped, run)
+    for name in ("iter_000003", "iter_000002"):  # killed after its first checkpoint
+        shutil.rmtree(run / "checkpoints" / name)
+    (run / "checkpoints" / "latest").write_text("iter_000001")
+    (run / "summary.json").unlink()
+    resume(run, log=quiet)
+    assert _rows(run) == _rows(overlapped)
+    a, b = _weights(overlapped, "iter_000003"), _weights(run, "iter_000003")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_trainer_state(run / "checkpoints" / "iter_000003")[1]["overlap"]["pending"]["iteration"] == 3
