@@ -28,7 +28,9 @@ def collect_episodes(cfg, runner, iteration: int, num_tasks: int | None):
     With `learner.dynamic_sampling`, more groups are sampled (group ids continue) until enough are
     informative or `max_resample_rounds` is reached."""
     suite, lc = cfg.task, cfg.learner
-    trajectories, stats, rounds = [], [], 0
+    trajectories: list = []
+    stats: list = []
+    rounds = 0
     while True:
         tasks = sample_tasks(cfg.run.seed, iteration, rounds, suite.tasks_per_iteration, num_tasks)
         new, st = runner.run(tasks, suite.group_size, suite.sampling,
