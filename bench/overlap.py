@@ -66,7 +66,7 @@ def probe(model: str, reps: int, eval_tasks: int) -> dict:
     learner = build_learner(cfg, model_)
     copy_ = copy.deepcopy(model_)  # the thread's own policy copy, as the process has its own
     runner, num_tasks = build_runner(cfg, "train", build_engine(cfg, copy_, tokenizer), tokenizer)
-    sampler = OverlappedSampler(cfg, path, model_, num_tasks)
+    sampler = OverlappedSampler(cfg, path, model_)
     batch = collate(collect_episodes(cfg, runner, 0, num_tasks)[0], tokenizer.pad_token_id)
     sampler.request(0, 0)
     sampler.receive()  # the process is up and warm
@@ -95,13 +95,26 @@ def probe(model: str, reps: int, eval_tasks: int) -> dict:
             variants[name](1 + rep)
             if rep:
                 times[name].append(time.perf_counter() - t0)
+    gil = {"rollout": op_share(lambda: rollout(99)), "learn": op_share(lambda: learner.step(batch))}
     sampler.close()
     runner.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     serial, ideal = med["rollout"] + med["learn"], max(med["rollout"], med["learn"])
-    return {"seconds": times, "median_s": med,
+    return {"seconds": times, "median_s": med, "torch_op_share": gil,
             "vs_serial": {k: med[k] / serial for k in ("both, thread", "both, process")},
             "vs_ideal": {k: med[k] / ideal for k in ("both, thread", "both, process")}}
+
+
+def op_share(fn) -> float:
+    """Share of fn's wall time spent inside top-level torch ops, where the GIL is released (torch.profiler;
+    its own overhead counts as Python time). The rest holds the GIL: two threads serialise on it."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    inside = sum(e.cpu_time_total for e in prof.events() if e.cpu_parent is None) / 1e6
+    return inside / wall
 
 
 # ---------------------------------------------------------------------- 2. runs: sync vs overlap
@@ -117,7 +130,7 @@ def one_run(model: str, name: str, iterations: int, eval_tasks: int, out: Path) 
     rows = [json.loads(line) for line in (out / run_name / "metrics.jsonl").read_text().splitlines()]
     evals = [json.loads(line) for line in (out / run_name / "eval.jsonl").read_text().splitlines()]
     keys = ("time_iteration", "time_rollout", "time_learn", "entropy", "success_rate", "mismatch_logp_abs_mean",
-            "ratio_mean", "policy_lag")
+            "approx_kl", "ratio_max", "policy_lag")
     return {"rows": [{k: r.get(k) for k in keys} for r in rows], "eval_success": [e["eval_success"] for e in evals]}
 
 
@@ -134,7 +147,10 @@ def runs(model: str, rounds: int, iterations: int, eval_tasks: int) -> dict:
     med = {k: statistics.median(r["time_iteration"] for run in v for r in run["rows"][1:]) for k, v in results.items()}
     parts = {k: {p: statistics.median(r[p] for run in v for r in run["rows"][1:]) for p in ("time_rollout", "time_learn")}
              for k, v in results.items()}
+    per_round = {k: [statistics.median(r["time_iteration"] for r in run["rows"][1:]) for run in v] for k, v in results.items()}
+    paired = {k: statistics.median(a / b for a, b in zip(v, per_round["sync"])) for k, v in per_round.items()}
     return {"runs": results, "median_s_per_iteration": med, "ratio_to_sync": {k: v / med["sync"] for k, v in med.items()},
+            "per_round_s": per_round, "paired_ratio_to_sync": paired,
             "median_phases": parts}
 
 
@@ -160,23 +176,28 @@ def markdown(args, info: dict, pr: dict | None, rn: dict | None) -> str:
                f"| {m['rollout']:.2f} | {m['learn']:.2f} | {m['rollout'] + m['learn']:.2f} | {max(m['rollout'], m['learn']):.2f} "
                f"| {m['both, thread']:.2f} ({pr['vs_serial']['both, thread']:.2f}x sum, {pr['vs_ideal']['both, thread']:.2f}x max) "
                f"| {m['both, process']:.2f} ({pr['vs_serial']['both, process']:.2f}x sum, {pr['vs_ideal']['both, process']:.2f}x max) |",
-               "", f"{args.probe_reps} repetitions after a warm-up; each side 1 torch thread.", ""]
+               "", f"{args.probe_reps} repetitions after a warm-up; each side 1 torch thread. Share of wall time inside "
+               f"torch ops (GIL released; torch.profiler, one call each): rollout {pr['torch_op_share']['rollout']:.0%}, "
+               f"learn {pr['torch_op_share']['learn']:.0%}; the rest holds the GIL, so two threads can overlap at most "
+               "that much.", ""]
     if rn:
         med, ratio, ph = rn["median_s_per_iteration"], rn["ratio_to_sync"], rn["median_phases"]
         md += ["## Training runs: seconds per iteration", "",
-               "| run | s / iteration | vs sync | rollout s | learn s |", "|---|---|---|---|---|"]
-        md += [f"| {k} | {med[k]:.2f} | {ratio[k]:.2f}x | {ph[k]['time_rollout']:.2f} | {ph[k]['time_learn']:.2f} |" for k in med]
+               "| run | s / iteration | vs sync | vs sync, per round (median) | rollout s | learn s |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| {k} | {med[k]:.2f} | {ratio[k]:.2f}x | {rn['paired_ratio_to_sync'][k]:.2f}x | "
+               f"{ph[k]['time_rollout']:.2f} | {ph[k]['time_learn']:.2f} |" for k in med]
         md += ["", f"{args.rounds} rounds x {args.iterations} iterations (iteration 0 left out). Under overlap, rollout "
                "and learn run at once: an iteration costs about max(rollout, learn).", "",
                "## Effect on training (same seed, round 1)", "",
                "| run | entropy first / last | mean entropy | mean train success | eval success start / end | "
-               "mean \\|logp_sampler - logp\\| | mean ratio |", "|---|---|---|---|---|---|---|"]
+               "mean \\|logp_sampler - logp\\| | mean approx_kl | mean ratio_max |", "|---|---|---|---|---|---|---|---|"]
         for k in ("sync", "overlap"):
             run = rn["runs"][k][0]
             rows = run["rows"]
             md.append(f"| {k} | {rows[0]['entropy']:.3f} / {rows[-1]['entropy']:.3f} | {_mean(r['entropy'] for r in rows):.3f} "
                       f"| {_mean(r['success_rate'] for r in rows):.3f} | {run['eval_success'][0]:.3f} / {run['eval_success'][-1]:.3f} "
-                      f"| {_mean(r['mismatch_logp_abs_mean'] for r in rows[1:]):.2e} | {_mean(r['ratio_mean'] for r in rows[1:]):.4f} |")
+                      f"| {_mean(r['mismatch_logp_abs_mean'] for r in rows[1:]):.2e} | {_mean(r['approx_kl'] for r in rows[1:]):.2e} | {_mean(r['ratio_max'] for r in rows[1:]):.3f} |")
         md += ["", "The overlapped run learns each batch one update after the weights that sampled it (policy_lag 1), "
                "with the ratio against the sampler's log-probs (old_logprobs: inference); the synchronous run's "
                "|logp_sampler - logp| is float rounding only."]

@@ -116,3 +116,36 @@ def test_resume_from_a_checkpoint_is_bit_exact(overlapped, tmp_path):
     a, b = _weights(overlapped, "iter_000003"), _weights(run, "iter_000003")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_trainer_state(run / "checkpoints" / "iter_000003")[1]["overlap"]["pending"]["iteration"] == 3
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(overlapped, tmp_path, eprl_cache):
+    # a real kill: the learner process dies (its sampler with it), `--resume` continues from iter_000001
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from cli_runs import run_ok, train_cmd
+    sets = [f"{k}={v}" for k, v in (("model.cache_dir", eprl_cache), ("run.out_dir", tmp_path), ("run.name", "killed"))]
+    cmd = train_cmd([*SMALL, "run.device=cpu", "learner.entropy_coef=0.01", "run.overlap=true", "run.iterations=3",
+                     "run.checkpoint_every=1", *sets])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not (latest.exists() and latest.read_text().strip() == "iter_000001"):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = tmp_path / "killed"
+    assert not (killed / "summary.json").exists(), "the run finished before it was killed"
+    deadline = time.time() + 60  # the orphaned sampler notices the closed pipe and exits
+    while subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "the sampler process outlived the killed learner"
+        time.sleep(0.2)
+    run_ok([*cmd[:3], "train", "--resume", str(killed)])
+    assert _rows(killed) == _rows(overlapped)
+    a, b = _weights(overlapped, "iter_000003"), _weights(killed, "iter_000003")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -92,7 +92,7 @@ class Trainer:
                       num_eval_tasks=num_eval_tasks, learner=learner, meta=meta, log=log)
         if cfg.run.overlap:
             from .overlap import OverlappedSampler
-            trainer.overlap = OverlappedSampler(cfg, model_path, rollout_model, num_train_tasks)
+            trainer.overlap = OverlappedSampler(cfg, model_path, rollout_model)
         return trainer
 
     # ------------------------------------------------------------------ state

@@ -22,8 +22,14 @@ Why a process and not a thread: the `hf` engine spends most of a tiny model's ge
 Python (logits processors, stopping criteria, cache bookkeeping) that holds the GIL, so a sampler
 thread next to a learner thread serialises on it; and both would draw from the one global torch
 generator (the sampler's multinomial, the learner's randperm) in an order set by the OS scheduler,
-which breaks bit-exact resume. Measured side by side on 2 cores (bench/results/overlap.md):
-TODO_NUMBERS. The process holds its own copy of the policy, built like the learner's from the same
+which breaks bit-exact resume (HF's sampling takes no generator). The GIL is the smaller issue for the
+tiny default: torch.profiler puts 89% of a rollout's and 99% of a learner step's wall time inside torch
+ops (GIL released; an upper bound, the profiler's own per-op cost counts as op time). Measured side by
+side on the 2-core machine while two other training runs held both cores (bench/results/overlap.md;
+contended, so no side had a free core): rollout 0.72 s, learn 1.44 s alone; both at once 2.28 s in a
+thread, 2.52 s in the process (1.06x / 1.17x the sum: no overlap for either without a free core), and
+whole runs 0.93x the synchronous seconds per iteration with the process. The uncontended figures come
+from the same script. The process holds its own copy of the policy, built like the learner's from the same
 path; after each update the learner copies its *trainable* parameters (LoRA: the adapter alone) into
 shared-memory tensors that the sampler loads before its next rollout (a few MB; no pickling). The
 sampler reseeds torch, numpy and random from (run.seed, iteration) before every rollout, so its
@@ -126,7 +132,7 @@ def _send_error(conn, err: BaseException) -> None:
 class OverlappedSampler:
     """The learner's side: weights out through shared memory, one rollout request at a time."""
 
-    def __init__(self, cfg: RunConfig, model_path: str, model, num_tasks: int | None):
+    def __init__(self, cfg: RunConfig, model_path: str, model):
         self.cfg = cfg
         torch.set_num_threads(overlap_threads(cfg))
         self.params = _trainable(model)
