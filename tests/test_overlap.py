@@ -48,6 +48,36 @@ def test_overlap_is_refused_under_torchrun(monkeypatch):
         preflight(cfg)
 
 
+def test_lora_sends_only_the_adapter_and_the_sampler_samples_from_it(eprl_cache):
+    from eprl.training.builders import build_policy
+    from eprl.training.overlap import OverlappedSampler
+    from eprl.training.policy import resolve_model_path
+    cfg = load_run_config(TASK, overrides=[*SMALL, f"model.cache_dir={eprl_cache}", "run.device=cpu", "run.overlap=true",
+                                           "model.lora=true"])
+    path = resolve_model_path(cfg, log=quiet)
+    model, tokenizer, rollout_model = build_policy(cfg, path)
+    sampler = OverlappedSampler(cfg, path, rollout_model)
+    try:
+        assert sampler.shared and all("lora_" in name for name in sampler.shared)
+        sent = sum(t.numel() for t in sampler.shared.values())
+        assert sent < 0.5 * sum(p.numel() for p in model.parameters())
+        with torch.no_grad():  # a policy the sampler can only know from the shared adapter
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+        sampler.request(0, lag=0)
+        got = sampler.receive()
+        assert got["iteration"] == 0 and len(got["trajectories"]) == 6  # 3 tasks x 2 samples
+        batch = collate(got["trajectories"], tokenizer.pad_token_id)
+        with torch.no_grad():
+            logp, _ = model_logprobs(model.eval(), batch.input_ids, batch.attention_mask, with_entropy=False)
+        mask = batch.action_mask > 0
+        assert float((logp - batch.inference_logp)[mask].abs().max()) < 1e-4  # sampled from the learner's adapter
+    finally:
+        sampler.close()
+    assert not sampler.process.is_alive()
+
+
 def _cfg(cache: Path, out: Path, name: str):
     sets = [*SMALL, f"model.cache_dir={cache}", "run.device=cpu", "learner.entropy_coef=0.01", "run.overlap=true",
             "run.iterations=3", "run.checkpoint_every=1", f"run.out_dir={out}", f"run.name={name}"]

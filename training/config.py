@@ -283,12 +283,10 @@ class RunConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _overlap_ratio_against_the_sampler(cls, data: Any) -> Any:
-        # run.overlap: batches are one update stale, so logp_old must be the sampler's (behaviour policy's)
-        # log-probs; unless the learner section chooses (tis_cap: decoupled PPO), take them from inference
-        if not (isinstance(data, dict) and isinstance(data.get("run"), dict) and data["run"].get("overlap")):
-            return data
-        learner = data.get("learner", {})
-        if isinstance(learner, dict) and "old_logprobs" not in learner and learner.get("tis_cap") is None:
+        # run.overlap: batches are one update stale, so logp_old is the sampler's log-prob unless the learner chooses
+        learner = data.get("learner", {}) if isinstance(data, dict) else None
+        if isinstance(learner, dict) and isinstance(data.get("run"), dict) and data["run"].get("overlap") \
+                and "old_logprobs" not in learner and learner.get("tis_cap") is None:
             data = {**data, "learner": {**learner, "old_logprobs": "inference"}}
         return data
 
@@ -301,22 +299,16 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _overlap_combinations(self) -> "RunConfig":
         """run.overlap trains on batches sampled one update earlier: refuse what would not correct for it."""
-        if not self.run.overlap:
-            return self
-        lc = self.learner
-        problems = [
-            (lc.old_logprobs == "recompute" and lc.tis_cap is None,
-             "run.overlap with learner.old_logprobs=recompute and no tis_cap: the ratio would be taken against the "
-             "current policy, not the one-step-older policy that sampled the batch; use old_logprobs=inference "
-             "(the default under overlap) or keep recompute and set learner.tis_cap (decoupled PPO)"),
-            (lc.loss == "pg" and lc.tis_cap is None,
-             "run.overlap with learner.loss=pg: -A*logp has no ratio, so the one-step staleness goes uncorrected; "
-             "use ppo/dapo/gspo/cispo, or pg with old_logprobs=recompute and learner.tis_cap"),
-            (self.engine.type != "hf",
-             f"run.overlap with engine.type={self.engine.type}: only the hf engine is supported (the sampler process "
-             "builds its own copy of the policy)"),
-        ]
-        for bad, message in problems:
+        lc, on = self.learner, self.run.overlap
+        for bad, message in (
+            (on and lc.old_logprobs == "recompute" and lc.tis_cap is None,
+             "run.overlap with learner.old_logprobs=recompute and no tis_cap: the ratio would be taken against the current "
+             "policy, not the one-step-older one that sampled; use old_logprobs=inference (the overlap default) or tis_cap"),
+            (on and lc.loss == "pg" and lc.tis_cap is None,
+             "run.overlap with learner.loss=pg: -A*logp has no ratio, so the staleness goes uncorrected; use another "
+             "loss, or pg with old_logprobs=recompute and learner.tis_cap"),
+            (on and self.engine.type != "hf", f"run.overlap with engine.type={self.engine.type}: only the hf engine "
+             "is supported (the sampler process builds its own copy of the policy)")):
             if bad:
                 raise ValueError(message)
         return self
