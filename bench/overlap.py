@@ -5,7 +5,7 @@
 Two parts, on the same workload (tasks/default.yaml: 8 tasks x 8 samples per iteration; `--model smollm2`:
 SmolLM2-135M with LoRA on tasks/smollm2_add.yaml):
 
-1. probe (one process): a rollout alone, a learner step alone, then both at once, once with the rollout
+1. probe (one process, `run.threads=1`): a rollout alone, a learner step alone, then both at once, once with the rollout
    in a *thread* (its own copy of the policy) and once in the overlap *process* (training/overlap.py's
    OverlappedSampler). Variants alternate in every repetition; medians. `both / (rollout + learn)` = 1 is no
    overlap at all, `both / max(rollout, learn)` = 1 is perfect overlap.
@@ -134,11 +134,11 @@ def one_run(model: str, name: str, iterations: int, eval_tasks: int, out: Path) 
     return {"rows": [{k: r.get(k) for k in keys} for r in rows], "eval_success": [e["eval_success"] for e in evals]}
 
 
-def runs(model: str, rounds: int, iterations: int, eval_tasks: int) -> dict:
-    results: dict[str, list[dict]] = {k: [] for k in RUNS}
+def runs(model: str, rounds: int, iterations: int, eval_tasks: int, names: list[str]) -> dict:
+    results: dict[str, list[dict]] = {k: [] for k in names}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(rounds):
-            order = list(RUNS) if rnd % 2 == 0 else list(reversed(RUNS))
+            order = names if rnd % 2 == 0 else names[::-1]
             for name in order:
                 out = Path(tmp) / f"r{rnd}"
                 results[name].append(one_run(model, name, iterations, eval_tasks, out))
@@ -162,12 +162,12 @@ def _mean(xs) -> float:
 
 def markdown(args, info: dict, pr: dict | None, rn: dict | None) -> str:
     cmd = (f"`python bench/overlap.py --model {args.model} --rounds {args.rounds} --iterations {args.iterations} "
-           f"--probe-reps {args.probe_reps}`")
+           f"--probe-reps {args.probe_reps} --eval-tasks {args.eval_tasks} --runs '{args.runs}'`")
     md = ["# Overlapped rollout and learning vs synchronous (issue #14 item 4)", "",
           f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}; {info['date']}; "
           f"load average before/after: {info['load_before']} / {info['load_after']}. {cmd}.",
           f"Contention: {args.note or 'none noted'}.", "",
-          f"Workload: `{MODELS[args.model][0]}` {' '.join(MODELS[args.model][1])} (8 tasks x 8 samples per iteration). "
+          f"Workload: `{MODELS[args.model][0]}` {' '.join(MODELS[args.model][1])} (the task file's tasks x samples per iteration). "
           "Variants alternate in every round; medians. Compare ratios, not seconds, when the machine was shared.", ""]
     if pr:
         m = pr["median_s"]
@@ -212,6 +212,7 @@ def main() -> None:
     ap.add_argument("--probe-reps", type=int, default=4)
     ap.add_argument("--eval-tasks", type=int, default=32)
     ap.add_argument("--skip", choices=["probe", "runs"], default=None)
+    ap.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, from {list(RUNS)} (sync is needed)")
     ap.add_argument("--note", default="", help="what else ran on the machine (recorded in the result)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "overlap"))
     args = ap.parse_args()
@@ -219,7 +220,8 @@ def main() -> None:
     pr = probe(args.model, args.probe_reps, args.eval_tasks) if args.skip != "probe" else None
     if pr:
         print(json.dumps(pr["median_s"]), flush=True)
-    rn = runs(args.model, args.rounds, args.iterations, args.eval_tasks) if args.skip != "runs" else None
+    names = [n.strip() for n in args.runs.split(",")]
+    rn = runs(args.model, args.rounds, args.iterations, args.eval_tasks, names) if args.skip != "runs" else None
     info["load_after"] = [round(x, 2) for x in os.getloadavg()]
     write_results(Path(args.out), {"machine": info, "args": vars(args), "probe": pr, "runs": rn},
                   markdown(args, info, pr, rn))

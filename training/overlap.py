@@ -47,6 +47,7 @@ sharded update), engines other than `hf`.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import random
@@ -143,6 +144,7 @@ class OverlappedSampler:
                                    name="eprl-overlap-sampler")  # not daemonic: envs start processes (math-verify)
         self.process.start()
         child.close()
+        atexit.register(self.close)  # runs before multiprocessing joins its children: an error path cannot hang
         self.pending: dict | None = None  # the batch sampled for the next iteration (checkpointed)
         self.in_flight: tuple[int, int] | None = None  # (iteration, policy lag) of the request being sampled
 
@@ -204,6 +206,9 @@ class OverlappedSampler:
 
     def close(self) -> None:
         """Stop the sampler: asked to when idle; mid-rollout, its next send finds the pipe closed."""
+        atexit.unregister(self.close)
+        if self.conn.closed:
+            return
         try:
             if self.in_flight is None and self.process.is_alive():
                 self.conn.send(("close",))
