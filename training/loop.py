@@ -47,6 +47,7 @@ from .config import ConfigError, RunConfig
 from .evaluate import eval_line, evaluate_suite
 from .learner import Learner
 from .metrics import MetricsLog
+from .overlap import OverlappedSampler, check_overlap
 from .policy import env_factory, resolve_model_path
 from .select import select_groups
 
@@ -91,7 +92,6 @@ class Trainer:
                       train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train_tasks,
                       num_eval_tasks=num_eval_tasks, learner=learner, meta=meta, log=log)
         if cfg.run.overlap:
-            from .overlap import OverlappedSampler
             trainer.overlap = OverlappedSampler(cfg, model_path, rollout_model)
         return trainer
 
@@ -254,9 +254,7 @@ def preflight(cfg: RunConfig, new_run: bool = True) -> None:
             check_unbiased(getattr(cfg.task, field))
         except SamplingError as err:
             raise ConfigError(f"task.{field}: {err}") from None
-    if cfg.run.overlap and distributed.active():
-        raise ConfigError("run.overlap under torchrun: not supported (rank 0 samples from a gathered copy in step "
-                          "with the sharded update); drop run.overlap or run in one process")
+    check_overlap(cfg)
     if new_run and cfg.run.name:
         _check_run_dir_free(_run_dir(cfg))
 

@@ -58,7 +58,15 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from .config import RunConfig
+from . import distributed
+from .config import ConfigError, RunConfig
+
+
+def check_overlap(cfg: RunConfig) -> None:
+    """Refuse run.overlap where it is not supported (the config itself refuses the rest)."""
+    if cfg.run.overlap and distributed.active():
+        raise ConfigError("run.overlap under torchrun: not supported (rank 0 samples from a gathered copy in step "
+                          "with the sharded update); drop run.overlap or run in one process")
 
 
 def overlap_threads(cfg: RunConfig) -> int:
@@ -134,6 +142,7 @@ class OverlappedSampler:
     """The learner's side: weights out through shared memory, one rollout request at a time."""
 
     def __init__(self, cfg: RunConfig, model_path: str, model):
+        check_overlap(cfg)
         self.cfg = cfg
         torch.set_num_threads(overlap_threads(cfg))
         self.params = _trainable(model)
