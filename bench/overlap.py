@@ -188,7 +188,8 @@ def markdown(args, info: dict, pr: dict | None, rn: dict | None) -> str:
         md += [f"| {k} | {med[k]:.2f} | {ratio[k]:.2f}x | {rn['paired_ratio_to_sync'][k]:.2f}x | "
                f"{ph[k]['time_rollout']:.2f} | {ph[k]['time_learn']:.2f} |" for k in med]
         md += ["", f"{args.rounds} rounds x {args.iterations} iterations (iteration 0 left out). Under overlap, rollout "
-               "and learn run at once: an iteration costs about max(rollout, learn).", "",
+               "and learn run at once: given a free core for each side an iteration costs max(rollout, learn); without "
+               "one, both phases slow down (the rollout and learn columns).", "",
                "## Effect on training (same seed, round 1)", "",
                "| run | entropy first / last | mean entropy | mean train success | eval success start / end | "
                "mean \\|logp_sampler - logp\\| | mean approx_kl | mean ratio_max |", "|---|---|---|---|---|---|---|---|"]
@@ -200,7 +201,8 @@ def markdown(args, info: dict, pr: dict | None, rn: dict | None) -> str:
                       f"| {_mean(r['mismatch_logp_abs_mean'] for r in rows[1:]):.2e} | {_mean(r['approx_kl'] for r in rows[1:]):.2e} | {_mean(r['ratio_max'] for r in rows[1:]):.3f} |")
         md += ["", "The overlapped run learns each batch one update after the weights that sampled it (policy_lag 1), "
                "with the ratio against the sampler's log-probs (old_logprobs: inference); the synchronous run's "
-               "|logp_sampler - logp| is float rounding only."]
+               "|logp_sampler - logp| is float rounding only. The first batches differ too: the overlapped run's come from "
+               "the sampler process, seeded per iteration. One seed: differences in success are within noise."]
     return "\n".join(md) + "\n"
 
 
