@@ -19,6 +19,7 @@ def test_mismatch_stats_by_hand():
     assert out["mismatch_dp_mean"] == pytest.approx(sum(dp) / 3, rel=1e-5)
     assert out["mismatch_dp_max"] == pytest.approx(max(dp), rel=1e-5)
     assert out["mismatch_iw_max"] == pytest.approx(math.exp(0.1), rel=1e-5)
+    assert out["mismatch_logp_abs_mean"] == pytest.approx((0.1 + 0.5 + 0.0) / 3, rel=1e-5)
 
 
 def test_entropy_stats_by_hand():

@@ -192,6 +192,7 @@ class RunSection(Strict):
     eval_every: int = Field(0, ge=0, description="evaluate every N iterations (0: only before and after training)")
     threads: Optional[int] = Field(None, description="torch threads (None: torch default)")
     progress: bool = Field(True, description="show progress bars")
+    overlap: bool = Field(False, description="sample the next batch (in a second process, with the weights before this update) while the learner updates: one-step off-policy, ratio against the sampler's log-probs (training/overlap.py); engine hf, one process")
     device: str = Field("auto", description="where the policy computes: auto (cuda if available, else cpu) | cpu | cuda | cuda:N; under torchrun each rank uses cuda:LOCAL_RANK")
     metric_sinks: list[str] = Field(default_factory=lambda: ["jsonl"], description="where metrics and eval rows go, by name: jsonl (RUN_DIR/metrics.jsonl, eval.jsonl; always: a run reads them back) | tensorboard (RUN_DIR/tensorboard/, needs the tensorboard package)")
 
@@ -223,10 +224,37 @@ class RunConfig(Strict):
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="learner (see docs/algorithms.md)")
     run: RunSection = Field(default_factory=RunSection, description="loop, seeds, output")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _overlap_ratio_against_the_sampler(cls, data: Any) -> Any:
+        # run.overlap: batches are one update stale, so logp_old is the sampler's log-prob unless the learner chooses
+        learner = data.get("learner", {}) if isinstance(data, dict) else None
+        if isinstance(learner, dict) and isinstance(data.get("run"), dict) and data["run"].get("overlap") \
+                and "old_logprobs" not in learner and learner.get("tis_cap") is None:
+            data = {**data, "learner": {**learner, "old_logprobs": "inference"}}
+        return data
+
     @model_validator(mode="after")
     def _head_precision(self) -> "RunConfig":
         if self.learner.fp32_lm_head is not None and self.model.dtype == "fp32":
             raise ValueError("learner.fp32_lm_head with model.dtype=fp32: the head already computes in float32")
+        return self
+
+    @model_validator(mode="after")
+    def _overlap_combinations(self) -> "RunConfig":
+        """run.overlap trains on batches sampled one update earlier: refuse what would not correct for it."""
+        lc, on = self.learner, self.run.overlap
+        for bad, message in (
+            (on and lc.old_logprobs == "recompute" and lc.tis_cap is None,
+             "run.overlap with learner.old_logprobs=recompute and no tis_cap: the ratio would be taken against the current "
+             "policy, not the one-step-older one that sampled; use old_logprobs=inference (the overlap default) or tis_cap"),
+            (on and lc.loss == "pg" and lc.tis_cap is None,
+             "run.overlap with learner.loss=pg: -A*logp has no ratio, so the staleness goes uncorrected; use another "
+             "loss, or pg with old_logprobs=recompute and learner.tis_cap"),
+            (on and self.engine.type != "hf", f"run.overlap with engine.type={self.engine.type}: only the hf engine "
+             "is supported (the sampler process builds its own copy of the policy)")):
+            if bad:
+                raise ValueError(message)
         return self
 
 

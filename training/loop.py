@@ -41,23 +41,17 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .collect import collect_episodes, sample_tasks  # noqa: F401  (sample_tasks: bench/rollout_engines.py)
 from .config import RunConfig, updated
 from .evaluate import eval_line, evaluate_suite
 from .learner import Learner
 from .metrics import MetricStream
+from .overlap import OverlappedSampler
 from .policy import resolve_model_path
 from .preflight import check_run_dir_free, preflight, run_dir_for
-from .select import informative_group_count, select_groups
+from .select import select_groups
 
 log = logging.getLogger("eprl.training.loop")
-
-
-def sample_tasks(seed: int, iteration: int, round_: int, count: int, num_tasks: int | None) -> list[int]:
-    """Task indices for one iteration: a pure function of (seed, iteration, round) = the data position."""
-    rng = np.random.default_rng([seed, iteration, round_])
-    if num_tasks is None:
-        return rng.integers(0, 2**31 - 1, size=count).tolist()
-    return rng.choice(num_tasks, size=count, replace=count > num_tasks).tolist()
 
 
 class Trainer:
@@ -78,6 +72,7 @@ class Trainer:
         self.metrics = MetricStream(self.run_dir, "metrics", cfg.run.metric_sinks)
         self.evals = MetricStream(self.run_dir, "eval", cfg.run.metric_sinks)
         self.iteration = 0
+        self.overlap = None  # run.overlap: an OverlappedSampler (training/overlap.py), set by from_config
 
     @classmethod
     def from_config(cls, cfg: RunConfig, run_dir: Path, model_path: str, meta: dict) -> "Trainer":
@@ -95,9 +90,12 @@ class Trainer:
                 if runner is not None:
                     runner.close()
             raise
-        return cls(cfg, run_dir, model=model, tokenizer=tokenizer, rollout_model=rollout_model, engine=engine,
-                   train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train_tasks,
-                   num_eval_tasks=num_eval_tasks, learner=learner, meta=meta)
+        trainer = cls(cfg, run_dir, model=model, tokenizer=tokenizer, rollout_model=rollout_model, engine=engine,
+                      train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train_tasks,
+                      num_eval_tasks=num_eval_tasks, learner=learner, meta=meta)
+        if cfg.run.overlap:
+            trainer.overlap = OverlappedSampler(cfg, model_path, rollout_model)
+        return trainer
 
     # ------------------------------------------------------------------ state
     def restore(self, ckpt: Path) -> None:
@@ -105,6 +103,8 @@ class Trainer:
         self.learner.load_state_dict(trainer["learner"])
         set_rng_state(trainer["rng"])
         self.iteration = state["iteration"]
+        if self.overlap is not None:
+            self.overlap.load_state_dict(trainer.get("overlap"))
         if self.main:
             self.metrics.truncate_after(self.iteration - 1)
             self.evals.truncate_after(self.iteration)
@@ -114,8 +114,9 @@ class Trainer:
         learner_state = self.learner.state_dict()
         path = None
         if self.main:
+            extra = {"overlap": self.overlap.state_dict()} if self.overlap is not None else {}
             path = save_checkpoint(self.run_dir, self.iteration, self.rollout_model, self.tokenizer,
-                                   {"learner": learner_state}, {"meta": self.meta})
+                                   {"learner": learner_state, **extra}, {"meta": self.meta})
         distributed.barrier()
         return path
 
@@ -137,33 +138,18 @@ class Trainer:
         return row
 
     def collect(self):
-        suite, lc = self.cfg.task, self.cfg.learner
-        trajectories, stats, rounds = [], [], 0
-        groups_wanted = suite.tasks_per_iteration
-        while True:
-            tasks = sample_tasks(self.cfg.run.seed, self.iteration, rounds, groups_wanted, self.num_train_tasks)
-            new, st = self.train_runner.run(tasks, suite.group_size, suite.sampling,
-                                            seed=self.cfg.run.seed * 1_000_003 + self.iteration * 101 + rounds)
-            offset = 1 + max((t.group_id for t in trajectories), default=-1)
-            for t in new:
-                t.group_id += offset
-            trajectories += new
-            stats.append(st)
-            if not lc.dynamic_sampling:
-                break
-            if informative_group_count(trajectories) >= suite.tasks_per_iteration or rounds >= lc.max_resample_rounds:
-                break
-            rounds += 1
-        return trajectories, stats, rounds
+        return collect_episodes(self.cfg, self.train_runner, self.iteration, self.num_train_tasks)
 
     def train_iteration(self) -> dict:
         t0 = time.perf_counter()
-        row, batch = self.rollouts() if self.main else ({}, None)
-        batch = distributed.broadcast_object(batch)
-        if batch is not None:
-            learned = self.learner.step(batch)
-            self.sync_weights()
-            row.update(learned)
+        if self.overlap is not None:  # run.overlap: this batch was sampled during the previous update
+            row = self.overlap.iteration(self)
+        else:
+            row, batch = self.rollouts() if self.main else ({}, None)
+            batch = distributed.broadcast_object(batch)
+            if batch is not None:
+                row.update(self.learner.step(batch))
+                self.sync_weights()
         self.iteration += 1
         if not self.main:
             return row
@@ -177,7 +163,10 @@ class Trainer:
 
     def rollouts(self):
         """This iteration's episodes -> (metrics row, collated batch, or None if nothing to learn from)."""
-        trajectories, stats, rounds = self.collect()
+        return self.batch_from(*self.collect())
+
+    def batch_from(self, trajectories, stats, rounds):
+        """Collected episodes -> (metrics row, collated batch, or None if nothing to learn from)."""
         rewards = np.array([t.reward for t in trajectories])
         row = {"iteration": self.iteration, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
                "success_rate": float(np.mean([t.success for t in trajectories])), "episodes": len(trajectories),
@@ -194,6 +183,8 @@ class Trainer:
     def close(self) -> None:
         self.metrics.close()
         self.evals.close()
+        if self.overlap is not None:
+            self.overlap.close()
         if self.main:
             self.train_runner.close()
             self.eval_runner.close()

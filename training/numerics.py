@@ -42,6 +42,7 @@ def mismatch_stats(learner_logp: Tensor, inference_logp: Tensor, mask: Tensor) -
     """Inference-vs-learner mismatch over action tokens (float32):
         mismatch_dp_mean / mismatch_dp_max: mean / max |exp(logp_infer) - exp(logp_learner)|
         mismatch_iw_max:                    max exp(logp_learner - logp_infer)
+        mismatch_logp_abs_mean:             mean |logp_infer - logp_learner| (run.overlap: the staleness)
     """
     m = mask > 0
     zero = torch.zeros_like(learner_logp, dtype=torch.float32)
@@ -50,7 +51,7 @@ def mismatch_stats(learner_logp: Tensor, inference_logp: Tensor, mask: Tensor) -
     dp = (ip.exp() - lp.exp()).abs()
     iw = (lp - ip).exp()
     return {"mismatch_dp_mean": _masked_mean(dp, m), "mismatch_dp_max": _masked_max(dp, m),
-            "mismatch_iw_max": _masked_max(iw, m)}
+            "mismatch_iw_max": _masked_max(iw, m), "mismatch_logp_abs_mean": _masked_mean((lp - ip).abs(), m)}
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from eprl.agents.engines import SamplingError, check_unbiased
 
 from .config import ConfigError, RunConfig
 from .metrics import METRIC_SINKS
+from .overlap import check_overlap
 from .policy import env_factory
 
 
@@ -43,5 +44,6 @@ def preflight(cfg: RunConfig, new_run: bool = True) -> None:
             METRIC_SINKS.get(name)
         except ConfigError as err:
             raise ConfigError(f"run.metric_sinks: {err}") from None
+    check_overlap(cfg)
     if new_run and cfg.run.name:
         check_run_dir_free(run_dir_for(cfg))

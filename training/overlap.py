@@ -1,0 +1,231 @@
+"""Overlapped rollout and learning (`run.overlap: true`): one-step off-policy, as AReaL, PipelineRL and
+verl's one-step-off-policy trainer do. docs/algorithms.md, "Overlapped rollout and learning".
+
+B_k = iteration k's batch, theta_k = the weights after k updates:
+
+    learner  (this process)   :            [learn B_0: th0->th1] [learn B_1: th1->th2] [learn B_2 ...
+    sampler  (second process) : [B_0 | th0] [B_1 | th0          ] [B_2 | th1          ] [B_3 | th2 ...
+
+B_0 is sampled before any update (policy_lag 0). From then on B_{k+1} is sampled with theta_k while
+the learner turns theta_k into theta_{k+1}: every batch is learned exactly one update after the
+weights that sampled it (policy_lag 1), never more, as each side waits for the other once per
+iteration. An iteration costs max(rollout, learn) instead of rollout + learn.
+
+Correction: logp_old = the sampler's own log-probs (behaviour policy, `old_logprobs: inference`,
+derived by the config under overlap), so r = pi_theta_k / pi_theta_{k-1} and the clip bounds the
+staleness; or, with `tis_cap`, decoupled PPO: clip against the recomputed theta_k, weighted by
+min(pi_theta_k / pi_theta_{k-1}, tis_cap). Logged per iteration: `policy_lag` and
+`mismatch_logp_abs_mean` = mean |logp_sampler - logp_theta_k| over action tokens (with `approx_kl`,
+`ratio_mean`, `ratio_max` of the loss).
+
+Why a process and not a thread: the `hf` engine spends most of a tiny model's generation in per-token
+Python (logits processors, stopping criteria, cache bookkeeping) that holds the GIL, so a sampler
+thread next to a learner thread serialises on it; and both would draw from the one global torch
+generator (the sampler's multinomial, the learner's randperm) in an order set by the OS scheduler,
+which breaks bit-exact resume (HF's sampling takes no generator). The GIL is the smaller issue:
+torch.profiler puts 89% (tiny default) / 94% (SmolLM2-135M) of a rollout's and 99% of a learner step's
+wall time inside torch ops (GIL released; an upper bound, the profiler's own per-op cost counts as op
+time). Measured side by side on the 2-core machine while two other training runs held both cores
+(bench/results/overlap.md, overlap_smollm2.md; contended, so no side had a free core): tiny, rollout
+0.72 s and learn 1.44 s alone, both at once 2.28 s in a thread and 2.52 s in the process (1.06x / 1.17x
+the sum); SmolLM2 LoRA 9.6 s and 14.9 s, both 25.1 s / 25.2 s (1.02x / 1.03x): neither overlaps without
+a free core, and whole runs came to 0.93x (tiny) and 0.94x (SmolLM2) the synchronous seconds per
+iteration with the process. The uncontended figures come from the same script. The process holds its own copy of the policy, built like the learner's from the same
+path; after each update the learner copies its *trainable* parameters (LoRA: the adapter alone) into
+shared-memory tensors that the sampler loads before its next rollout (a few MB; no pickling). The
+sampler reseeds torch, numpy and random from (run.seed, iteration) before every rollout, so its
+batches depend on the weights and the iteration only. Each side runs `run.threads` torch threads
+(default under overlap: half the cores each).
+
+Resume: a checkpoint written after iteration k holds B_{k+1} (already sampled from theta_k, the
+weights before the checkpoint's) in trainer.pt, which the atomic checkpoint write covers; a resumed
+run learns it next, then samples B_{k+2} from the checkpoint's weights, exactly as the uninterrupted
+run. The sampler always samples one batch ahead, also after the last iteration, so a finished run
+extended with `--resume --iterations N` continues as an N-iteration run would have.
+
+Not supported (refused in one line): torchrun (rank 0 samples from a gathered copy in step with the
+sharded update), engines other than `hf`.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import random
+import time
+import traceback
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from . import distributed
+from .config import ConfigError, RunConfig
+
+
+def check_overlap(cfg: RunConfig) -> None:
+    """Refuse run.overlap where it is not supported (the config itself refuses the rest)."""
+    if cfg.run.overlap and distributed.active():
+        raise ConfigError("run.overlap under torchrun: not supported (rank 0 samples from a gathered copy in step "
+                          "with the sharded update); drop run.overlap or run in one process")
+
+
+def overlap_threads(cfg: RunConfig) -> int:
+    """Torch threads of each side: run.threads, else half the cores (the two sides run at once)."""
+    return cfg.run.threads or max(1, (os.cpu_count() or 2) // 2)
+
+
+def sampler_seed(seed: int, iteration: int) -> int:
+    """The sampler's torch/numpy/random seed for one iteration's rollout."""
+    return int(np.random.SeedSequence([seed, iteration, 0x0E]).generate_state(1)[0])
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _sampler_main(conn, cfg_json: str, model_path: str, shared: dict[str, torch.Tensor]) -> None:
+    """The sampler process: its own policy copy, engine and train runner; one rollout per request."""
+    try:
+        from .builders import build_engine, build_policy, build_runner
+        from .collect import collect_episodes
+        cfg = RunConfig.model_validate_json(cfg_json)
+        torch.set_num_threads(overlap_threads(cfg))
+        model, tokenizer, _ = build_policy(cfg, model_path)
+        params = _trainable(model)
+        if params.keys() != shared.keys():
+            raise RuntimeError(f"overlap sampler: its trainable parameters differ from the learner's "
+                               f"({sorted(params.keys() ^ shared.keys())[:3]}...)")
+        runner, num_tasks = build_runner(cfg, "train", build_engine(cfg, model, tokenizer), tokenizer)
+    except BaseException as err:  # noqa: BLE001  (reported to the learner, which raises it)
+        _send_error(conn, err)
+        return
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except EOFError:  # the learner is gone (killed): stop
+                return
+            if request[0] == "close":
+                return
+            iteration = request[1]
+            try:
+                with torch.no_grad():
+                    for name, p in params.items():
+                        p.copy_(shared[name])
+                seed = sampler_seed(cfg.run.seed, iteration)
+                torch.manual_seed(seed)
+                np.random.seed(seed % 2**32)
+                random.seed(seed)
+                conn.send(("ok", collect_episodes(cfg, runner, iteration, num_tasks)))
+            except (BrokenPipeError, EOFError):
+                return
+            except BaseException as err:  # noqa: BLE001
+                _send_error(conn, err)
+    finally:
+        runner.close()
+
+
+def _send_error(conn, err: BaseException) -> None:
+    text = "".join(traceback.format_exception(err))
+    try:
+        pickle.dumps(err)
+        payload: BaseException | None = err
+    except Exception:  # noqa: BLE001
+        payload = None
+    try:
+        conn.send(("error", payload, text))
+    except (BrokenPipeError, EOFError):
+        pass
+
+
+class OverlappedSampler:
+    """The learner's side: weights out through shared memory, one rollout request at a time."""
+
+    def __init__(self, cfg: RunConfig, model_path: str, model):
+        check_overlap(cfg)
+        self.cfg = cfg
+        torch.set_num_threads(overlap_threads(cfg))
+        self.params = _trainable(model)
+        self.shared = {n: p.detach().to("cpu", copy=True).share_memory_() for n, p in self.params.items()}
+        ctx = mp.get_context("spawn")  # not fork: the parent's OpenMP pool and threads do not survive a fork
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_sampler_main, args=(child, cfg.model_dump_json(), model_path, self.shared),
+                                   name="eprl-overlap-sampler")  # not daemonic: envs start processes (math-verify)
+        self.process.start()
+        child.close()
+        atexit.register(self.close)  # runs before multiprocessing joins its children: an error path cannot hang
+        self.pending: dict | None = None  # the batch sampled for the next iteration (checkpointed)
+        self.in_flight: tuple[int, int] | None = None  # (iteration, policy lag) of the request being sampled
+
+    # ------------------------------------------------------------------ protocol
+    def request(self, iteration: int, lag: int) -> None:
+        """Sample `iteration`'s batch from the weights the learner has now (the sampler is idle)."""
+        assert self.in_flight is None, "one request at a time"
+        with torch.no_grad():
+            for name, p in self.params.items():
+                self.shared[name].copy_(p.detach())
+        try:
+            self.conn.send(("collect", iteration))
+        except (BrokenPipeError, OSError):
+            self.process.join(timeout=5)
+            raise RuntimeError(f"overlap sampler process died (exit code {self.process.exitcode})") from None
+        self.in_flight = (iteration, lag)
+
+    def receive(self) -> dict:
+        """Wait for the request in flight: {iteration, lag, trajectories, stats, rounds}."""
+        assert self.in_flight is not None
+        iteration, lag = self.in_flight
+        try:
+            reply = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"overlap sampler process died (exit code {self.process.exitcode})") from None
+        self.in_flight = None
+        if reply[0] == "error":
+            _, err, text = reply
+            if err is not None:
+                raise err
+            raise RuntimeError(f"overlap sampler failed:\n{text}")
+        trajectories, stats, rounds = reply[1]
+        return {"iteration": iteration, "lag": lag, "trajectories": trajectories, "stats": stats, "rounds": rounds}
+
+    # ------------------------------------------------------------------ one iteration
+    def iteration(self, trainer) -> dict:
+        """Learn iteration k's batch (sampled from theta_{k-1}) while the sampler samples B_{k+1} from theta_k."""
+        k = trainer.iteration
+        if self.pending is None or self.pending["iteration"] != k:  # first iteration: nothing was sampled ahead
+            self.request(k, lag=0)
+            self.pending = self.receive()
+        done, self.pending = self.pending, None
+        self.request(k + 1, lag=1)  # from theta_k, before the update below changes it
+        row, batch = trainer.batch_from(done["trajectories"], done["stats"], done["rounds"])
+        if batch is not None:
+            row.update(trainer.learner.step(batch))
+            trainer.sync_weights()
+        t0 = time.perf_counter()
+        self.pending = self.receive()
+        row.update(policy_lag=done["lag"], time_sampler_wait=time.perf_counter() - t0)
+        return row
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        return {"pending": self.pending}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.pending = (state or {}).get("pending")
+
+    def close(self) -> None:
+        """Stop the sampler: asked to when idle; mid-rollout, its next send finds the pipe closed."""
+        atexit.unregister(self.close)
+        if self.conn.closed:
+            return
+        try:
+            if self.in_flight is None and self.process.is_alive():
+                self.conn.send(("close",))
+        except (BrokenPipeError, OSError):
+            pass
+        self.conn.close()
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
