@@ -3,6 +3,7 @@
 AGENTS is a Registry (eprl/registry.py) of agent classes `(tokenizer, system_prompt=...) -> ChatAgent`;
 installed packages add theirs through the entry-point group `eprl.agents`.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -6,6 +6,7 @@ The prefix check fails loudly when decode(history) is not a prefix of the re-ren
 a template would rewrite earlier turns (e.g. strip reasoning) and the tokens the learner trains
 on would differ from what a re-rendered conversation contains.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ class ChatAgent:
 
     def __init__(self, tokenizer, system_prompt: str | None = None):
         if tokenizer.chat_template is None:
-            raise ValueError("the tokenizer has no chat_template; use an instruct/chat model or set tokenizer.chat_template")
+            raise ValueError(
+                "the tokenizer has no chat_template; use an instruct/chat model or set tokenizer.chat_template"
+            )
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.stop_token_ids = sorted({tokenizer.eos_token_id, *self._end_of_turn_ids()} - {None})
@@ -55,7 +58,7 @@ class ChatAgent:
 
     def start(self, first_observation: str, max_tokens: int | None = None) -> EpisodeState:
         """The episode's prompt tokens, cut to ``max_tokens`` (the runner then ends it as context_limit)."""
-        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": first_observation})
         state = EpisodeState(messages=messages)
         state.append(self._encode(self._render(messages, generation_prompt=True))[:max_tokens], mask=0)
@@ -81,11 +84,14 @@ class ChatAgent:
         rendered = self._render(state.messages, generation_prompt=True)
         history = self.tokenizer.decode(state.token_ids, skip_special_tokens=False)
         if not rendered.startswith(history):
-            at = next((i for i, (a, b) in enumerate(zip(history, rendered)) if a != b), min(len(history), len(rendered)))
+            at = next(
+                (i for i, (a, b) in enumerate(zip(history, rendered)) if a != b), min(len(history), len(rendered))
+            )
             raise TemplatePrefixError(
                 f"chat template re-render differs from the token history at character {at}: "
-                f"history ...{history[max(0, at - 40):at + 40]!r} vs render ...{rendered[max(0, at - 40):at + 40]!r}. "
-                "The template rewrites earlier turns; use a template that renders history verbatim.")
-        delta = self._encode(rendered[len(history):])
+                f"history ...{history[max(0, at - 40) : at + 40]!r} vs render ...{rendered[max(0, at - 40) : at + 40]!r}. "
+                "The template rewrites earlier turns; use a template that renders history verbatim."
+            )
+        delta = self._encode(rendered[len(history) :])
         state.append(delta[:max_tokens], mask=0)
         return max_tokens is None or len(delta) <= max_tokens

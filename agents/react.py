@@ -4,6 +4,7 @@
 ```python block counts (generation often stops mid-block at the token budget). A message
 without code gives "" and the environment answers that with an error observation.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,7 @@ from .chat import ChatAgent
 _BLOCK = re.compile(r"```(?:python|py)[^\S\n]*\n(.*?)(?:```|\Z)", re.S | re.I)
 
 # One worked example episode, written for this project (not from AppWorld's prompts).
-EXAMPLE_EPISODE = '''Example episode (a different task, for illustration only).
+EXAMPLE_EPISODE = """Example episode (a different task, for illustration only).
 
 Task: How many playlists do I have in Spotify?
 
@@ -49,7 +50,7 @@ Thought: The answer is 7. I mark the task complete with it.
 ```python
 apis.supervisor.complete_task(answer=7)
 ```
-Output: Execution successful.'''
+Output: Execution successful."""
 
 SYSTEM_PROMPT = f"""You are an agent that completes tasks for your supervisor by writing Python code.
 Your code runs in a stateful Python REPL (variables persist between turns) with an `apis` object:

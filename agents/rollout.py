@@ -10,6 +10,7 @@ into a trajectory. An env that raises fails only its episode (`on_env_error: fai
 reward 0, termination "error", counted in `RolloutStats.failed_episodes`, its traceback logged
 once per kind of error; past `max_failed_fraction` of a batch the run stops with EnvFailureError.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,10 +65,20 @@ class _Episode:
 class RolloutRunner:
     """Runs episodes of one environment factory with one agent and engine."""
 
-    def __init__(self, make_env: Callable[[], gym.Env], agent: ChatAgent, engine, *, max_turns: int,
-                 max_context_tokens: int, progress: bool = True, env_workers: int = 0,
-                 on_env_error: str = "fail_episode", max_failed_fraction: float = 0.2,
-                 max_observation_chars: int | None = None):
+    def __init__(
+        self,
+        make_env: Callable[[], gym.Env],
+        agent: ChatAgent,
+        engine,
+        *,
+        max_turns: int,
+        max_context_tokens: int,
+        progress: bool = True,
+        env_workers: int = 0,
+        on_env_error: str = "fail_episode",
+        max_failed_fraction: float = 0.2,
+        max_observation_chars: int | None = None,
+    ):
         if on_env_error not in ON_ENV_ERROR:
             raise ValueError(f"on_env_error={on_env_error!r}; choose from {ON_ENV_ERROR}")
         self.make_env, self.agent, self.engine = make_env, agent, engine
@@ -108,16 +119,24 @@ class RolloutRunner:
             self._pool.append(self.make_env())
         return self._pool[:n]
 
-    def run(self, task_indices: Sequence[int], group_size: int, sampling, seed: int, desc: str = "rollout"
-            ) -> tuple[list[Trajectory], RolloutStats]:
+    def run(
+        self, task_indices: Sequence[int], group_size: int, sampling, seed: int, desc: str = "rollout"
+    ) -> tuple[list[Trajectory], RolloutStats]:
         """Play `group_size` episodes of each task; group_id = position of the task in `task_indices`."""
         start = time.perf_counter()
         stats = RolloutStats()
         plan = [(g, t) for g, t in enumerate(task_indices) for _ in range(group_size)]
         envs = self._envs(len(plan))
-        resets = self._map(lambda n: self._guard(lambda: checked_reset(
-            envs[n].reset(seed=seed + n, options={"task_index": int(plan[n][1])}), env_name(envs[n]), plan[n][1]),
-            envs[n], plan[n][1]), list(range(len(plan))))
+        resets = self._map(
+            lambda n: self._guard(
+                lambda: checked_reset(
+                    envs[n].reset(seed=seed + n, options={"task_index": int(plan[n][1])}), env_name(envs[n]), plan[n][1]
+                ),
+                envs[n],
+                plan[n][1],
+            ),
+            list(range(len(plan))),
+        )
         episodes = []
         for env, (group, task), reset in zip(envs, plan, resets):
             if isinstance(reset, BaseException):  # the env could not even start: an empty, failed episode
@@ -143,11 +162,18 @@ class RolloutRunner:
                 gens = self.engine.generate([ep.state.token_ids for ep in fits], sampling, self.agent.stop_token_ids)
                 stats.engine_seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                actions = [self.agent.record_action(ep.state, gen.token_ids, gen.logprobs) for ep, gen in zip(fits, gens)]
+                actions = [
+                    self.agent.record_action(ep.state, gen.token_ids, gen.logprobs) for ep, gen in zip(fits, gens)
+                ]
                 stats.generated_tokens += sum(len(gen.token_ids) for gen in gens)
-                results = self._map(lambda i, fits=fits, actions=actions: self._guard(lambda: checked_step(
-                    fits[i].env.step(actions[i]), env_name(fits[i].env), fits[i].task_id), fits[i].env, fits[i].task_id),
-                    list(range(len(fits))))
+                results = self._map(
+                    lambda i, fits=fits, actions=actions: self._guard(
+                        lambda: checked_step(fits[i].env.step(actions[i]), env_name(fits[i].env), fits[i].task_id),
+                        fits[i].env,
+                        fits[i].task_id,
+                    ),
+                    list(range(len(fits))),
+                )
                 for ep, result in zip(fits, results):
                     if isinstance(result, BaseException):
                         self._fail(ep, result)
@@ -166,7 +192,8 @@ class RolloutRunner:
             raise EnvFailureError(
                 f"env {env_name(envs[0])}: {stats.failed_episodes} of {stats.episodes} episodes failed in one batch "
                 f"(limit {self.max_failed_fraction:.0%}), first error: {first}; fix the env, or raise "
-                "task.agent.max_failed_episodes_fraction")
+                "task.agent.max_failed_episodes_fraction"
+            )
         return [self._finish(ep) for ep in episodes], stats
 
     def _guard(self, call: Callable, env: gym.Env, task) -> object:
@@ -181,15 +208,21 @@ class RolloutRunner:
             kind = (type(err).__name__, frames[-1].filename, frames[-1].lineno) if frames else (type(err).__name__,)
             if kind not in self._logged_errors:
                 self._logged_errors.add(kind)
-                log.error("env %s, task %r failed; the episode ends with reward 0 (on_env_error: fail_episode):\n%s",
-                          env_name(env), task, "".join(traceback.format_exception(err)).rstrip())
+                log.error(
+                    "env %s, task %r failed; the episode ends with reward 0 (on_env_error: fail_episode):\n%s",
+                    env_name(env),
+                    task,
+                    "".join(traceback.format_exception(err)).rstrip(),
+                )
             return err
 
     @staticmethod
     def _fail(ep: _Episode, err: BaseException) -> None:
         ep.reward, ep.done = 0.0, "error"
-        ep.info = {"env_error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500],
-                   "success": False}
+        ep.info = {
+            "env_error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500],
+            "success": False,
+        }
 
     def _record(self, ep: _Episode, obs: str, reward: float, terminated: bool, truncated: bool, info: dict) -> None:
         ep.reward += float(reward)
@@ -206,7 +239,16 @@ class RolloutRunner:
     @staticmethod
     def _finish(ep: _Episode) -> Trajectory:
         s = ep.state
-        return Trajectory(token_ids=list(s.token_ids), loss_mask=list(s.loss_mask), inference_logprobs=list(s.logprobs),
-                          turn_spans=list(s.turn_spans), reward=ep.reward, success=bool(ep.info.get("success", False)),
-                          task_id=ep.task_id, group_id=ep.group_id, termination=ep.done or "terminated",
-                          messages=list(s.messages), info=ep.info)
+        return Trajectory(
+            token_ids=list(s.token_ids),
+            loss_mask=list(s.loss_mask),
+            inference_logprobs=list(s.logprobs),
+            turn_spans=list(s.turn_spans),
+            reward=ep.reward,
+            success=bool(ep.info.get("success", False)),
+            task_id=ep.task_id,
+            group_id=ep.group_id,
+            termination=ep.done or "terminated",
+            messages=list(s.messages),
+            info=ep.info,
+        )

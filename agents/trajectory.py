@@ -1,4 +1,5 @@
 """The one object that crosses from agents to training: a tokenized multi-turn episode."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,8 +31,10 @@ class Trajectory:
     def __post_init__(self) -> None:
         n = len(self.token_ids)
         if len(self.loss_mask) != n or len(self.inference_logprobs) != n:
-            raise ValueError(f"trajectory {self.task_id}: token_ids ({n}), loss_mask ({len(self.loss_mask)}) "
-                             f"and inference_logprobs ({len(self.inference_logprobs)}) must have equal length")
+            raise ValueError(
+                f"trajectory {self.task_id}: token_ids ({n}), loss_mask ({len(self.loss_mask)}) "
+                f"and inference_logprobs ({len(self.inference_logprobs)}) must have equal length"
+            )
 
     @property
     def num_action_tokens(self) -> int:

@@ -6,6 +6,7 @@ Runs on the stand-in world (never AppWorld scores). "In-process" is measured ins
 AppWorld venv (AppWorld(...).execute directly, the same code), since the trainer may not
 import appworld. An episode = reset + failing step + the reference solution + evaluation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,14 @@ def http_step_latency(n: int) -> tuple[list[float], float]:
 
 def in_process_latency(n: int, task_id: str) -> list[float]:
     env = {**os.environ, "APPWORLD_ROOT": str(world_root())}
-    out = subprocess.run([str(venv_python()), "-c", IN_PROCESS, task_id, STEP, str(n)], capture_output=True,
-                         text=True, env=env, cwd=str(world_root()), check=True)
+    out = subprocess.run(
+        [str(venv_python()), "-c", IN_PROCESS, task_id, STEP, str(n)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(world_root()),
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -88,8 +95,13 @@ def episodes_per_minute(servers: int, episodes: int) -> dict:
     wall = time.perf_counter() - t0
     for e in pool:
         e.close()
-    return {"servers": servers, "episodes": len(ok), "solved": sum(ok), "wall_s": round(wall, 2),
-            "episodes_per_min": round(60 * len(ok) / wall, 1)}
+    return {
+        "servers": servers,
+        "episodes": len(ok),
+        "solved": sum(ok),
+        "wall_s": round(wall, 2),
+        "episodes_per_min": round(60 * len(ok) / wall, 1),
+    }
 
 
 def main() -> int:
@@ -110,21 +122,35 @@ def main() -> int:
         "machine": {"cpu_count": mach["cores"], **mach},
         "step_latency_ms": {
             "http": {"median": round(1000 * statistics.median(http), 2), "p90": round(1000 * pct(http, 0.9), 2)},
-            "in_process": {"median": round(1000 * statistics.median(local), 2), "p90": round(1000 * pct(local, 0.9), 2)},
-            "steps": args.steps},
+            "in_process": {
+                "median": round(1000 * statistics.median(local), 2),
+                "p90": round(1000 * pct(local, 0.9), 2),
+            },
+            "steps": args.steps,
+        },
         "first_reset_s (server start + initialize)": round(first_reset, 2),
         "throughput": [episodes_per_minute(s, args.episodes) for s in (1, 2, 4)],
     }
     lat = result["step_latency_ms"]
-    md = ["# AppWorld over HTTP (stand-in world; not AppWorld scores)", "",
-          f"Machine: {mach['cores']} CPUs, {mach['platform']}, Python {mach['python']}", "",
-          "| step | median ms | p90 ms |", "|---|---|---|",
-          f"| HTTP (env.step -> server) | {lat['http']['median']} | {lat['http']['p90']} |",
-          f"| in-process (AppWorld.execute) | {lat['in_process']['median']} | {lat['in_process']['p90']} |", "",
-          f"First reset (server start + initialize): {result['first_reset_s (server start + initialize)']} s", "",
-          "| servers | episodes | solved | wall s | episodes/min |", "|---|---|---|---|---|"]
-    md += [f"| {t['servers']} | {t['episodes']} | {t['solved']} | {t['wall_s']} | {t['episodes_per_min']} |"
-           for t in result["throughput"]]
+    md = [
+        "# AppWorld over HTTP (stand-in world; not AppWorld scores)",
+        "",
+        f"Machine: {mach['cores']} CPUs, {mach['platform']}, Python {mach['python']}",
+        "",
+        "| step | median ms | p90 ms |",
+        "|---|---|---|",
+        f"| HTTP (env.step -> server) | {lat['http']['median']} | {lat['http']['p90']} |",
+        f"| in-process (AppWorld.execute) | {lat['in_process']['median']} | {lat['in_process']['p90']} |",
+        "",
+        f"First reset (server start + initialize): {result['first_reset_s (server start + initialize)']} s",
+        "",
+        "| servers | episodes | solved | wall s | episodes/min |",
+        "|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {t['servers']} | {t['episodes']} | {t['solved']} | {t['wall_s']} | {t['episodes_per_min']} |"
+        for t in result["throughput"]
+    ]
     write_results(args.out / "appworld_http", result, "\n".join(md) + "\n", indent=2)
     print("\n".join(md))
     return 0

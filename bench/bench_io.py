@@ -3,6 +3,7 @@
 The one place for both (issue #12): scripts call `machine()` with the extra fields they report and the
 name their committed results use for the CPU model, so the results stay comparable across runs.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -48,6 +49,7 @@ def _proc_field(file: str, key: str) -> str | None:
 def _vllm_version() -> str:
     try:
         import vllm
+
         return vllm.__version__
     except Exception as err:  # noqa: BLE001 - report, do not fail: the runs without vllm still mean something
         return f"not importable ({type(err).__name__})"
@@ -55,6 +57,7 @@ def _vllm_version() -> str:
 
 def _installed(name: str) -> bool:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         version(name)
         return True
@@ -64,6 +67,7 @@ def _installed(name: str) -> bool:
 
 def _extra(name: str):
     import torch
+
     if name == "mem_total":
         return _proc_field("/proc/meminfo", "MemTotal")
     if name == "affinity":
@@ -72,6 +76,7 @@ def _extra(name: str):
         return torch.get_num_threads()
     if name == "transformers":
         import transformers
+
         return transformers.__version__
     if name == "vllm":
         return _vllm_version()
@@ -90,7 +95,14 @@ EXTRAS = ("mem_total", "affinity", "torch_threads", "transformers", "vllm", "vll
 def machine(*extra: str, cpu_key: str = "cpu_model") -> dict:
     """CPU model (under `cpu_key`), cores, torch, Python, platform, date, and the named `extra` fields (EXTRAS)."""
     import torch
+
     cpu = _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
-    info = {cpu_key: cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    info = {
+        cpu_key: cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
     return {**info, **{k: _extra(k) for k in extra}}

@@ -14,6 +14,7 @@ mean entropy of the last `--window` iterations relative to H0, and held-out succ
 on 64 trajectories is noisy, +-20%, so single iterations are not the criterion). Results across seeds
 are medians. Output (atomic): bench/results/<tag>.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,22 +56,41 @@ VARIANTS: dict[str, list[str]] = {
     "dapo_e2_lr1e-4": E2 + ["learner.loss=dapo", "learner.lr=1e-4"],
     "adapo_e2_lr1e-4": E2 + ["learner.loss=dapo", f"{EC}.type=adapo", "learner.lr=1e-4"],
 }
-BASELINE = {"repo_r": "grpo", "repo_r_z1": "grpo", "repo_r_z4": "grpo", "repo_r_z4_band": "grpo", "repo_d": "grpo",
-            "repo_d_band": "grpo", "repo_r_z4_e2": "grpo_e2", "adapo_e2": "dapo_e2", "adapo_e2_band": "dapo_e2",
-            "adapo_e2_lr1e-4": "dapo_e2_lr1e-4"}
+BASELINE = {
+    "repo_r": "grpo",
+    "repo_r_z1": "grpo",
+    "repo_r_z4": "grpo",
+    "repo_r_z4_band": "grpo",
+    "repo_d": "grpo",
+    "repo_d_band": "grpo",
+    "repo_r_z4_e2": "grpo_e2",
+    "adapo_e2": "dapo_e2",
+    "adapo_e2_band": "dapo_e2",
+    "adapo_e2_lr1e-4": "dapo_e2_lr1e-4",
+}
 REF_ITERATIONS = 3  # every run's reference entropy: the mean of its first 3 iterations (same for every variant)
 
 
 def common_overrides(args, seed: int, run_dir: Path) -> list[str]:
-    return [f"run.seed={seed}", f"run.iterations={args.iterations}", "run.eval_every=0",
-            f"run.checkpoint_every={max(args.iterations, 1)}", "run.threads=1", "run.progress=false",
-            "run.device=cpu", f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}"] + list(args.extra)
+    return [
+        f"run.seed={seed}",
+        f"run.iterations={args.iterations}",
+        "run.eval_every=0",
+        f"run.checkpoint_every={max(args.iterations, 1)}",
+        "run.threads=1",
+        "run.progress=false",
+        "run.device=cpu",
+        f"run.out_dir={run_dir.parent}",
+        f"run.name={run_dir.name}",
+    ] + list(args.extra)
 
 
 def run_one(args, variant: str, seed: int) -> dict:
     run_dir = Path(args.runs) / f"{variant}-s{seed}"
     overrides = common_overrides(args, seed, run_dir) + VARIANTS[variant]
-    cmd = [sys.executable, "-m", "eprl.training", "train", "--task", str(TASK)] + [a for o in overrides for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "eprl.training", "train", "--task", str(TASK)] + [
+        a for o in overrides for a in ("--set", o)
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     shutil.rmtree(run_dir, ignore_errors=True)  # our own scratch run directory, from an earlier attempt
     t0 = time.perf_counter()
@@ -93,15 +113,20 @@ def summarize_run(run_dir: Path, window: int, band: float) -> dict | None:
     tail = statistics.fmean(ent[-window:])
     evals = read_jsonl(run_dir / "eval.jsonl")
     ctrl = next((k for k in ("zeta", "eps_high") if k in rows[-1]), None)
-    return {"iterations": len(rows), "target": target, "entropy_tail": tail, "tail_rel": tail / target - 1.0,
-            "holds_band": abs(tail / target - 1.0) <= band,
-            "entropy_curve": [round(e, 4) for e in ent],
-            "control": {ctrl: [r.get(ctrl) for r in rows]} if ctrl else {},
-            "clip_frac_high": statistics.fmean(r.get("clip_frac_high", 0.0) for r in rows),
-            "reward_first5": statistics.fmean(r["reward_mean"] for r in rows[:5]),
-            "reward_last5": statistics.fmean(r["reward_mean"] for r in rows[-5:]),
-            "eval_initial": evals[0]["eval_success"] if evals else None,
-            "eval_final": evals[-1]["eval_success"] if len(evals) > 1 else None}
+    return {
+        "iterations": len(rows),
+        "target": target,
+        "entropy_tail": tail,
+        "tail_rel": tail / target - 1.0,
+        "holds_band": abs(tail / target - 1.0) <= band,
+        "entropy_curve": [round(e, 4) for e in ent],
+        "control": {ctrl: [r.get(ctrl) for r in rows]} if ctrl else {},
+        "clip_frac_high": statistics.fmean(r.get("clip_frac_high", 0.0) for r in rows),
+        "reward_first5": statistics.fmean(r["reward_mean"] for r in rows[:5]),
+        "reward_last5": statistics.fmean(r["reward_mean"] for r in rows[-5:]),
+        "eval_initial": evals[0]["eval_success"] if evals else None,
+        "eval_final": evals[-1]["eval_success"] if len(evals) > 1 else None,
+    }
 
 
 def aggregate(per_run: dict[str, dict[int, dict]], band: float) -> dict[str, dict]:
@@ -110,31 +135,56 @@ def aggregate(per_run: dict[str, dict[int, dict]], band: float) -> dict[str, dic
         ok = [s for s in seeds.values() if s]
         if not ok:
             continue
-        med = lambda k: statistics.median(s[k] for s in ok if s[k] is not None) if any(s[k] is not None for s in ok) else None  # noqa: B023 (used in this iteration)
-        out[variant] = {"seeds": len(ok), "tail_rel_median": med("tail_rel"), "holds_band": sum(s["holds_band"] for s in ok),
-                        "tail_rel_each": [round(s["tail_rel"], 3) for s in ok],
-                        "eval_initial_median": med("eval_initial"), "eval_final_median": med("eval_final"),
-                        "reward_first5_median": med("reward_first5"), "reward_last5_median": med("reward_last5"),
-                        "clip_frac_high_median": med("clip_frac_high"), "baseline": BASELINE.get(variant)}
+
+        def med(k: str, ok: list[dict] = ok) -> float | None:
+            values = [s[k] for s in ok if s[k] is not None]
+            return statistics.median(values) if values else None
+
+        out[variant] = {
+            "seeds": len(ok),
+            "tail_rel_median": med("tail_rel"),
+            "holds_band": sum(s["holds_band"] for s in ok),
+            "tail_rel_each": [round(s["tail_rel"], 3) for s in ok],
+            "eval_initial_median": med("eval_initial"),
+            "eval_final_median": med("eval_final"),
+            "reward_first5_median": med("reward_first5"),
+            "reward_last5_median": med("reward_last5"),
+            "clip_frac_high_median": med("clip_frac_high"),
+            "baseline": BASELINE.get(variant),
+        }
     return out
 
 
 def write_md(result: dict) -> str:
     a, band, win = result["aggregate"], result["band"], result["window"]
-    lines = [f"# Entropy band check ({result['tag']})", "", f"> {result['status']}" if result.get("status") else "",
-             "", f"Embedded tiny default (`tasks/default.yaml`), {result['iterations']} iterations, seeds {result['seeds']}, "
-             f"common overrides `{' '.join(result['common_extra']) or '(none)'}` on top of the defaults (lr 5e-5, 1 epoch x 1 minibatch, PPO clip).",
-             f"A run holds the band when the mean entropy of its last {win} iterations is within +-{band:.0%} of H0, "
-             f"the mean entropy of its first {REF_ITERATIONS} iterations (what the `_band` controllers target). Medians over seeds.", "",
-             result.get("ran_on") or f"Machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores, "
-             f"{result['jobs']} runs at a time, 1 torch thread each, torch {result['machine']['torch']}, {result['machine']['date']}.", "",
-             "| variant | baseline | overrides | last-window entropy vs H0 (median; each seed) | seeds holding the band | held-out success first -> last (median) | train reward first-5 -> last-5 | clip frac high |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Entropy band check ({result['tag']})",
+        "",
+        f"> {result['status']}" if result.get("status") else "",
+        "",
+        f"Embedded tiny default (`tasks/default.yaml`), {result['iterations']} iterations, seeds {result['seeds']}, "
+        f"common overrides `{' '.join(result['common_extra']) or '(none)'}` on top of the defaults (lr 5e-5, 1 epoch x 1 minibatch, PPO clip).",
+        f"A run holds the band when the mean entropy of its last {win} iterations is within +-{band:.0%} of H0, "
+        f"the mean entropy of its first {REF_ITERATIONS} iterations (what the `_band` controllers target). Medians over seeds.",
+        "",
+        result.get("ran_on")
+        or f"Machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores, "
+        f"{result['jobs']} runs at a time, 1 torch thread each, torch {result['machine']['torch']}, {result['machine']['date']}.",
+        "",
+        "| variant | baseline | overrides | last-window entropy vs H0 (median; each seed) | seeds holding the band | held-out success first -> last (median) | train reward first-5 -> last-5 | clip frac high |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v, s in a.items():
-        ev = f"{s['eval_initial_median']:.3f} -> {s['eval_final_median']:.3f}" if s["eval_final_median"] is not None else "-"
-        lines.append(f"| {v} | {s['baseline'] or '-'} | `{' '.join(VARIANTS.get(v, [])) or '(defaults)'}` | {s['tail_rel_median']:+.0%} "
-                     f"({', '.join(f'{x:+.0%}' for x in s['tail_rel_each'])}) | {s['holds_band']}/{s['seeds']} | {ev} | "
-                     f"{s['reward_first5_median']:.2f} -> {s['reward_last5_median']:.2f} | {s['clip_frac_high_median']:.4f} |")
+        ev = (
+            f"{s['eval_initial_median']:.3f} -> {s['eval_final_median']:.3f}"
+            if s["eval_final_median"] is not None
+            else "-"
+        )
+        lines.append(
+            f"| {v} | {s['baseline'] or '-'} | `{' '.join(VARIANTS.get(v, [])) or '(defaults)'}` | {s['tail_rel_median']:+.0%} "
+            f"({', '.join(f'{x:+.0%}' for x in s['tail_rel_each'])}) | {s['holds_band']}/{s['seeds']} | {ev} | "
+            f"{s['reward_first5_median']:.2f} -> {s['reward_last5_median']:.2f} | {s['clip_frac_high_median']:.4f} |"
+        )
     lines += ["", "Per-iteration entropy and controller values for every run are in the JSON (`runs`)."]
     return "\n".join(lines) + "\n"
 
@@ -151,7 +201,9 @@ def main() -> None:
     p.add_argument("--tag", default="entropy_band")
     p.add_argument("--status", default="")
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--ran-on", default="", help="with --report-only: where the runs were made (replaces this machine's line)")
+    p.add_argument(
+        "--ran-on", default="", help="with --report-only: where the runs were made (replaces this machine's line)"
+    )
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     variants = [v for v in args.variants.split(",") if v]
@@ -164,10 +216,24 @@ def main() -> None:
     if not args.report_only:
         with cf.ThreadPoolExecutor(args.jobs) as pool:
             launched = list(pool.map(lambda vs: run_one(args, *vs), [(v, s) for s in seeds for v in variants]))
-    per_run = {v: {s: summarize_run(Path(args.runs) / f"{v}-s{s}", args.window, args.band) for s in seeds} for v in variants}
-    result = {"tag": args.tag, "status": args.status, "iterations": args.iterations, "seeds": seeds, "window": args.window,
-              "band": args.band, "jobs": args.jobs, "ran_on": args.ran_on, "common_extra": args.extra, "machine": machine(), "launched": launched,
-              "aggregate": aggregate(per_run, args.band), "runs": {v: {str(s): r for s, r in d.items()} for v, d in per_run.items()}}
+    per_run = {
+        v: {s: summarize_run(Path(args.runs) / f"{v}-s{s}", args.window, args.band) for s in seeds} for v in variants
+    }
+    result = {
+        "tag": args.tag,
+        "status": args.status,
+        "iterations": args.iterations,
+        "seeds": seeds,
+        "window": args.window,
+        "band": args.band,
+        "jobs": args.jobs,
+        "ran_on": args.ran_on,
+        "common_extra": args.extra,
+        "machine": machine(),
+        "launched": launched,
+        "aggregate": aggregate(per_run, args.band),
+        "runs": {v: {str(s): r for s, r in d.items()} for v, d in per_run.items()},
+    }
     md = write_md(result)
     write_results(RESULTS / args.tag, result, md)
     print(md)

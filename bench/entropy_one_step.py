@@ -9,6 +9,7 @@ batch's states before and after. Also counts where rare sampled tokens (-log p >
 A > 0 or with A < 0 (REPO-R can only raise the entropy through rare tokens with A > 0, or by sparing
 those with A < 0). Results (atomic): bench/results/entropy_one_step.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,15 @@ from eprl.training.loop import _start  # noqa: E402
 from eprl.training.policy import resolve_model_path  # noqa: E402
 
 EC = "learner.entropy_control"
-SETTINGS = {"grpo (none)": [], "repo_r zeta 0.05": ["type=repo_r", "zeta=0.05"],
-            "repo_r zeta 1": ["type=repo_r", "zeta=1.0", "zeta_max=1.0"], "repo_r zeta 4": ["type=repo_r", "zeta=4.0", "zeta_max=4.0"],
-            "repo_r zeta 16": ["type=repo_r", "zeta=16.0", "zeta_max=16.0"], "repo_d zeta 1": ["type=repo_d", "zeta=1.0"],
-            "repo_d zeta 4": ["type=repo_d", "zeta=4.0"]}
+SETTINGS = {
+    "grpo (none)": [],
+    "repo_r zeta 0.05": ["type=repo_r", "zeta=0.05"],
+    "repo_r zeta 1": ["type=repo_r", "zeta=1.0", "zeta_max=1.0"],
+    "repo_r zeta 4": ["type=repo_r", "zeta=4.0", "zeta_max=4.0"],
+    "repo_r zeta 16": ["type=repo_r", "zeta=16.0", "zeta_max=16.0"],
+    "repo_d zeta 1": ["type=repo_d", "zeta=1.0"],
+    "repo_d zeta 4": ["type=repo_d", "zeta=4.0"],
+}
 
 
 def main() -> None:
@@ -57,8 +63,13 @@ def main() -> None:
     for b in batches:
         lp, _, m = entropy_and_logp(b)
         adv = trainer.learner.advantages(b)[:, None].expand_as(lp)
-        rare.append({"action_tokens": int(m.sum()), "rare_in_A_pos": int((m & (adv > 0) & (lp < -1)).sum()),
-                     "rare_in_A_neg": int((m & (adv < 0) & (lp < -1)).sum())})
+        rare.append(
+            {
+                "action_tokens": int(m.sum()),
+                "rare_in_A_pos": int((m & (adv > 0) & (lp < -1)).sum()),
+                "rare_in_A_neg": int((m & (adv < 0) & (lp < -1)).sum()),
+            }
+        )
     rows = {}
     for name, ov in SETTINGS.items():
         c = load_run_config(task, overrides=[f"{EC}.{o}" for o in ov] + [f"{EC}.adaptive=false"])
@@ -74,15 +85,27 @@ def main() -> None:
         rows[name] = deltas
         print(f"{name:18s} " + " ".join(f"{d:+.4f}" for d in deltas), flush=True)
     result = {"steps": args.steps, "rare_tokens": rare, "delta_entropy": rows, "machine": machine()}
-    lines = ["# One-batch entropy probe on the tiny default", "",
-             f"{args.steps} learner steps (default lr 5e-5, Adam, grad clip 1.0) on each of 3 rollout batches from the warm-started "
-             "policy, controllers fixed. Change of the exact mean action-token entropy on the batch's states "
-             f"(torch {torch.__version__}, {result['machine']['date']}).", "",
-             "| setting | dH batch 0 | dH batch 1 | dH batch 2 |", "|---|---|---|---|"]
+    lines = [
+        "# One-batch entropy probe on the tiny default",
+        "",
+        f"{args.steps} learner steps (default lr 5e-5, Adam, grad clip 1.0) on each of 3 rollout batches from the warm-started "
+        "policy, controllers fixed. Change of the exact mean action-token entropy on the batch's states "
+        f"(torch {torch.__version__}, {result['machine']['date']}).",
+        "",
+        "| setting | dH batch 0 | dH batch 1 | dH batch 2 |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {k} | " + " | ".join(f"{d:+.4f}" for d in v) + " |" for k, v in rows.items()]
-    lines += ["", "Where the rare sampled tokens (-log p > 1) are:", "", "| batch | action tokens | rare, in episodes with A > 0 | rare, A < 0 |",
-              "|---|---|---|---|"]
-    lines += [f"| {i} | {r['action_tokens']} | {r['rare_in_A_pos']} | {r['rare_in_A_neg']} |" for i, r in enumerate(rare)]
+    lines += [
+        "",
+        "Where the rare sampled tokens (-log p > 1) are:",
+        "",
+        "| batch | action tokens | rare, in episodes with A > 0 | rare, A < 0 |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {i} | {r['action_tokens']} | {r['rare_in_A_pos']} | {r['rare_in_A_neg']} |" for i, r in enumerate(rare)
+    ]
     write_results(REPO / "bench" / "results" / "entropy_one_step", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

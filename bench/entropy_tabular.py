@@ -8,6 +8,7 @@ trained by the real advantage / loss / controller code with SGD. Two starting po
 the mean entropy of the last 10 iterations relative to H0 (iteration 0's, the controller's target),
 and whether it stays within +-10%. Medians over seeds. Results (atomic): bench/results/entropy_tabular.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,26 +63,48 @@ def main() -> None:
                 held += abs(r) <= args.band
                 reward.append((statistics.fmean(out["reward"][:5]), statistics.fmean(out["reward"][-10:])))
                 curves[f"{start}/{name}/{seed}"] = {k: [round(x, 5) for x in v] for k, v in out.items()}
-            rows.append({"start": start, "variant": name, "baseline": BASELINE.get(name), "spec": spec,
-                         "tail_rel_median": statistics.median(rel), "tail_rel_each": [round(x, 3) for x in rel],
-                         "seeds_in_band": held, "seeds": len(seeds),
-                         "reward_first5_median": statistics.median(a for a, _ in reward),
-                         "reward_last10_median": statistics.median(b for _, b in reward)})
+            rows.append(
+                {
+                    "start": start,
+                    "variant": name,
+                    "baseline": BASELINE.get(name),
+                    "spec": spec,
+                    "tail_rel_median": statistics.median(rel),
+                    "tail_rel_each": [round(x, 3) for x in rel],
+                    "seeds_in_band": held,
+                    "seeds": len(seeds),
+                    "reward_first5_median": statistics.median(a for a, _ in reward),
+                    "reward_last10_median": statistics.median(b for _, b in reward),
+                }
+            )
             print(f"{start:6s} {name:18s} {rows[-1]['tail_rel_median']:+.0%} in band {held}/{len(seeds)}", flush=True)
     machine = machine_info()
-    result = {"iterations": args.iterations, "seeds": seeds, "band": args.band, "starts": STARTS, "machine": machine,
-              "rows": rows, "curves": curves}
-    lines = ["# Entropy controllers in closed loop: tabular testbed", "",
-             f"`training/tabular_testbed.py`: 64 states x 8 actions, 8 samples per state per iteration, SGD, "
-             f"{args.iterations} iterations, seeds {seeds}. Entropy = exact mean over states; H0 = iteration 0's "
-             f"(the controllers' target, tolerance 0). In band = last-10 mean within +-{args.band:.0%} of H0. "
-             f"torch {machine['torch']}, {machine['date']}.", "",
-             "| start | variant | baseline | settings | last-10 entropy vs H0, median (each seed) | seeds in band | reward first-5 -> last-10 |",
-             "|---|---|---|---|---|---|---|"]
+    result = {
+        "iterations": args.iterations,
+        "seeds": seeds,
+        "band": args.band,
+        "starts": STARTS,
+        "machine": machine,
+        "rows": rows,
+        "curves": curves,
+    }
+    lines = [
+        "# Entropy controllers in closed loop: tabular testbed",
+        "",
+        f"`training/tabular_testbed.py`: 64 states x 8 actions, 8 samples per state per iteration, SGD, "
+        f"{args.iterations} iterations, seeds {seeds}. Entropy = exact mean over states; H0 = iteration 0's "
+        f"(the controllers' target, tolerance 0). In band = last-10 mean within +-{args.band:.0%} of H0. "
+        f"torch {machine['torch']}, {machine['date']}.",
+        "",
+        "| start | variant | baseline | settings | last-10 entropy vs H0, median (each seed) | seeds in band | reward first-5 -> last-10 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['start']} | {r['variant']} | {r['baseline'] or '-'} | `{json.dumps(r['spec'])}` | "
-                     f"{r['tail_rel_median']:+.0%} ({', '.join(f'{x:+.0%}' for x in r['tail_rel_each'])}) | "
-                     f"{r['seeds_in_band']}/{r['seeds']} | {r['reward_first5_median']:.2f} -> {r['reward_last10_median']:.2f} |")
+        lines.append(
+            f"| {r['start']} | {r['variant']} | {r['baseline'] or '-'} | `{json.dumps(r['spec'])}` | "
+            f"{r['tail_rel_median']:+.0%} ({', '.join(f'{x:+.0%}' for x in r['tail_rel_each'])}) | "
+            f"{r['seeds_in_band']}/{r['seeds']} | {r['reward_first5_median']:.2f} -> {r['reward_last10_median']:.2f} |"
+        )
     write_results(RESULTS / "entropy_tabular", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -26,6 +26,7 @@ loss, including the ones that are not token-separable (GSPO's sequence ratio, Cl
 covariance), and any lm_head. This is the `fused` variant of bench/logprob_memory.py, kept here as the
 3-matmul reference that benchmark compares against; tests/test_bench_fused_loss.py checks it.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -48,16 +49,25 @@ class _PrecomputedGrads(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         if ctx.grads is None:
-            raise RuntimeError("fused_token_objective: backward can run only once per forward "
-                               "(its gradients were computed in the forward and are handed out once)")
+            raise RuntimeError(
+                "fused_token_objective: backward can run only once per forward "
+                "(its gradients were computed in the forward and are handed out once)"
+            )
         grads, ctx.grads = ctx.grads, None
         out = [None if x is None else x.mul_(g.to(x.dtype)) for x in grads]  # in place: no extra copy
         return (None, *out, None)
 
 
-def fused_token_objective(hidden: Tensor, lm_head: nn.Module, targets: Tensor, per_token_fn: PerTokenFn, *,
-                          temperature: float = 1.0, chunk_size: int = 256,
-                          extra: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor, Tensor]:
+def fused_token_objective(
+    hidden: Tensor,
+    lm_head: nn.Module,
+    targets: Tensor,
+    per_token_fn: PerTokenFn,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    extra: Optional[dict[str, Tensor]] = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """hidden [N,H] or [B,T,H], targets [N] / [B,T] -> (objective scalar, logp, entropy) (the last two detached).
 
     per_token_fn(logp_chunk [n], entropy_chunk [n], extra_chunk) -> per-token objective [n]; it is
@@ -67,8 +77,10 @@ def fused_token_objective(hidden: Tensor, lm_head: nn.Module, targets: Tensor, p
     in the forward, so call .backward() on (a scalar multiple of) the objective once.
     """
     if type(lm_head) is not nn.Linear:
-        raise TypeError(f"fused_token_objective needs a plain nn.Linear lm_head, got {type(lm_head).__name__}; "
-                        "use training.logprobs.token_logprobs_and_entropy for other heads (e.g. LoRA-wrapped)")
+        raise TypeError(
+            f"fused_token_objective needs a plain nn.Linear lm_head, got {type(lm_head).__name__}; "
+            "use training.logprobs.token_logprobs_and_entropy for other heads (e.g. LoRA-wrapped)"
+        )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     shape, weight, bias = targets.shape, lm_head.weight, lm_head.bias
@@ -86,23 +98,23 @@ def fused_token_objective(hidden: Tensor, lm_head: nn.Module, targets: Tensor, p
     need_w = grad_on and weight.requires_grad
     need_b = grad_on and bias is not None and bias.requires_grad
     g_h = torch.zeros_like(flat_h) if need_h else None
-    g_w = torch.zeros_like(weight, dtype=dt) if need_w else None   # one float32+ accumulator
+    g_w = torch.zeros_like(weight, dtype=dt) if need_w else None  # one float32+ accumulator
     g_b = torch.zeros_like(bias, dtype=dt) if need_b else None
     logp, ent = flat_h.new_empty(n, dtype=dt), flat_h.new_empty(n, dtype=dt)
     total = flat_h.new_zeros((), dtype=dt)
     for s in range(0, n, chunk_size):
-        h, y = flat_h[s:s + chunk_size].detach(), flat_y[s:s + chunk_size, None]
+        h, y = flat_h[s : s + chunk_size].detach(), flat_y[s : s + chunk_size, None]
         with torch.no_grad():
-            z = F.linear(h, weight, bias).to(dt).div_(temperature)        # matmul 1: logits
+            z = F.linear(h, weight, bias).to(dt).div_(temperature)  # matmul 1: logits
             lz = torch.logsumexp(z, -1, keepdim=True)
-            z.sub_(lz)                                                      # z <- log p
+            z.sub_(lz)  # z <- log p
             p = z.exp()
             lp_c = z.gather(-1, y).squeeze(-1)
-            h_c = -(p * z).sum(-1)                                          # -sum p log p
-            logp[s:s + chunk_size], ent[s:s + chunk_size] = lp_c, h_c
+            h_c = -(p * z).sum(-1)  # -sum p log p
+            logp[s : s + chunk_size], ent[s : s + chunk_size] = lp_c, h_c
         with torch.enable_grad():
             lp_v, h_v = lp_c.clone().requires_grad_(), h_c.clone().requires_grad_()
-            obj = per_token_fn(lp_v, h_v, {k: v[s:s + chunk_size] for k, v in flat_x.items()}).sum()
+            obj = per_token_fn(lp_v, h_v, {k: v[s : s + chunk_size] for k, v in flat_x.items()}).sum()
             gl, gH = torch.autograd.grad(obj, (lp_v, h_v), allow_unused=True) if obj.requires_grad else (None, None)
         total += obj.detach().to(dt)
         if not (need_h or need_w or need_b):
@@ -110,22 +122,25 @@ def fused_token_objective(hidden: Tensor, lm_head: nn.Module, targets: Tensor, p
         gl = torch.zeros_like(lp_c) if gl is None else gl.to(dt)
         with torch.no_grad():
             gz = z.add_(h_c[:, None]).mul_(gH[:, None].to(dt)) if gH is not None else z.zero_()
-            gz.add_(gl[:, None]).mul_(p).neg_()                            # -p (g_lp + g_H (log p + H))
-            gz.scatter_add_(-1, y, gl[:, None]).div_(temperature)           # + g_lp 1[j = y]; chain 1/T
+            gz.add_(gl[:, None]).mul_(p).neg_()  # -p (g_lp + g_H (log p + H))
+            gz.scatter_add_(-1, y, gl[:, None]).div_(temperature)  # + g_lp 1[j = y]; chain 1/T
             del p
             with torch.autocast(flat_h.device.type, enabled=False):
                 gz_w = gz.to(weight.dtype)
                 if need_h:
-                    g_h[s:s + chunk_size] = gz_w @ weight                   # matmul 2: grad hidden
+                    g_h[s : s + chunk_size] = gz_w @ weight  # matmul 2: grad hidden
                 if need_w:
-                    g_w.addmm_(gz_w.t().to(dt), h.to(dt))                   # matmul 3: grad weight
+                    g_w.addmm_(gz_w.t().to(dt), h.to(dt))  # matmul 3: grad weight
             if need_b:
                 g_b.add_(gz.sum(0))
         del z, gz
     logp, ent = logp.reshape(shape), ent.reshape(shape)
     if not (need_h or need_w or need_b):
         return total, logp, ent
-    grads = (None if g_h is None else g_h.reshape(hidden.shape),
-             None if g_w is None else g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype))
+    grads = (
+        None if g_h is None else g_h.reshape(hidden.shape),
+        None if g_w is None else g_w.to(weight.dtype),
+        None if g_b is None else g_b.to(bias.dtype),
+    )
     value = _PrecomputedGrads.apply(total, hidden, weight, bias, grads)
     return value, logp, ent

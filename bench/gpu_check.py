@@ -11,6 +11,7 @@ bench/results/gpu_check.{json,md} with the device name, torch/vllm versions and 
 
 Without a CUDA device it exits with status 2 and says so (nothing is written).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,36 @@ from bench_io import machine, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-KEYS = ["reward_mean", "entropy", "entropy_sampled", "loss", "grad_norm", "clip_frac_high", "clip_frac_low",
-        "mismatch_dp_mean", "mismatch_dp_max", "mismatch_iw_max", "time_rollout", "time_learn"]
+KEYS = [
+    "reward_mean",
+    "entropy",
+    "entropy_sampled",
+    "loss",
+    "grad_norm",
+    "clip_frac_high",
+    "clip_frac_low",
+    "mismatch_dp_mean",
+    "mismatch_dp_max",
+    "mismatch_iw_max",
+    "time_rollout",
+    "time_learn",
+]
 
 
 def run_one(engine: str, dtype: str, iterations: int, out: Path) -> dict:
     name = f"{engine}-{dtype}"
-    overrides = [f"run.name={name}", f"run.out_dir={out}", f"run.iterations={iterations}", "run.device=cuda",
-                 f"model.dtype={dtype}", f"engine.type={engine}", "run.progress=false", "run.checkpoint_every=1",
-                 "task.eval.num_tasks=16", "task.eval_samples=1"]
+    overrides = [
+        f"run.name={name}",
+        f"run.out_dir={out}",
+        f"run.iterations={iterations}",
+        "run.device=cuda",
+        f"model.dtype={dtype}",
+        f"engine.type={engine}",
+        "run.progress=false",
+        "run.checkpoint_every=1",
+        "task.eval.num_tasks=16",
+        "task.eval_samples=1",
+    ]
     if engine == "vllm":
         overrides += ["engine.gpu_memory_utilization=0.3", "engine.max_model_len=512"]
     cmd = [sys.executable, "-m", "eprl.training", "train", "--task", str(REPO / "tasks" / "default.yaml")]
@@ -57,17 +79,23 @@ def run_one(engine: str, dtype: str, iterations: int, out: Path) -> dict:
 
 def write_md(result: dict) -> str:
     m = result["machine"]
-    lines = ["# GPU check: 2-iteration training on CUDA (tiny default)", "",
-             f"Device: {m['device']}; torch {m['torch']}, vllm {m['vllm']}, Python {m['python']}, {m['date']}.", "",
-             "| engine | dtype | rc | wall s | entropy (it 0 -> last) | loss (last) | grad norm (last) | mismatch dp max | iw max |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# GPU check: 2-iteration training on CUDA (tiny default)",
+        "",
+        f"Device: {m['device']}; torch {m['torch']}, vllm {m['vllm']}, Python {m['python']}, {m['date']}.",
+        "",
+        "| engine | dtype | rc | wall s | entropy (it 0 -> last) | loss (last) | grad norm (last) | mismatch dp max | iw max |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["runs"]:
         its = r.get("iterations") or [{}]
         first, last = its[0], its[-1]
         f = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-        lines.append(f"| {r['engine']} | {r['dtype']} | {r['rc']} | {r['wall_s']} | {f(first.get('entropy'))} -> "
-                     f"{f(last.get('entropy'))} | {f(last.get('loss'))} | {f(last.get('grad_norm'))} | "
-                     f"{f(last.get('mismatch_dp_max'))} | {f(last.get('mismatch_iw_max'))} |")
+        lines.append(
+            f"| {r['engine']} | {r['dtype']} | {r['rc']} | {r['wall_s']} | {f(first.get('entropy'))} -> "
+            f"{f(last.get('entropy'))} | {f(last.get('loss'))} | {f(last.get('grad_norm'))} | "
+            f"{f(last.get('mismatch_dp_max'))} | {f(last.get('mismatch_iw_max'))} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ One warm-up round is left out; figures are medians over the rest, ratios against
 variants alternate within each round, so a busy machine slows them alike.
 Output: bench/results/learner_floor.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,16 @@ from bench_io import machine, write_results  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 # rows, prompt tokens (lo, hi), turns, answer tokens (lo, hi), observation tokens (lo, hi)
-SHAPES = {"tiny": (64, (40, 60), 2, (8, 24), (6, 12)),           # the default job: 8 tasks x 8, multi-turn
-          "smollm2": (8, (80, 120), 1, (16, 48), (0, 0))}        # chat prompt, one short answer
+SHAPES = {
+    "tiny": (64, (40, 60), 2, (8, 24), (6, 12)),  # the default job: 8 tasks x 8, multi-turn
+    "smollm2": (8, (80, 120), 1, (16, 48), (0, 0)),
+}  # chat prompt, one short answer
 
 
 def make_batch(vocab: int, pad_id: int, shape, seed: int = 0):
     from eprl.agents.trajectory import Trajectory
     from eprl.training.batch import collate
+
     rows, prompt, turns, answer, obs = shape
     g = torch.Generator().manual_seed(seed)
     draw = lambda lo_hi: int(torch.randint(lo_hi[0], lo_hi[1] + 1, (1,), generator=g))  # noqa: E731
@@ -57,11 +61,15 @@ def load(name: str, threads: int):
 
     from eprl.training.config import load_run_config
     from eprl.training.policy import load_policy, resolve_model_path
+
     sets = [f"run.threads={threads}"]
     if name.startswith("smollm2"):
         sets += ["model.name_or_path=smollm2-135m"]
     if name == "smollm2-lora":  # the study's LoRA (bench/smollm2_cost.py)
-        sets += ["model.lora=true", "model.lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"]
+        sets += [
+            "model.lora=true",
+            "model.lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+        ]
     cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=sets)
     model, tok = load_policy(resolve_model_path(cfg), cfg)
     del AutoModelForCausalLM, AutoTokenizer
@@ -84,16 +92,19 @@ def bare_step(model, batch, optimizer=None):
 def bench_model(name: str, rounds: int, threads: int) -> dict:
     from eprl.training.config import LearnerConfig
     from eprl.training.learner import Learner
+
     model, tok, cfg = load(name, threads)
     batch = make_batch(len(tok), tok.pad_token_id, SHAPES[name.split("-")[0]])
     new = Learner(model, LearnerConfig(), temperature=1.0, max_len_norm=320)
     old = Learner(model, LearnerConfig(micro_batch_tokens=None), temperature=1.0, max_len_norm=320)
     old.reuse_update_forward = old.head_on_actions = False
     adamw = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    variants = {"bare fwd+bwd": lambda: bare_step(model, batch),
-                "bare + AdamW": lambda: bare_step(model, batch, adamw),
-                "learner": lambda: new.step(batch),
-                "learner, before": lambda: old.step(batch)}
+    variants = {
+        "bare fwd+bwd": lambda: bare_step(model, batch),
+        "bare + AdamW": lambda: bare_step(model, batch, adamw),
+        "learner": lambda: new.step(batch),
+        "learner, before": lambda: old.step(batch),
+    }
     times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(rounds + 1):
         for v, fn in variants.items():
@@ -103,11 +114,20 @@ def bench_model(name: str, rounds: int, threads: int) -> dict:
                 times[v].append(time.perf_counter() - t0)
         print(name, r, {v: round(t[-1], 3) for v, t in times.items() if t}, flush=True)
     med = {v: statistics.median(t) for v, t in times.items()}
-    return {"model": name, "micro_batch_tokens": new.micro_batch_tokens, "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "params": sum(p.numel() for p in model.parameters()), "rows": len(batch),
-            "tokens": int(batch.attention_mask.sum()), "padded_tokens": batch.input_ids.numel(),
-            "action_tokens": int(batch.action_mask.sum()), "vocab": len(tok), "seconds": times, "median_s": med,
-            "ratio": {v: med[v] / med["bare fwd+bwd"] for v in med}}
+    return {
+        "model": name,
+        "micro_batch_tokens": new.micro_batch_tokens,
+        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "params": sum(p.numel() for p in model.parameters()),
+        "rows": len(batch),
+        "tokens": int(batch.attention_mask.sum()),
+        "padded_tokens": batch.input_ids.numel(),
+        "action_tokens": int(batch.action_mask.sum()),
+        "vocab": len(tok),
+        "seconds": times,
+        "median_s": med,
+        "ratio": {v: med[v] / med["bare fwd+bwd"] for v in med},
+    }
 
 
 def main() -> None:
@@ -121,32 +141,42 @@ def main() -> None:
     stem = REPO / "bench" / "results" / "learner_floor"
     if stem.with_suffix(".json").is_file():  # keep the other models' rows of an earlier run (each with its own args)
         import json
+
         done = {r["model"] for r in results}
-        results = [r for r in json.loads(stem.with_suffix(".json").read_text())["results"] if r["model"] not in done] + results
+        results = [
+            r for r in json.loads(stem.with_suffix(".json").read_text())["results"] if r["model"] not in done
+        ] + results
     for r in results:
         r.setdefault("rounds", args.rounds)
     info = machine()
-    md = ["# Learner step vs a bare forward + backward (issue #14)", "",
-          f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}, {args.threads} torch thread(s); "
-          f"{info['date']}. `python bench/learner_floor.py --rounds {args.rounds} --models {args.models}`.",
-          "The machine was shared with other jobs (two training processes on the two cores; this bench ran at "
-          "`nice -n 10`): compare ratios within a row, measured side by side in alternating rounds "
-          "(medians over the row's rounds, one warm-up round left out).", "",
-          "`bare fwd+bwd` = `model(input_ids, attention_mask, labels).loss.backward()` (HF: full-vocabulary logits, "
-          "cross-entropy over action tokens); `bare + AdamW` adds clip + AdamW step; `learner` = `Learner.step` at the "
-          "default settings (1 epoch x 1 minibatch, ppo, float32 log-probs and exact entropy, `micro_batch_tokens: auto`, "
-          "its value in the table); `learner, before` = with the no-grad pre-pass, the lm_head at every position and "
-          "one pass (the path before issue #14).", "",
-          "| model | rounds | trainable / all params | rows x padded width (tokens, action tokens) | auto micro-batch | "
-          "bare fwd+bwd s | bare + AdamW | learner | learner, before |", "|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        "# Learner step vs a bare forward + backward (issue #14)",
+        "",
+        f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}, {args.threads} torch thread(s); "
+        f"{info['date']}. `python bench/learner_floor.py --rounds {args.rounds} --models {args.models}`.",
+        "The machine was shared with other jobs (two training processes on the two cores; this bench ran at "
+        "`nice -n 10`): compare ratios within a row, measured side by side in alternating rounds "
+        "(medians over the row's rounds, one warm-up round left out).",
+        "",
+        "`bare fwd+bwd` = `model(input_ids, attention_mask, labels).loss.backward()` (HF: full-vocabulary logits, "
+        "cross-entropy over action tokens); `bare + AdamW` adds clip + AdamW step; `learner` = `Learner.step` at the "
+        "default settings (1 epoch x 1 minibatch, ppo, float32 log-probs and exact entropy, `micro_batch_tokens: auto`, "
+        "its value in the table); `learner, before` = with the no-grad pre-pass, the lm_head at every position and "
+        "one pass (the path before issue #14).",
+        "",
+        "| model | rounds | trainable / all params | rows x padded width (tokens, action tokens) | auto micro-batch | "
+        "bare fwd+bwd s | bare + AdamW | learner | learner, before |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         m, q = r["median_s"], r["ratio"]
-        md.append(f"| {r['model']} | {r['rounds']} | {r['params_trainable'] / 1e6:.2f}M / {r['params'] / 1e6:.1f}M | "
-                  f"{r['rows']} x {r['padded_tokens'] // r['rows']} ({r['tokens']}, {r['action_tokens']}) | {r['micro_batch_tokens']} | "
-                  f"{m['bare fwd+bwd']:.3f} | {m['bare + AdamW']:.3f} s ({q['bare + AdamW']:.2f}x) | "
-                  f"{m['learner']:.3f} s (**{q['learner']:.2f}x**) | {m['learner, before']:.3f} s ({q['learner, before']:.2f}x) |")
-    write_results(stem, {"machine": info, "args": vars(args), "results": results},
-                  "\n".join(md) + "\n")
+        md.append(
+            f"| {r['model']} | {r['rounds']} | {r['params_trainable'] / 1e6:.2f}M / {r['params'] / 1e6:.1f}M | "
+            f"{r['rows']} x {r['padded_tokens'] // r['rows']} ({r['tokens']}, {r['action_tokens']}) | {r['micro_batch_tokens']} | "
+            f"{m['bare fwd+bwd']:.3f} | {m['bare + AdamW']:.3f} s ({q['bare + AdamW']:.2f}x) | "
+            f"{m['learner']:.3f} s (**{q['learner']:.2f}x**) | {m['learner, before']:.3f} s ({q['learner, before']:.2f}x) |"
+        )
+    write_results(stem, {"machine": info, "args": vars(args), "results": results}, "\n".join(md) + "\n")
     print("\n".join(md))
 
 

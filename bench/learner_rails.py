@@ -14,6 +14,7 @@ Variants are interleaved (A, B, B, A, ...: the order rotates) and each time is t
 repetitions (clamps: 3 x reps repetitions of 20 calls each), after one warm-up. One torch thread on CPU;
 the machine may be shared, so differences within a few percent are noise. Results: bench/results/learner_rails.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ def _interleaved(fns: dict, reps: int, device: str, inner: int = 1) -> dict[str,
         fn()
     names = list(fns)
     for rep in range(reps):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(inner):
@@ -62,8 +63,12 @@ def bench_clamps(reps: int, device: str) -> dict:
     B, T = 64, 512
     old = -torch.rand(B, T, device=device) * 3
     logp0 = old + 0.2 * torch.randn(B, T, device=device)
-    extra = dict(advantages=torch.randn(B, T, device=device), mask=(torch.rand(B, T, device=device) > 0.2).float(),
-                 ref_logp=old - 0.1, inference_logp=old + 0.05 * torch.randn(B, T, device=device))
+    extra = dict(
+        advantages=torch.randn(B, T, device=device),
+        mask=(torch.rand(B, T, device=device) > 0.2).float(),
+        ref_logp=old - 0.1,
+        inference_logp=old + 0.05 * torch.randn(B, T, device=device),
+    )
     clamped = losses._log_ratio
 
     def unclamped(batch, m):
@@ -78,14 +83,23 @@ def bench_clamps(reps: int, device: str) -> dict:
                 compute_policy_loss(cfg, LossInputs(lp, old, **extra))[0].backward()
             finally:
                 losses._log_ratio = clamped
+
         return run
 
     base = LearnerConfig(loss="ppo", kl_coef=0.01, tis_cap=2.0)
     dual = LearnerConfig(loss="ppo", kl_coef=0.01, tis_cap=2.0, clip_ratio_c=3.0)
-    t = _interleaved({"unclamped": step(base, unclamped), "clamped": step(base, clamped),
-                      "clamped_dual_clip": step(dual, clamped)}, 3 * reps, device, inner=20)
-    return {"shape": [B, T], "seconds": t, "overhead_clamp": t["clamped"] / t["unclamped"] - 1,
-            "overhead_clamp_dual": t["clamped_dual_clip"] / t["unclamped"] - 1}
+    t = _interleaved(
+        {"unclamped": step(base, unclamped), "clamped": step(base, clamped), "clamped_dual_clip": step(dual, clamped)},
+        3 * reps,
+        device,
+        inner=20,
+    )
+    return {
+        "shape": [B, T],
+        "seconds": t,
+        "overhead_clamp": t["clamped"] / t["unclamped"] - 1,
+        "overhead_clamp_dual": t["clamped_dual_clip"] / t["unclamped"] - 1,
+    }
 
 
 def bench_head(reps: int, device: str, tokens: int = 2048, hidden_size: int = 256, vocab: int = 4096) -> dict:
@@ -107,6 +121,7 @@ def bench_head(reps: int, device: str, tokens: int = 2048, hidden_size: int = 25
             (lp.sum() + ent.sum()).backward()
             head.weight.grad = None
             return lp.detach()
+
         return fn
 
     errors = {}
@@ -114,8 +129,14 @@ def bench_head(reps: int, device: str, tokens: int = 2048, hidden_size: int = 25
         err = (run(fp32)() - ref).abs()
         errors[name] = {"mean_abs_logp_error": err.mean().item(), "max_abs_logp_error": err.max().item()}
     t = _interleaved({"bf16_head": run(False), "fp32_head": run(True)}, reps, device)
-    return {"tokens": tokens, "hidden": hidden_size, "vocab": vocab, "seconds": t, "errors": errors,
-            "overhead_fp32_head": t["fp32_head"] / t["bf16_head"] - 1}
+    return {
+        "tokens": tokens,
+        "hidden": hidden_size,
+        "vocab": vocab,
+        "seconds": t,
+        "errors": errors,
+        "overhead_fp32_head": t["fp32_head"] / t["bf16_head"] - 1,
+    }
 
 
 def bench_tiny_step(reps: int, device: str) -> dict:
@@ -128,29 +149,45 @@ def bench_tiny_step(reps: int, device: str) -> dict:
     from eprl.training.tiny_default import build_model, train_tokenizer
 
     rng = random.Random(0)
-    tok = train_tokenizer([f"Compute {rng.randint(1, 99)}*{rng.randint(1, 99)}. <calc>1+2</calc> \\boxed{{3}}"
-                           for _ in range(200)], vocab_size=300)
+    tok = train_tokenizer(
+        [f"Compute {rng.randint(1, 99)}*{rng.randint(1, 99)}. <calc>1+2</calc> \\boxed{{3}}" for _ in range(200)],
+        vocab_size=300,
+    )
     model = build_model(tok, seed=0).to(device)
     torch.manual_seed(0)
     ids = torch.randint(3, len(tok), (16, 96)).tolist()
-    batch = collate([Trajectory(t, [0] * 32 + [1] * 64, [0.0] * 96, [(32, 96)], float(k % 2), bool(k % 2), "t", k // 4,
-                                "terminated") for k, t in enumerate(ids)], tok.pad_token_id)
+    batch = collate(
+        [
+            Trajectory(
+                t, [0] * 32 + [1] * 64, [0.0] * 96, [(32, 96)], float(k % 2), bool(k % 2), "t", k // 4, "terminated"
+            )
+            for k, t in enumerate(ids)
+        ],
+        tok.pad_token_id,
+    )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     learners = {}
     for name, fp32 in (("bf16_head", False), ("fp32_head", True)):
-        learners[name] = Learner(model, LearnerConfig(lr=1e-6, fp32_lm_head=fp32), temperature=1.0,
-                                 max_len_norm=96, dtype="bf16")
+        learners[name] = Learner(
+            model, LearnerConfig(lr=1e-6, fp32_lm_head=fp32), temperature=1.0, max_len_norm=96, dtype="bf16"
+        )
 
     def run(name):
         def fn():
             model.load_state_dict(state)  # the same weights every time
             learners[name].step(batch)
+
         return fn
 
     t = _interleaved({k: run(k) for k in learners}, reps, device)
-    return {"batch": [16, 96], "action_tokens": 16 * 64, "vocab": len(tok),
-            "params": sum(p.numel() for p in model.parameters()), "seconds": t,
-            "overhead_fp32_head": t["fp32_head"] / t["bf16_head"] - 1}
+    return {
+        "batch": [16, 96],
+        "action_tokens": 16 * 64,
+        "vocab": len(tok),
+        "params": sum(p.numel() for p in model.parameters()),
+        "seconds": t,
+        "overhead_fp32_head": t["fp32_head"] / t["bf16_head"] - 1,
+    }
 
 
 def main() -> None:
@@ -162,9 +199,14 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_num_threads(1)
     t0 = time.perf_counter()
-    result = {"machine": machine(), "device": args.device, "reps": args.reps,
-              "clamps": bench_clamps(args.reps, args.device), "head": bench_head(args.reps, args.device),
-              "tiny_step": bench_tiny_step(max(3, args.reps // 2), args.device)}
+    result = {
+        "machine": machine(),
+        "device": args.device,
+        "reps": args.reps,
+        "clamps": bench_clamps(args.reps, args.device),
+        "head": bench_head(args.reps, args.device),
+        "tiny_step": bench_tiny_step(max(3, args.reps // 2), args.device),
+    }
     if args.device.startswith("cuda"):
         result["machine"]["gpu"] = torch.cuda.get_device_name()
     result["wall_seconds"] = time.perf_counter() - t0
@@ -182,6 +224,7 @@ def markdown(r: dict) -> str:
         if base:
             out += f" ({100 * (sec[name] / sec[base] - 1):+.1f}% / {100 * (sec[name + '_min'] / sec[base + '_min'] - 1):+.1f}%)"
         return out
+
     lines = [
         "# Learner safety rails and the float32 lm_head: what they cost",
         "",

@@ -37,6 +37,7 @@ machine the numbers are noisy. Results: bench/results/rollout_engines.{json,md}.
 Files: this one (the CLI, the parent and the per-model child), rollout_timing.py (timing proxies,
 throughput and agent-loop measurements), rollout_report.py (the Markdown, rendered from the JSON alone).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,14 @@ RESULTS = REPO / "bench" / "results"
 CACHE = REPO / "bench" / ".cache"  # git-ignored (.cache/)
 TASK = REPO / "tasks" / "default.yaml"
 # A bigger model of the tiny default's architecture (Qwen3, tied embeddings, same tokenizer).
-BIG_SHAPE = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
-                 intermediate_size=1536)
+BIG_SHAPE = dict(
+    hidden_size=512,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=64,
+    intermediate_size=1536,
+)
 VLLM_KW = dict(gpu_memory_utilization=0.15, dtype="float32", max_model_len=512)
 # vLLM log lines worth keeping: its CPU thread binding, torch threads and KV-cache size.
 VLLM_LOG_KEYS = ("core ids=", "reserved_cpus=", "Reducing Torch threads", "for KV cache", "CPU KV cache size")
@@ -71,6 +78,7 @@ def load_model(kind: str, log):
 
     from eprl.training.config import load_run_config
     from eprl.training.policy import load_policy, resolve_model_path
+
     cfg = load_run_config(TASK, overrides=[f"model.cache_dir={CACHE}"])
     path = resolve_model_path(cfg)
     model, tok = load_policy(path, cfg)
@@ -78,19 +86,33 @@ def load_model(kind: str, log):
         from transformers import Qwen3Config, Qwen3ForCausalLM
 
         from eprl.training.tiny_default import MODEL_SHAPE
+
         torch.manual_seed(0)
-        config = Qwen3Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id, **{**MODEL_SHAPE, **BIG_SHAPE})
+        config = Qwen3Config(
+            vocab_size=len(tok),
+            bos_token_id=None,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **{**MODEL_SHAPE, **BIG_SHAPE},
+        )
         model = Qwen3ForCausalLM(config).eval()
     c = model.config
     params = sum(p.numel() for p in model.parameters())
     emb = model.get_input_embeddings().weight.numel()
-    desc = {"kind": kind, "source": path if kind == "tiny" else f"random init, tokenizer of {path}",
-            "params": params, "non_embedding_params": params - emb, "vocab": len(tok), "hidden": c.hidden_size,
-            "layers": c.num_hidden_layers, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
-            "intermediate": c.intermediate_size, "tied_embeddings": bool(c.tie_word_embeddings)}
+    desc = {
+        "kind": kind,
+        "source": path if kind == "tiny" else f"random init, tokenizer of {path}",
+        "params": params,
+        "non_embedding_params": params - emb,
+        "vocab": len(tok),
+        "hidden": c.hidden_size,
+        "layers": c.num_hidden_layers,
+        "heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "intermediate": c.intermediate_size,
+        "tied_embeddings": bool(c.tie_word_embeddings),
+    }
     return cfg, model, tok, desc
-
 
 
 def child(args) -> dict:
@@ -109,10 +131,15 @@ def child(args) -> dict:
     cfg, model, tok, out["model"] = load_model(args.child, log)
     agent = ChatAgent(tok)
     env = env_factory(cfg.task, "train")()
-    prompts = [agent.start(env.reset(seed=args.seed, options={"task_index": i})[0]).token_ids for i in range(args.prompts)]
+    prompts = [
+        agent.start(env.reset(seed=args.seed, options={"task_index": i})[0]).token_ids for i in range(args.prompts)
+    ]
     env.close()
-    out["prompt_tokens"] = {"min": min(map(len, prompts)), "max": max(map(len, prompts)),
-                            "mean": sum(map(len, prompts)) / len(prompts)}
+    out["prompt_tokens"] = {
+        "min": min(map(len, prompts)),
+        "max": max(map(len, prompts)),
+        "mean": sum(map(len, prompts)) / len(prompts),
+    }
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.new_tokens)
     warm = SamplingConfig(temperature=1.0, max_new_tokens=8)
     hf = make_engine("hf", model, tok, EngineConfig(type="hf", batch_size=args.prompts))
@@ -164,8 +191,9 @@ def child(args) -> dict:
                 log(f"agent loop: {k}: overhead {100 * med:.1f}%")
         vllm.close()
         phase["loadavg_end"] = os.getloadavg()
-    out["machine"] = machine("affinity", "mem_total", "transformers", "vllm", "vllm_dist", "torch_threads",
-                             "thread_env", cpu_key="cpu")
+    out["machine"] = machine(
+        "affinity", "mem_total", "transformers", "vllm", "vllm_dist", "torch_threads", "thread_env", cpu_key="cpu"
+    )
     out["loadavg_end"] = os.getloadavg()
     return out
 
@@ -181,8 +209,12 @@ def main() -> None:
     p.add_argument("--tiny-variants", nargs="*", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--big-variants", nargs="*", default=["eager"], choices=["eager", "compiled"])
     p.add_argument("--no-big", action="store_true", help="skip the bigger model")
-    p.add_argument("--no-hf-one-thread", dest="hf_one_thread", action="store_false",
-                   help="skip the extra hf runs with torch limited to one thread")
+    p.add_argument(
+        "--no-hf-one-thread",
+        dest="hf_one_thread",
+        action="store_false",
+        help="skip the extra hf runs with torch limited to one thread",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", choices=["tiny", "big"], help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -196,11 +228,31 @@ def main() -> None:
     models = {}
     for kind in ["tiny"] + ([] if args.no_big else ["big"]):
         out_file, log_file = CACHE / f"rollout_engines_{kind}.json", CACHE / f"rollout_engines_{kind}.log"
-        cmd = [sys.executable, __file__, "--child", kind, "--child-out", str(out_file), "--prompts", str(args.prompts),
-               "--new-tokens", str(args.new_tokens), "--reps", str(args.reps), "--big-reps", str(args.big_reps),
-               "--loop-reps", str(args.loop_reps), "--seed", str(args.seed),
-               *([] if args.hf_one_thread else ["--no-hf-one-thread"]),
-               "--tiny-variants", *args.tiny_variants, "--big-variants", *args.big_variants]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--child-out",
+            str(out_file),
+            "--prompts",
+            str(args.prompts),
+            "--new-tokens",
+            str(args.new_tokens),
+            "--reps",
+            str(args.reps),
+            "--big-reps",
+            str(args.big_reps),
+            "--loop-reps",
+            str(args.loop_reps),
+            "--seed",
+            str(args.seed),
+            *([] if args.hf_one_thread else ["--no-hf-one-thread"]),
+            "--tiny-variants",
+            *args.tiny_variants,
+            "--big-variants",
+            *args.big_variants,
+        ]
         print(f"{kind}: running (log: {log_file})", flush=True)
         with open(log_file, "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -208,26 +260,46 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(f"{kind} child failed (exit {proc.returncode}); see {log_file}")
         models[kind] = json.loads(out_file.read_text())
-        models[kind]["vllm_log"] = [line.split("] ", 2)[-1].strip() for line in log_file.read_text().splitlines()
-                                    if any(k in line for k in VLLM_LOG_KEYS)]
+        models[kind]["vllm_log"] = [
+            line.split("] ", 2)[-1].strip()
+            for line in log_file.read_text().splitlines()
+            if any(k in line for k in VLLM_LOG_KEYS)
+        ]
         for line in log_file.read_text().splitlines():
             if line.startswith(f"[{kind}]"):
                 print("  " + line, flush=True)
     git = ["git", "-C", str(REPO)]
     commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "agents", "envs", "training"], capture_output=True,
-                           text=True).stdout.strip()
-    result = {"machine": {**models["tiny"]["machine"], "commit": (commit + (" + uncommitted changes" if dirty else "")) or None,
-                          "date": date, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-                          "total_wall_s": time.perf_counter() - start},
-              "setup": {"task": "tasks/default.yaml", "prompts": args.prompts, "new_tokens": args.new_tokens,
-                        "reps": args.reps, "big_reps": args.big_reps, "loop_reps": args.loop_reps,
-                        "sampling": "temperature 1, no stop token",
-                        "vllm": {**VLLM_KW, "max_num_seqs": args.prompts}, "big_shape": BIG_SHAPE, "seed": args.seed,
-                        "goal_overhead": GOAL},
-              "models": models}
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "agents", "envs", "training"], capture_output=True, text=True
+    ).stdout.strip()
+    result = {
+        "machine": {
+            **models["tiny"]["machine"],
+            "commit": (commit + (" + uncommitted changes" if dirty else "")) or None,
+            "date": date,
+            "loadavg_start": load_start,
+            "loadavg_end": os.getloadavg(),
+            "total_wall_s": time.perf_counter() - start,
+        },
+        "setup": {
+            "task": "tasks/default.yaml",
+            "prompts": args.prompts,
+            "new_tokens": args.new_tokens,
+            "reps": args.reps,
+            "big_reps": args.big_reps,
+            "loop_reps": args.loop_reps,
+            "sampling": "temperature 1, no stop token",
+            "vllm": {**VLLM_KW, "max_num_seqs": args.prompts},
+            "big_shape": BIG_SHAPE,
+            "seed": args.seed,
+            "goal_overhead": GOAL,
+        },
+        "models": models,
+    }
     write_results(RESULTS / "rollout_engines", result, markdown(result), indent=2)
     print(markdown(result))
+
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ row generates exactly --new-tokens tokens. Per round, one after the other:
 tokens/s = generated tokens / wall time; ratios against `floor`; medians over rounds after a warm-up round.
 Output: bench/results/rollout_floor.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO))
 def load(name: str):
     from eprl.training.config import load_run_config
     from eprl.training.policy import load_policy, resolve_model_path
+
     sets = ["model.name_or_path=smollm2-135m"] if name == "smollm2" else []
     cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=sets)
     return load_policy(resolve_model_path(cfg), cfg)
@@ -42,6 +44,7 @@ def load(name: str):
 @torch.no_grad()
 def floor(model, ids: torch.Tensor, new_tokens: int) -> int:
     from transformers import DynamicCache
+
     cache = DynamicCache()
     out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     tokens = []
@@ -57,10 +60,18 @@ def floor(model, ids: torch.Tensor, new_tokens: int) -> int:
 @torch.no_grad()
 def output_logits_path(model, ids: torch.Tensor, new_tokens: int, pad_id: int) -> int:
     from transformers import GenerationConfig
-    cfg = GenerationConfig(do_sample=True, temperature=1.0, max_new_tokens=new_tokens, eos_token_id=[], pad_token_id=pad_id,
-                           return_dict_in_generate=True, output_logits=True)
+
+    cfg = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        max_new_tokens=new_tokens,
+        eos_token_id=[],
+        pad_token_id=pad_id,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     res = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
-    new = res.sequences[:, ids.shape[1]:]
+    new = res.sequences[:, ids.shape[1] :]
     logp = F.log_softmax(torch.stack(res.logits, 1).float(), -1).gather(-1, new[..., None]).squeeze(-1)
     return logp.numel()
 
@@ -68,6 +79,7 @@ def output_logits_path(model, ids: torch.Tensor, new_tokens: int, pad_id: int) -
 def bench_model(name: str, args) -> dict:
     from eprl.agents.engines.hf import HFEngine
     from eprl.training.config import SamplingConfig
+
     model, tok = load(name)
     model.eval()
     g = torch.Generator().manual_seed(0)
@@ -79,8 +91,11 @@ def bench_model(name: str, args) -> dict:
         gens = engine.generate(ids.tolist(), sampling, stop_token_ids=[])
         return sum(len(x.token_ids) for x in gens)
 
-    variants = {"engine": run_engine, "engine, output_logits": lambda: output_logits_path(model, ids, args.new_tokens, engine.pad_id),
-                "floor": lambda: floor(model, ids, args.new_tokens)}
+    variants = {
+        "engine": run_engine,
+        "engine, output_logits": lambda: output_logits_path(model, ids, args.new_tokens, engine.pad_id),
+        "floor": lambda: floor(model, ids, args.new_tokens),
+    }
     tps: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds + 1):
         for v, fn in variants.items():
@@ -92,8 +107,14 @@ def bench_model(name: str, args) -> dict:
                 tps[v].append(n / dt)
         print(name, r, {v: round(x[-1], 1) for v, x in tps.items() if x}, flush=True)
     med = {v: statistics.median(x) for v, x in tps.items()}
-    return {"model": name, "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
-            "tokens_per_s": tps, "median_tokens_per_s": med, "vs_floor": {v: med[v] / med["floor"] for v in med}}
+    return {
+        "model": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "vocab": len(tok),
+        "tokens_per_s": tps,
+        "median_tokens_per_s": med,
+        "vs_floor": {v: med[v] / med["floor"] for v in med},
+    }
 
 
 def main() -> None:
@@ -109,22 +130,33 @@ def main() -> None:
     torch.manual_seed(0)
     results = [bench_model(m, args) for m in args.models.split(",")]
     info = machine()
-    md = ["# HF generation vs the model's forward cost per token (issue #14)", "",
-          f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}, {args.threads} torch thread(s); "
-          f"{info['date']}. `python bench/rollout_floor.py --rounds {args.rounds} --prompts {args.prompts} "
-          f"--prompt-tokens {args.prompt_tokens} --new-tokens {args.new_tokens}`.",
-          "The machine was shared with other jobs (two training processes on the two cores; this bench at `nice -n 10`): "
-          "compare within a row; variants alternate in every round, medians over rounds (warm-up left out).", "",
-          "`floor` = one prefill, then per step one cached forward of the last token + float32 log_softmax + multinomial "
-          "(no padding, no stop check). `engine` = HFEngine.generate now; `engine, output_logits` = its path before "
-          "issue #14 (all steps' logits kept and stacked).", "",
-          "| model | params | floor tokens/s | engine | engine, output_logits |", "|---|---|---|---|---|"]
+    md = [
+        "# HF generation vs the model's forward cost per token (issue #14)",
+        "",
+        f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}, {args.threads} torch thread(s); "
+        f"{info['date']}. `python bench/rollout_floor.py --rounds {args.rounds} --prompts {args.prompts} "
+        f"--prompt-tokens {args.prompt_tokens} --new-tokens {args.new_tokens}`.",
+        "The machine was shared with other jobs (two training processes on the two cores; this bench at `nice -n 10`): "
+        "compare within a row; variants alternate in every round, medians over rounds (warm-up left out).",
+        "",
+        "`floor` = one prefill, then per step one cached forward of the last token + float32 log_softmax + multinomial "
+        "(no padding, no stop check). `engine` = HFEngine.generate now; `engine, output_logits` = its path before "
+        "issue #14 (all steps' logits kept and stacked).",
+        "",
+        "| model | params | floor tokens/s | engine | engine, output_logits |",
+        "|---|---|---|---|---|",
+    ]
     for r in results:
         m, q = r["median_tokens_per_s"], r["vs_floor"]
-        md.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {m['floor']:.0f} | {m['engine']:.0f} ({q['engine']:.2f}x) | "
-                  f"{m['engine, output_logits']:.0f} ({q['engine, output_logits']:.2f}x) |")
-    write_results(REPO / "bench" / "results" / "rollout_floor", {"machine": info, "args": vars(args), "results": results},
-                  "\n".join(md) + "\n")
+        md.append(
+            f"| {r['model']} | {r['params'] / 1e6:.1f}M | {m['floor']:.0f} | {m['engine']:.0f} ({q['engine']:.2f}x) | "
+            f"{m['engine, output_logits']:.0f} ({q['engine, output_logits']:.2f}x) |"
+        )
+    write_results(
+        REPO / "bench" / "results" / "rollout_floor",
+        {"machine": info, "args": vars(args), "results": results},
+        "\n".join(md) + "\n",
+    )
     print("\n".join(md))
 
 

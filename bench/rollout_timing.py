@@ -1,6 +1,7 @@
 """Timing helpers of bench/rollout_engines.py: proxies that time the engine, env, agent and tokenizer,
 CPU seconds, raw-throughput repeats, and the agent-loop overhead measurement (with its replay and profile).
 """
+
 from __future__ import annotations
 
 import os
@@ -125,6 +126,7 @@ def timed_env_factory(make_env, timer: Timer):
 def cpu_seconds() -> float:
     """User + system CPU seconds of this process and all its live children (vLLM's engine core)."""
     import psutil
+
     me = psutil.Process()
     total = 0.0
     for p in [me, *me.children(recursive=True)]:
@@ -142,8 +144,13 @@ def measure(engine, prompts, sampling) -> dict:
     gens = engine.generate(prompts, sampling, [])
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     tokens = sum(len(g.token_ids) for g in gens)
-    return {"wall_s": wall, "cpu_s": cpu, "tokens": tokens, "tokens_per_s": tokens / wall,
-            "equal_lengths": len({len(g.token_ids) for g in gens}) == 1}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "equal_lengths": len({len(g.token_ids) for g in gens}) == 1,
+    }
 
 
 class OneThread:
@@ -154,6 +161,7 @@ class OneThread:
 
     def generate(self, *args):
         import torch
+
         n = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -164,9 +172,14 @@ class OneThread:
 
 def summarize(runs: list[dict]) -> dict:
     tps = [r["tokens_per_s"] for r in runs]
-    return {"runs": runs, "median_tokens_per_s": statistics.median(tps), "min_tokens_per_s": min(tps),
-            "max_tokens_per_s": max(tps), "tokens_per_run": runs[0]["tokens"],
-            "equal_lengths": all(r["equal_lengths"] for r in runs)}
+    return {
+        "runs": runs,
+        "median_tokens_per_s": statistics.median(tps),
+        "min_tokens_per_s": min(tps),
+        "max_tokens_per_s": max(tps),
+        "tokens_per_run": runs[0]["tokens"],
+        "equal_lengths": all(r["equal_lengths"] for r in runs),
+    }
 
 
 # ----------------------------------------------------------------------------- agent loop
@@ -186,7 +199,8 @@ def _agent_loop_reps(runner, teng, timer, suite, tasks, reps: int, seed: int) ->
         engine_s, env_s = t.get("engine", 0.0), t.get("env_step", 0.0) + t.get("env_reset", 0.0)
         parts = {
             "engine": engine_s,
-            "env_step": t.get("env_step", 0.0), "env_reset": t.get("env_reset", 0.0),
+            "env_step": t.get("env_step", 0.0),
+            "env_reset": t.get("env_reset", 0.0),
             "render": sum(v for k, v in inner.items() if k.endswith("/render")),
             "prefix_check_decode": t.get("record_observation/decode", 0.0),
             "encode": sum(v for k, v in inner.items() if k.endswith("/encode")),
@@ -194,15 +208,25 @@ def _agent_loop_reps(runner, teng, timer, suite, tasks, reps: int, seed: int) ->
         }
         parts["agent_python"] = agent_total - sum(inner.values())
         parts["runner_other"] = wall - engine_s - env_s - agent_total
-        rows.append({"wall_s": wall, "runner_stats_wall_s": stats.wall_seconds, "parts_s": parts,
-                     "math_verify_s": t.get("math_verify", 0.0), "math_verify_calls": timer.n.get("math_verify", 0),
-                     "overhead": (wall - engine_s) / wall, "engine_calls": timer.n.get("engine", 0),
-                     "episodes": len(trajs), "generated_tokens": stats.generated_tokens,
-                     "turns_per_episode": sum(len(tr.turn_spans) for tr in trajs) / len(trajs),
-                     "final_tokens_per_episode": sum(len(tr.token_ids) for tr in trajs) / len(trajs),
-                     "success_rate": sum(tr.success for tr in trajs) / len(trajs),
-                     "loop_tokens_per_s": stats.generated_tokens / wall, "loadavg_start": load0,
-                     "loadavg_end": os.getloadavg()})
+        rows.append(
+            {
+                "wall_s": wall,
+                "runner_stats_wall_s": stats.wall_seconds,
+                "parts_s": parts,
+                "math_verify_s": t.get("math_verify", 0.0),
+                "math_verify_calls": timer.n.get("math_verify", 0),
+                "overhead": (wall - engine_s) / wall,
+                "engine_calls": timer.n.get("engine", 0),
+                "episodes": len(trajs),
+                "generated_tokens": stats.generated_tokens,
+                "turns_per_episode": sum(len(tr.turn_spans) for tr in trajs) / len(trajs),
+                "final_tokens_per_episode": sum(len(tr.token_ids) for tr in trajs) / len(trajs),
+                "success_rate": sum(tr.success for tr in trajs) / len(trajs),
+                "loop_tokens_per_s": stats.generated_tokens / wall,
+                "loadavg_start": load0,
+                "loadavg_end": os.getloadavg(),
+            }
+        )
         last = (rep, teng.calls, trajs)
     teng.calls = None
     return {"rows": rows, "last": last}
@@ -223,8 +247,12 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
     teng = TimedEngine(engine, timer)
     agent = TimedAgent(make_agent(suite.agent.type, TimedTokenizer(tok, timer), suite.agent.system_prompt), timer)
     make_env = env_factory(suite, "train")
-    common = dict(max_turns=suite.agent.max_turns, max_context_tokens=suite.agent.max_context_tokens,
-                  progress=False, env_workers=suite.agent.env_workers)
+    common = dict(
+        max_turns=suite.agent.max_turns,
+        max_context_tokens=suite.agent.max_context_tokens,
+        progress=False,
+        env_workers=suite.agent.env_workers,
+    )
     runner = RolloutRunner(timed_env_factory(make_env, timer), agent, teng, **common)
     n_tasks = runner.num_tasks
 
@@ -233,6 +261,7 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
 
     # math-verify (sympy) is the env's slow path for answers that are not plain numbers: time it too.
     import eprl.envs.math.verify as math_verify_mod
+
     orig_verify, verify_calls = math_verify_mod._verify, []
 
     def timed_verify(pred, gold):
@@ -243,6 +272,7 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
             dt = time.perf_counter() - t0
             timer.add("math_verify", dt)
             verify_calls.append((dt, pred[:60]))
+
     math_verify_mod._verify = timed_verify
     try:
         result = _agent_loop_reps(runner, teng, timer, suite, tasks, reps, seed)
@@ -255,8 +285,11 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
     # (env construction, gymnasium's first-call checks), then timed passes, then profiled passes.
     rep, calls, trajs = last
     from eprl.agents.engines import ScriptedEngine
+
     replay_engine = ScriptedEngine.replay(calls)  # recorded outputs, in order, instantly
-    replayer = RolloutRunner(make_env, make_agent(suite.agent.type, tok, suite.agent.system_prompt), replay_engine, **common)
+    replayer = RolloutRunner(
+        make_env, make_agent(suite.agent.type, tok, suite.agent.system_prompt), replay_engine, **common
+    )
 
     def replay():
         replay_engine.calls = 0
@@ -267,8 +300,17 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
     _, first = replay()
     walls = [replay()[0] for _ in range(REPLAY_PASSES)]
     same = all(a.token_ids == b.token_ids for a, b in zip(first, trajs))
-    result.update({"reps": rows, "replay": {"wall_s": walls, "median_s": statistics.median(walls), "identical_episodes": same,
-                                       "measured_overhead_s_of_that_rep": rows[-1]["wall_s"] - rows[-1]["parts_s"]["engine"]}})
+    result.update(
+        {
+            "reps": rows,
+            "replay": {
+                "wall_s": walls,
+                "median_s": statistics.median(walls),
+                "identical_episodes": same,
+                "measured_overhead_s_of_that_rep": rows[-1]["wall_s"] - rows[-1]["parts_s"]["engine"],
+            },
+        }
+    )
     if profile:
         prof = cProfile.Profile()
         prof.enable()
@@ -279,14 +321,27 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
 
         def row(key, val):
             (file, line, fn), (_cc, nc, tt, ct, _) = key, val
-            return {"function": f"{_short(file)}:{line}({fn})", "calls": nc / REPLAY_PASSES,
-                    "tottime_s": tt / REPLAY_PASSES, "cumtime_s": ct / REPLAY_PASSES}
+            return {
+                "function": f"{_short(file)}:{line}({fn})",
+                "calls": nc / REPLAY_PASSES,
+                "tottime_s": tt / REPLAY_PASSES,
+                "cumtime_s": ct / REPLAY_PASSES,
+            }
+
         top = [row(k, v) for k, v in sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:15]]
-        cum = [row(k, v) for k, v in sorted(st.stats.items(), key=lambda kv: -kv[1][3])
-               if REPO.as_posix() in k[0] or "math_verify" in k[0]][:20]
+        cum = [
+            row(k, v)
+            for k, v in sorted(st.stats.items(), key=lambda kv: -kv[1][3])
+            if REPO.as_posix() in k[0] or "math_verify" in k[0]
+        ][:20]
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(40)
-        result["profile"] = {"passes": REPLAY_PASSES, "top_tottime": top, "top_cumtime_project": cum, "text": buf.getvalue()}
+        result["profile"] = {
+            "passes": REPLAY_PASSES,
+            "top_tottime": top,
+            "top_cumtime_project": cum,
+            "text": buf.getvalue(),
+        }
     replayer.close()
     runner.close()
     return result
@@ -294,5 +349,5 @@ def agent_loop(engine, tok, cfg, reps: int, seed: int, profile: bool) -> dict:
 
 def _short(file: str) -> str:
     if file.startswith(REPO.as_posix()):
-        return file[len(REPO.as_posix()) + 1:]
+        return file[len(REPO.as_posix()) + 1 :]
     return file.split("site-packages/")[-1]

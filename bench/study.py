@@ -15,6 +15,7 @@ bit-exactly with `train --resume`; anything else starts fresh. When a run ends, 
 overrides, per-iteration metrics, evaluations, wall time, machine, code version) is written atomically
 to `results_dir/runs/<run id>.json`: commit those. `report` reads only those files (seconds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass
 class Run:
-    id: str                 # "A/grpo/s0"
-    domain: str             # "A" | "B"
+    id: str  # "A/grpo/s0"
+    domain: str  # "A" | "B"
     method: str
     seed: int
     task: Path
     sets: list[str]
-    parent: str | None = None           # run id whose final checkpoint this run continues
+    parent: str | None = None  # run id whose final checkpoint this run continues
     needs: list[str] = field(default_factory=list)
 
     @property
@@ -74,8 +75,16 @@ def plan(spec: dict) -> list[Run]:
         for name, method in spec["methods"].items():
             if rank < len(method["seeds"]):
                 seed = method["seeds"][rank]
-                runs.append(Run(f"A/{name}/s{seed}", "A", name, seed, task_a,
-                                a_sets + list(method.get("sets", [])) + [f"run.seed={seed}"]))
+                runs.append(
+                    Run(
+                        f"A/{name}/s{seed}",
+                        "A",
+                        name,
+                        seed,
+                        task_a,
+                        a_sets + list(method.get("sets", [])) + [f"run.seed={seed}"],
+                    )
+                )
     for seed in spec["domain_b"].get("base_seeds", []):
         runs.append(Run(f"B/base/s{seed}", "B", "base", seed, task_b, b_sets + [f"run.seed={seed}"]))
     for name in spec["domain_b"].get("continue", []):
@@ -83,8 +92,18 @@ def plan(spec: dict) -> list[Run]:
         for seed in spec["domain_b"].get("continue_seeds", [method["seeds"][0]]):
             if seed in method["seeds"]:
                 parent = f"A/{name}/s{seed}"
-                runs.append(Run(f"B/{name}/s{seed}", "B", name, seed, task_b,
-                                b_sets + list(method.get("sets", [])) + [f"run.seed={seed}"], parent, [parent]))
+                runs.append(
+                    Run(
+                        f"B/{name}/s{seed}",
+                        "B",
+                        name,
+                        seed,
+                        task_b,
+                        b_sets + list(method.get("sets", [])) + [f"run.seed={seed}"],
+                        parent,
+                        [parent],
+                    )
+                )
     order = spec.get("order", [])  # run-id prefixes, most urgent first; the rest keep the order above
     rank = lambda r: next((i for i, prefix in enumerate(order) if r.id.startswith(prefix)), len(order))  # noqa: E731
     return sorted(runs, key=rank)
@@ -135,11 +154,21 @@ def summarize(spec: dict, run: Run, wall_seconds: float) -> dict:
     rd = run_dir(spec, run)
     read = lambda name: [json.loads(x) for x in (rd / name).read_text().splitlines() if x.strip()]  # noqa: E731
     meta = json.loads((rd / "meta.json").read_text())
-    return {"id": run.id, "domain": run.domain, "method": run.method, "seed": run.seed,
-            "task": str(run.task.relative_to(REPO)), "overrides": run.sets, "parent": run.parent,
-            "inherited_target_entropy": meta.get("inherited_target_entropy"),
-            "metrics": read("metrics.jsonl"), "eval": read("eval.jsonl"),
-            "wall_seconds_last_sitting": wall_seconds, "machine": machine(), "code": git_commit()}
+    return {
+        "id": run.id,
+        "domain": run.domain,
+        "method": run.method,
+        "seed": run.seed,
+        "task": str(run.task.relative_to(REPO)),
+        "overrides": run.sets,
+        "parent": run.parent,
+        "inherited_target_entropy": meta.get("inherited_target_entropy"),
+        "metrics": read("metrics.jsonl"),
+        "eval": read("eval.jsonl"),
+        "wall_seconds_last_sitting": wall_seconds,
+        "machine": machine(),
+        "code": git_commit(),
+    }
 
 
 def execute(spec: dict, run: Run) -> tuple[Run, int, float]:
@@ -149,7 +178,11 @@ def execute(spec: dict, run: Run) -> tuple[Run, int, float]:
     rd.parent.mkdir(parents=True, exist_ok=True)
     cmd = command(spec, run)
     t0 = time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     with open(rd.parent / f"{rd.name}.log", "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
@@ -184,8 +217,14 @@ def run_all(spec: dict, jobs: int, only: list[str] | None = None, limit: int | N
     with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
         running: dict[cf.Future, Run] = {}
         while todo or running:
-            ready = [r for r in todo if all(state(spec, by_id[n]) == "done" and has_checkpoint(spec, by_id[n])
-                                            and by_id[n] not in todo for n in r.needs)]
+            ready = [
+                r
+                for r in todo
+                if all(
+                    state(spec, by_id[n]) == "done" and has_checkpoint(spec, by_id[n]) and by_id[n] not in todo
+                    for n in r.needs
+                )
+            ]
             blocked = [r for r in todo if any(n in failed for n in r.needs)]
             for r in blocked:
                 todo.remove(r)
@@ -193,7 +232,10 @@ def run_all(spec: dict, jobs: int, only: list[str] | None = None, limit: int | N
             while ready and len(running) < jobs:
                 r = ready.pop(0)
                 todo.remove(r)
-                print(f"start {r.id} ({'rebuild for its B run' if state(spec, r) == 'done' else state(spec, r)})", flush=True)
+                print(
+                    f"start {r.id} ({'rebuild for its B run' if state(spec, r) == 'done' else state(spec, r)})",
+                    flush=True,
+                )
                 running[pool.submit(execute, spec, r)] = r
             if not running:
                 if todo:
@@ -225,6 +267,7 @@ def main(argv=None) -> int:
     if args.action == "run":
         return run_all(spec, args.jobs, args.only, args.limit)
     from study_report import write_report
+
     for path in write_report(spec, REPO / spec["results_dir"]):
         print(path)
     return 0

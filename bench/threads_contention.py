@@ -12,6 +12,7 @@ level). Settings:
 Settings alternate within each (round, k); the first iteration of each run (warm-up) is left out, the
 figure is the median `time_iteration` over the rest. Output: bench/results/threads_contention.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import machine, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-COMMON = ["run.progress=false", "task.eval.num_tasks=2", "task.eval_samples=1", "run.checkpoint_every=1000",
-          "run.device=cpu"]
+COMMON = [
+    "run.progress=false",
+    "task.eval.num_tasks=2",
+    "task.eval_samples=1",
+    "run.checkpoint_every=1000",
+    "run.device=cpu",
+]
 # how each setting starts the CLI, and extra environment
 SETTINGS = {
-    "before": (["-c", "import os; os.environ.pop('OMP_WAIT_POLICY', None); from eprl.training.cli import main; main()"], {}),
+    "before": (
+        ["-c", "import os; os.environ.pop('OMP_WAIT_POLICY', None); from eprl.training.cli import main; main()"],
+        {},
+    ),
     "after": (["-m", "eprl.training"], {}),
     "threads=1": (["-m", "eprl.training"], {"__threads": "1"}),
 }
@@ -45,8 +54,14 @@ def one_run(name: str, iterations: int, out: Path) -> list[float]:
         sets.append(f"run.threads={extra['__threads']}")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    cmd = [sys.executable, *start, "train", "--task", str(REPO / "tasks" / "default.yaml"),
-           *[a for s in sets for a in ("--set", s)]]
+    cmd = [
+        sys.executable,
+        *start,
+        "train",
+        "--task",
+        str(REPO / "tasks" / "default.yaml"),
+        *[a for s in sets for a in ("--set", s)],
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
@@ -71,26 +86,34 @@ def main() -> None:
                 try:
                     for n in names:
                         times[k][n] += one_run(n, args.iterations, Path(tmp) / f"r{round_}k{k}")
-                        print(round_, k, n, times[k][n][-args.iterations + 1:], flush=True)
+                        print(round_, k, n, times[k][n][-args.iterations + 1 :], flush=True)
                 finally:
                     for h in hogs:
                         h.kill()
                         h.wait()
     med = {k: {n: statistics.median(v) for n, v in d.items()} for k, d in times.items()}
     info = machine()
-    md = ["# The default job under CPU contention: threads and OpenMP wait policy (issue #14)", "",
-          f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}; {info['date']}. "
-          f"`python bench/threads_contention.py --rounds {args.rounds} --iterations {args.iterations}` (run at nice 10).",
-          "The machine was shared: two other training processes (nice 0) ran on the two cores throughout, so "
-          "`0 competitors` is already contended; the k added competitors are Python busy loops at the job's nice level. "
-          f"Median seconds per iteration of the default job (tasks/default.yaml), {args.rounds} rounds x "
-          f"{args.iterations - 1} iterations (warm-up left out); settings alternate within each round.", "",
-          "| competitors | " + " | ".join(names) + " | after / before |", "|---" * (len(names) + 2) + "|"]
+    md = [
+        "# The default job under CPU contention: threads and OpenMP wait policy (issue #14)",
+        "",
+        f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}; {info['date']}. "
+        f"`python bench/threads_contention.py --rounds {args.rounds} --iterations {args.iterations}` (run at nice 10).",
+        "The machine was shared: two other training processes (nice 0) ran on the two cores throughout, so "
+        "`0 competitors` is already contended; the k added competitors are Python busy loops at the job's nice level. "
+        f"Median seconds per iteration of the default job (tasks/default.yaml), {args.rounds} rounds x "
+        f"{args.iterations - 1} iterations (warm-up left out); settings alternate within each round.",
+        "",
+        "| competitors | " + " | ".join(names) + " | after / before |",
+        "|---" * (len(names) + 2) + "|",
+    ]
     for k in levels:
         ratio = med[k]["after"] / med[k]["before"] if {"after", "before"} <= set(names) else float("nan")
         md.append(f"| {k} | " + " | ".join(f"{med[k][n]:.1f}" for n in names) + f" | {ratio:.2f}x |")
-    write_results(REPO / "bench" / "results" / "threads_contention",
-                  {"machine": info, "args": vars(args), "seconds": times, "median_s": med}, "\n".join(md) + "\n")
+    write_results(
+        REPO / "bench" / "results" / "threads_contention",
+        {"machine": info, "args": vars(args), "seconds": times, "median_s": med},
+        "\n".join(md) + "\n",
+    )
     print("\n".join(md))
 
 

@@ -48,6 +48,7 @@ This file is the driver (CLI, venv, model, prompts, rounds); bench/vs_trl_worker
 subprocess bodies (`python bench/vs_trl_workers.py --worker eprl|trl ...`), bench/vs_trl_report.py the
 medians, speed-ups and the markdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,16 @@ from vs_trl_workers import LORA, REPO, TASK_FILE, _write_json, worker_env  # noq
 DEFAULT_TRL_PYTHON = "/work/trl-venv/bin/python"
 TRL_VERSION = "1.16.0"
 # the random model: ~15.7M parameters, 12.6M of them the (tied) 49,152 x 256 embedding
-TINY = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-            tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-5)
+TINY = dict(
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    tie_word_embeddings=True,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -78,7 +87,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     """'NAME:KEY=VALUE;KEY=VALUE' -> (NAME, [KEY=VALUE, ...]) for an extra eprl side."""
     name, sep, sets = text.partition(":")
     if not sep or not name.strip() or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name.strip()):
-        raise ValueError(f"--eprl-variant {text!r}: expected NAME:KEY=VALUE[;KEY=VALUE...], NAME of letters, digits, _.+-")
+        raise ValueError(
+            f"--eprl-variant {text!r}: expected NAME:KEY=VALUE[;KEY=VALUE...], NAME of letters, digits, _.+-"
+        )
     items = [s.strip() for s in sets.split(";") if s.strip()]
     bad = [s for s in items if "=" not in s]
     if bad:
@@ -87,10 +98,13 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def python_versions(python: str, modules: tuple[str, ...]) -> dict:
-    code = ("import json, importlib\nout = {}\nfor m in %r:\n    try:\n        out[m] = importlib.import_module(m)"
-            ".__version__\n    except Exception as e:\n        out[m] = None\nprint(json.dumps(out))" % (modules,))
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, env=worker_env(1, "eprl" in modules),
-                          timeout=600)
+    code = (
+        "import json, importlib\nout = {}\nfor m in %r:\n    try:\n        out[m] = importlib.import_module(m)"
+        ".__version__\n    except Exception as e:\n        out[m] = None\nprint(json.dumps(out))" % (modules,)
+    )
+    proc = subprocess.run(
+        [python, "-c", code], capture_output=True, text=True, env=worker_env(1, "eprl" in modules), timeout=600
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{python}: cannot report versions: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -104,8 +118,10 @@ def setup_trl_venv(trl_python: str, torch_version: str, peft_version: str | None
     pip = [trl_python, "-m", "pip", "install", "-q"]
     base = torch_version.split("+")[0]
     subprocess.run(pip + [f"torch=={base}"], check=True)
-    subprocess.run(pip + [f"torch=={base}", f"trl=={TRL_VERSION}"] + ([f"peft=={peft_version}"] if peft_version else []),
-                   check=True)
+    subprocess.run(
+        pip + [f"torch=={base}", f"trl=={TRL_VERSION}"] + ([f"peft=={peft_version}"] if peft_version else []),
+        check=True,
+    )
 
 
 def build_tiny(tokenizer_dir: Path, log=print) -> Path:
@@ -116,6 +132,7 @@ def build_tiny(tokenizer_dir: Path, log=print) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from eprl.training.model_source import cache_root
+
     key = hashlib.sha256(json.dumps([TINY, str(tokenizer_dir.name)], sort_keys=True).encode()).hexdigest()[:12]
     target = cache_root() / "bench" / f"vs_trl-tiny-{key}"
     if (target / "config.json").is_file():
@@ -123,8 +140,13 @@ def build_tiny(tokenizer_dir: Path, log=print) -> Path:
     log(f"building the random tiny Llama once at {target}")
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, **TINY)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        **TINY,
+    )
     model = LlamaForCausalLM(config).float()
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -141,6 +163,7 @@ def make_prompts(count: int, tokenizer_dir: Path) -> tuple[list[dict], list[int]
 
     from eprl.training.config import load_task_suite
     from eprl.training.policy import env_factory
+
     env = env_factory(load_task_suite(TASK_FILE), "train")()
     prompts = []
     for i in range(count):
@@ -148,9 +171,17 @@ def make_prompts(count: int, tokenizer_dir: Path) -> tuple[list[dict], list[int]
         prompts.append({"text": obs, "answer": str(env.unwrapped.problem.answer)})
     env.close()
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    lengths = [len(tok(tok.apply_chat_template([{"role": "user", "content": p["text"]}], tokenize=False,
-                                               add_generation_prompt=True), add_special_tokens=False)["input_ids"])
-               for p in prompts]
+    lengths = [
+        len(
+            tok(
+                tok.apply_chat_template(
+                    [{"role": "user", "content": p["text"]}], tokenize=False, add_generation_prompt=True
+                ),
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for p in prompts
+    ]
     return prompts, lengths
 
 
@@ -172,8 +203,16 @@ def run_worker(python: str, side: str, spec: dict, work: Path, threads: int, log
     spec_path, out_path = work / f"spec-{side.replace(':', '_')}-r{spec['round']}.json", work / "out.json"
     _write_json(spec_path, spec)
     out_path.unlink(missing_ok=True)
-    cmd = [python, str(BENCH / "vs_trl_workers.py"), "--worker", "trl" if side == "trl" else "eprl",
-           "--spec", str(spec_path), "--worker-out", str(out_path)]
+    cmd = [
+        python,
+        str(BENCH / "vs_trl_workers.py"),
+        "--worker",
+        "trl" if side == "trl" else "eprl",
+        "--spec",
+        str(spec_path),
+        "--worker-out",
+        str(out_path),
+    ]
     t0 = time.perf_counter()
     with open(log_file, "a") as fh:
         fh.write(f"\n===== {side} round {spec['round']}: {' '.join(cmd)}\n")
@@ -184,13 +223,18 @@ def run_worker(python: str, side: str, spec: dict, work: Path, threads: int, log
     result = json.loads(out_path.read_text())
     result["process_s"] = time.perf_counter() - t0
     times = step_times(result["step_ends"])
-    print(f"round {spec['round']} {side}: {len(result['step_ends'])} steps, timed "
-          f"{', '.join(f'{t:.2f}' for t in times)} s; process {result['process_s']:.0f} s", flush=True)
+    print(
+        f"round {spec['round']} {side}: {len(result['step_ends'])} steps, timed "
+        f"{', '.join(f'{t:.2f}' for t in times)} s; process {result['process_s']:.0f} s",
+        flush=True,
+    )
     return result
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"])
     p.add_argument("--lora", action="store_true", help="train eprl's default LoRA (r 16, q/k/v/o) on both sides")
     p.add_argument("--rounds", type=int, default=2)
@@ -199,10 +243,20 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--eprl-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="--set override for every eprl side (repeatable), recorded with the results")
-    p.add_argument("--eprl-variant", action="append", default=[], metavar="NAME:KEY=VALUE;KEY=VALUE",
-                   help="an extra eprl side per round (e.g. 'overlap:run.overlap=true'), beside the default one")
+    p.add_argument(
+        "--eprl-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--set override for every eprl side (repeatable), recorded with the results",
+    )
+    p.add_argument(
+        "--eprl-variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE;KEY=VALUE",
+        help="an extra eprl side per round (e.g. 'overlap:run.overlap=true'), beside the default one",
+    )
     p.add_argument("--no-eprl-default", action="store_true", help="run only the --eprl-variant sides on eprl's part")
     p.add_argument("--trl-python", default=DEFAULT_TRL_PYTHON)
     p.add_argument("--eprl-python", default=sys.executable)
@@ -224,10 +278,12 @@ def main() -> None:
 
     import torch
     import transformers
+
     sys.path.insert(0, str(REPO))
     from bench_io import machine, write_results
 
     from eprl.training.model_source import resolve_model_source
+
     eprl_versions = python_versions(args.eprl_python, ("torch", "transformers", "peft", "eprl"))
     if args.setup_trl_venv:
         setup_trl_venv(args.trl_python, eprl_versions["torch"], eprl_versions.get("peft"))
@@ -246,6 +302,7 @@ def main() -> None:
     model_dir = build_tiny(smol_dir) if args.model == "tiny" else smol_dir
     prompts, lengths = make_prompts(args.prompts, smol_dir)
     from transformers import AutoConfig
+
     cfg = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
         meta = transformers.AutoModelForCausalLM.from_config(cfg)
@@ -253,10 +310,20 @@ def main() -> None:
     trainable = params
     if args.lora:
         from peft import LoraConfig, get_peft_model
-        trainable = sum(x.numel() for x in get_peft_model(meta, LoraConfig(task_type="CAUSAL_LM", **LORA)).parameters()
-                        if x.requires_grad)
-    workload = {"prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens, "threads": args.threads,
-                "lora": args.lora, "prompt_tokens": [min(lengths), max(lengths)]}
+
+        trainable = sum(
+            x.numel()
+            for x in get_peft_model(meta, LoraConfig(task_type="CAUSAL_LM", **LORA)).parameters()
+            if x.requires_grad
+        )
+    workload = {
+        "prompts": args.prompts,
+        "samples": args.samples,
+        "new_tokens": args.new_tokens,
+        "threads": args.threads,
+        "lora": args.lora,
+        "prompt_tokens": [min(lengths), max(lengths)],
+    }
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="vs_trl-"))
     work.mkdir(parents=True, exist_ok=True)
     log_file = work / "workers.log"
@@ -265,8 +332,17 @@ def main() -> None:
     runs = []
     for r in range(args.rounds):
         for side, sets in variants + [("trl", [])]:
-            spec = {"side": side, "round": r, "sets": sets, "steps": args.steps, "threads": args.threads,
-                    "model_dir": str(model_dir), "work_dir": str(work), "workload": workload, "prompts": prompts}
+            spec = {
+                "side": side,
+                "round": r,
+                "sets": sets,
+                "steps": args.steps,
+                "threads": args.threads,
+                "model_dir": str(model_dir),
+                "work_dir": str(work),
+                "workload": workload,
+                "prompts": prompts,
+            }
             python = args.trl_python if side == "trl" else args.eprl_python
             runs.append(run_worker(python, side, spec, work, args.threads, log_file))
     load_after = os.getloadavg()[0]
@@ -274,11 +350,23 @@ def main() -> None:
     key = args.model + ("-lora" if args.lora else "")
     label = {"tiny": "Random Llama 15.7M (SmolLM2 tokenizer)", "smollm2-135m": "SmolLM2-135M-Instruct"}[args.model]
     command = "python bench/vs_trl.py " + " ".join(a for a in sys.argv[1:])
-    entry = {"model": key, "model_label": label + (" + LoRA" if args.lora else ""), "model_dir": str(model_dir),
-             "params": params, "params_trainable": trainable, "workload": workload, "rounds": args.rounds,
-             "steps": args.steps, "machine": machine(), "load": [load_before, load_after], "command": command.strip(),
-             "versions": {"eprl": eprl_versions, "trl": trl_versions}, "sides": sides, "notes": notes,
-             "runs": [{k: v for k, v in run.items() if k != "rows"} | {"rows": run.get("rows", [])} for run in runs]}
+    entry = {
+        "model": key,
+        "model_label": label + (" + LoRA" if args.lora else ""),
+        "model_dir": str(model_dir),
+        "params": params,
+        "params_trainable": trainable,
+        "workload": workload,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "machine": machine(),
+        "load": [load_before, load_after],
+        "command": command.strip(),
+        "versions": {"eprl": eprl_versions, "trl": trl_versions},
+        "sides": sides,
+        "notes": notes,
+        "runs": [{k: v for k, v in run.items() if k != "rows"} | {"rows": run.get("rows", [])} for run in runs],
+    }
     stem = Path(args.out)
     result = {"models": {}}
     if stem.with_suffix(".json").is_file():  # keep the other models' entries of an earlier run

@@ -1,4 +1,5 @@
 """The text environment contract: a gymnasium.Env whose observations and actions are str."""
+
 from __future__ import annotations
 
 import string
@@ -74,7 +75,9 @@ class TextEnv(gym.Env[str, str]):
         if not isinstance(action, str):
             raise TypeError(f"action must be a str, got {type(action).__name__}")
         try:
-            obs, reward, terminated, truncated, info = checked_step(self._step_text(action), env_name(self), self.task_id)
+            obs, reward, terminated, truncated, info = checked_step(
+                self._step_text(action), env_name(self), self.task_id
+            )
         except Exception:
             self._episode_over = True  # its state is unknown: a failed step ends the episode
             raise

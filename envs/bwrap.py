@@ -9,6 +9,7 @@ Run as root, a user namespace would map the sandbox's root onto the host's root,
 kernel ignores RLIMIT_NPROC; so as root there is no user namespace and ``setpriv`` switches to an
 unprivileged uid of our own instead (no capabilities, empty bounding set, no supplementary groups).
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,11 +19,19 @@ import subprocess
 import threading
 from pathlib import Path
 
-INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install -y bubblewrap; Fedora: dnf install bubblewrap), "
-                "or opt out of isolation with the env kwarg sandbox: none")
+INSTALL_HINT = (
+    "install bubblewrap (Debian/Ubuntu: apt-get install -y bubblewrap; Fedora: dnf install bubblewrap), "
+    "or opt out of isolation with the env kwarg sandbox: none"
+)
 SYSTEM_RO_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache")
-SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SANDBOX_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 UID_BASE = 3_000_000  # uids of concurrent root-mode sandboxes: UID_BASE + slot; no host account owns them
 
 
@@ -41,8 +50,10 @@ def require_bwrap() -> str:
     if bwrap is None:
         raise SandboxUnavailableError(f"the python tool needs bwrap, which is not on PATH: {INSTALL_HINT}")
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        raise SandboxUnavailableError("the python tool run as root needs setpriv to drop root inside the sandbox: "
-                                      "install util-linux (apt-get install -y util-linux), or run as a normal user")
+        raise SandboxUnavailableError(
+            "the python tool run as root needs setpriv to drop root inside the sandbox: "
+            "install util-linux (apt-get install -y util-linux), or run as a normal user"
+        )
     return bwrap
 
 
@@ -85,19 +96,38 @@ def _ro_binds(paths: list[str]) -> list[str]:
     return args
 
 
-def bwrap_argv(command: list[str], ro_paths: list[str], *, tmpfs_bytes: int, uid_slot: int | None = None,
-               info_fd: int | None = None) -> list[str]:
+def bwrap_argv(
+    command: list[str],
+    ro_paths: list[str],
+    *,
+    tmpfs_bytes: int,
+    uid_slot: int | None = None,
+    info_fd: int | None = None,
+) -> list[str]:
     """The full argv that runs ``command`` (absolute path) isolated, with cwd and HOME the empty /tmp."""
     bwrap = require_bwrap()
     root = os.geteuid() == 0
-    args = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--clearenv"]
+    args = [
+        bwrap,
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ]
     if not root:
-        args += ["--unshare-user", "--disable-userns"] if "--disable-userns" in _bwrap_help(bwrap) else ["--unshare-user"]
+        args += (
+            ["--unshare-user", "--disable-userns"] if "--disable-userns" in _bwrap_help(bwrap) else ["--unshare-user"]
+        )
     for key, value in SANDBOX_ENV.items():
         args += ["--setenv", key, value]
     # Root keeps only what setpriv needs to switch uid; setpriv then drops those too.
-    args += ["--cap-drop", "ALL"] + (["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"] if root else [])
+    args += ["--cap-drop", "ALL"] + (
+        ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"] if root else []
+    )
     args += _ro_binds([*SYSTEM_RO_PATHS, *ro_paths])
     if "--size" in _bwrap_help(bwrap):  # bwrap >= 0.5; older: RLIMIT_FSIZE and the file count bound /tmp
         args += ["--size", str(tmpfs_bytes)]
@@ -106,8 +136,15 @@ def bwrap_argv(command: list[str], ro_paths: list[str], *, tmpfs_bytes: int, uid
         args += ["--info-fd", str(info_fd)]
     if root:
         uid = str(UID_BASE + (uid_slot or 0))
-        args += [shutil.which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                 "--bounding-set=-all", "--"]
+        args += [
+            shutil.which("setpriv"),
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]
     return args + list(command)
 
 

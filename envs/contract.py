@@ -8,6 +8,7 @@ Rules (also in the README's "Registering an environment"):
   index as a string; a missing ``info["success"]`` counts as False.
 A violation raises ``EnvContractError``: one line naming the env id and the task.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,9 @@ def _info(info: Any, where: str, env: str, task: Any) -> dict:
 
 def _observation(obs: Any, where: str, env: str, task: Any) -> str:
     if not isinstance(obs, str):
-        raise _fail(env, task, f"{where} returned an observation of type {type(obs).__name__}; observations must be str")
+        raise _fail(
+            env, task, f"{where} returned an observation of type {type(obs).__name__}; observations must be str"
+        )
     return obs
 
 
@@ -66,8 +69,12 @@ def checked_reset(result: Any, env: str, task_index: Any) -> tuple[str, dict]:
 def checked_step(result: Any, env: str, task_id: Any) -> tuple[str, float, bool, bool, dict]:
     """``step()``'s 5-tuple, validated and normalized (reward float, flags bool, info dict)."""
     if not (isinstance(result, tuple) and len(result) == 5):
-        raise _fail(env, task_id, "step() must return (observation, reward, terminated, truncated, info), "
-                                  f"got {type(result).__name__} of length {len(result) if isinstance(result, tuple) else '-'}")
+        raise _fail(
+            env,
+            task_id,
+            "step() must return (observation, reward, terminated, truncated, info), "
+            f"got {type(result).__name__} of length {len(result) if isinstance(result, tuple) else '-'}",
+        )
     obs, reward, terminated, truncated, info = result
     obs = _observation(obs, "step()", env, task_id)
     if not isinstance(reward, numbers.Real):  # bool, int, float and numpy scalars are Real
@@ -86,4 +93,4 @@ def cap_text(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     note = f"\n[observation truncated: {len(text)} characters, limit {max_chars}]"
-    return text[:max(0, max_chars - len(note))] + note
+    return text[: max(0, max_chars - len(note))] + note

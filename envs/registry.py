@@ -1,4 +1,5 @@
 """Environment ids under the ``eprl`` namespace, plus entry-point plugin discovery."""
+
 from __future__ import annotations
 
 import inspect
@@ -66,8 +67,9 @@ def load_plugins(rescan: bool = False) -> None:
             else:
                 raise TypeError(f"expected a gymnasium.Env subclass or a callable, got {type(obj).__name__}")
         except Exception as e:  # a broken plugin must not break the framework
-            warnings.warn(f"eprl: environment plugin {ep.name!r} ({ep.value}) failed to load: {e!r}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"eprl: environment plugin {ep.name!r} ({ep.value}) failed to load: {e!r}", RuntimeWarning, stacklevel=2
+            )
 
 
 def list_envs() -> list[str]:
@@ -91,8 +93,11 @@ def check_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
     unexpected = sorted((set(spec.kwargs) | set(kwargs)) - set(accepted))
     if unexpected:
         where = spec.entry_point if isinstance(spec.entry_point, str) else getattr(creator, "__qualname__", creator)
-        raise EnvKwargsError(f"{env_id} ({where}) takes no argument {', '.join(map(repr, unexpected))}; "
-                             f"it takes: {', '.join(accepted) or '(none)'}", unexpected)
+        raise EnvKwargsError(
+            f"{env_id} ({where}) takes no argument {', '.join(map(repr, unexpected))}; "
+            f"it takes: {', '.join(accepted) or '(none)'}",
+            unexpected,
+        )
 
 
 def make(env_id: str, **kwargs: Any) -> gym.Env:
@@ -101,6 +106,7 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
     available = list_envs()
     if env_id not in available:
         raise UnknownEnvironmentError(
-            f"unknown environment id {env_id!r}; registered: {', '.join(available) or '(none)'}")
+            f"unknown environment id {env_id!r}; registered: {', '.join(available) or '(none)'}"
+        )
     check_kwargs(env_id, kwargs)
     return gym.make(env_id, **kwargs)

@@ -4,6 +4,7 @@
 only writable place; ``sandbox="none"`` only applies the limits (rlimits, wall clock, process
 group kill) and is an explicit opt-out, warned about once per process. The limits hold in both.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,14 @@ exec(compile(source, "main.py", "exec"), {{"__name__": "__main__", "__builtins__
 
 def _bootstrap(timeout_s: float, memory_mb: int) -> str:
     cpu = max(1, int(timeout_s) + 1)
-    limits = [("RLIMIT_CPU", cpu), ("RLIMIT_AS", memory_mb * 2**20), ("RLIMIT_FSIZE", MAX_FILE_BYTES),
-              ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", MAX_PROCESSES), ("RLIMIT_NOFILE", MAX_OPEN_FILES)]
+    limits = [
+        ("RLIMIT_CPU", cpu),
+        ("RLIMIT_AS", memory_mb * 2**20),
+        ("RLIMIT_FSIZE", MAX_FILE_BYTES),
+        ("RLIMIT_CORE", 0),
+        ("RLIMIT_NPROC", MAX_PROCESSES),
+        ("RLIMIT_NOFILE", MAX_OPEN_FILES),
+    ]
     return _BOOTSTRAP.format(limits=limits, max_files=MAX_FILES)
 
 
@@ -105,8 +112,10 @@ def check_sandbox(sandbox: str) -> None:
         bwrap.require_bwrap()
     elif not _warned_unsandboxed:
         _warned_unsandboxed = True
-        log.warning("eprl: sandbox: none -- model-written python runs WITHOUT isolation (it can read and write "
-                    "what this process can, reach the network and start processes); use sandbox: bwrap")
+        log.warning(
+            "eprl: sandbox: none -- model-written python runs WITHOUT isolation (it can read and write "
+            "what this process can, reach the network and start processes); use sandbox: bwrap"
+        )
 
 
 def _kill_sandbox(proc: subprocess.Popen, info_r: int | None) -> None:
@@ -127,8 +136,9 @@ def _kill_sandbox(proc: subprocess.Popen, info_r: int | None) -> None:
     proc.wait()
 
 
-def run_python(code: str, timeout_s: float = 5, memory_mb: int = 512, max_output_chars: int = 4000,
-               sandbox: str = "bwrap") -> SandboxResult:
+def run_python(
+    code: str, timeout_s: float = 5, memory_mb: int = 512, max_output_chars: int = 4000, sandbox: str = "bwrap"
+) -> SandboxResult:
     """Run ``code`` with ``python -I`` under ``sandbox``, with rlimits and a wall clock; cwd is an empty dir."""
     check_sandbox(sandbox)
     with tempfile.TemporaryDirectory(prefix="eprl-sandbox-") as tmp:
@@ -141,14 +151,19 @@ def run_python(code: str, timeout_s: float = 5, memory_mb: int = 512, max_output
                 info_r, info_w = os.pipe()
                 os.set_blocking(info_r, False)
                 slot = bwrap.UID_SLOTS.take()
-                argv = bwrap.bwrap_argv(python, python_ro_paths(), tmpfs_bytes=TMPFS_BYTES, uid_slot=slot, info_fd=info_w)
+                argv = bwrap.bwrap_argv(
+                    python, python_ro_paths(), tmpfs_bytes=TMPFS_BYTES, uid_slot=slot, info_fd=info_w
+                )
                 kw = dict(env=bwrap.popen_env(), pass_fds=(info_w,))
             else:
                 (io_dir / "work").mkdir()
                 argv, info_w = python, None
                 kw = dict(env={**bwrap.SANDBOX_ENV, "HOME": str(io_dir / "work")}, cwd=io_dir / "work")
-            with open(io_dir / "main.py", "rb") as src, open(io_dir / "stdout", "wb") as out, \
-                    open(io_dir / "stderr", "wb") as err:
+            with (
+                open(io_dir / "main.py", "rb") as src,
+                open(io_dir / "stdout", "wb") as out,
+                open(io_dir / "stderr", "wb") as err,
+            ):
                 proc = subprocess.Popen(argv, stdin=src, stdout=out, stderr=err, start_new_session=True, **kw)
                 if info_w is not None:
                     os.close(info_w)

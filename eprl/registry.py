@@ -12,6 +12,7 @@ mine = "my_pkg.losses:my_loss"`), read once, on the first lookup; an entry point
 registered in code. A registry behaves as a read-only mapping (`REG[name]`, `sorted(REG)`), as the plain
 dicts it replaces did.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -41,7 +42,7 @@ class Registry(Generic[T]):
     """Names -> objects (or lazily imported "module:attr" strings), plus an entry-point group."""
 
     def __init__(self, kind: str, group: str | None = None):
-        self.kind = kind    # what a name names, for messages: "policy loss", "engine", ...
+        self.kind = kind  # what a name names, for messages: "policy loss", "engine", ...
         self.group = group  # entry-point group that installed packages add to (None: code only)
         self._entries: dict[str, T | str] = {}
         self._scanned = group is None
@@ -54,9 +55,11 @@ class Registry(Generic[T]):
     def register(self, name: str, value: Any = None) -> Any:
         """Register `value` under `name` (re-registering replaces it); without a value, a decorator."""
         if value is None:
+
             def deco(obj: T) -> T:
                 self._entries[name] = obj
                 return obj
+
             return deco
         self._entries[name] = value
         return value
@@ -67,8 +70,12 @@ class Registry(Generic[T]):
         self._scanned = True
         for ep in entry_points(group=self.group):
             if ep.name in self._entries:
-                warnings.warn(f"eprl: entry point {ep.name!r} ({ep.value}) of group {self.group!r} ignored: "
-                              f"{self.kind} {ep.name!r} is registered already", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"eprl: entry point {ep.name!r} ({ep.value}) of group {self.group!r} ignored: "
+                    f"{self.kind} {ep.name!r} is registered already",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 continue
             self._entries[ep.name] = ep.value  # "module:attr": imported on first get
 

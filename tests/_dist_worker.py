@@ -5,6 +5,7 @@ load the model from `init`, build a Learner (which shards it), optionally load a
 learner state, record the gathered full state, take one step on `batch`, record it again and
 optionally write a checkpoint as the trainer does (rank 0 only). Rank 0 saves results.pt.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,9 @@ def run_job(job: dict, root: Path) -> dict:
     dtype = torch.float64 if job.get("double") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(job["init"], dtype=dtype)
     plain = copy.deepcopy(model) if distributed.is_main() else None  # rank 0's unsharded copy, as in the trainer
-    learner = Learner(model, LearnerConfig(**job["cfg"]), temperature=1.0, max_len_norm=32, dtype=job.get("dtype", "fp32"))
+    learner = Learner(
+        model, LearnerConfig(**job["cfg"]), temperature=1.0, max_len_norm=32, dtype=job.get("dtype", "fp32")
+    )
     out: dict = {"world_size": distributed.world_size()}
     if job.get("load"):
         _, trainer_state = load_trainer_state(Path(job["load"]))

@@ -1,4 +1,5 @@
 """Shared by tests that drive `python -m eprl.training` in subprocesses: cheap settings, the command, a run that must pass."""
+
 from __future__ import annotations
 
 import os
@@ -8,25 +9,57 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # Small enough for a 2-core CPU: a 30-step warm-start, 3 tasks x 2 samples, short turns, one thread.
-SMALL = ["model.tiny_sft_steps=30", "task.group_size=2", "task.tasks_per_iteration=3", "task.eval.num_tasks=3",
-         "task.eval_samples=1", "task.sampling.max_new_tokens=12", "task.eval_sampling.max_new_tokens=12",
-         "run.threads=1", "run.progress=false", "learner.lr=1e-3"]
+SMALL = [
+    "model.tiny_sft_steps=30",
+    "task.group_size=2",
+    "task.tasks_per_iteration=3",
+    "task.eval.num_tasks=3",
+    "task.eval_samples=1",
+    "task.sampling.max_new_tokens=12",
+    "task.eval_sampling.max_new_tokens=12",
+    "run.threads=1",
+    "run.progress=false",
+    "learner.lr=1e-3",
+]
 
 
 def train_cmd(sets: list[str], task: str = "default.yaml") -> list[str]:
     """`python -m eprl.training train --task tasks/<task> --set ...` for each of `sets`."""
-    return [sys.executable, "-m", "eprl.training", "train", "--task", str(REPO / "tasks" / task),
-            *[a for s in sets for a in ("--set", s)]]
+    return [
+        sys.executable,
+        "-m",
+        "eprl.training",
+        "train",
+        "--task",
+        str(REPO / "tasks" / task),
+        *[a for s in sets for a in ("--set", s)],
+    ]
 
 
-def continue_cmd(checkpoint, settings: list[str], out: Path, iterations: int, task: str = "arith_hard.yaml") -> list[str]:
+def continue_cmd(
+    checkpoint, settings: list[str], out: Path, iterations: int, task: str = "arith_hard.yaml"
+) -> list[str]:
     """`python -m eprl.training continue CHECKPOINT --task tasks/<task>` into run `out/child`, with `settings`'
     non-task fields and a small second suite (2 tasks x 2 samples)."""
     sets = [s for s in settings if not s.startswith("task.")] + [
-        "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2", "task.eval_samples=1",
-        f"run.out_dir={out}", "run.name=child", f"run.iterations={iterations}"]
-    return [sys.executable, "-m", "eprl.training", "continue", str(checkpoint), "--task", str(REPO / "tasks" / task),
-            *[a for s in sets for a in ("--set", s)]]
+        "task.group_size=2",
+        "task.tasks_per_iteration=2",
+        "task.eval.num_tasks=2",
+        "task.eval_samples=1",
+        f"run.out_dir={out}",
+        "run.name=child",
+        f"run.iterations={iterations}",
+    ]
+    return [
+        sys.executable,
+        "-m",
+        "eprl.training",
+        "continue",
+        str(checkpoint),
+        "--task",
+        str(REPO / "tasks" / task),
+        *[a for s in sets for a in ("--set", s)],
+    ]
 
 
 def run_ok(cmd, **kw) -> subprocess.CompletedProcess:
@@ -41,7 +74,13 @@ def torchrun_ok(*args: str, nproc: int = 2, timeout: int = 600) -> subprocess.Co
     prepended to PYTHONPATH (packages found through it stay found); fail unless it exits 0."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path})
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

@@ -1,4 +1,5 @@
 """Shared fixtures: a real tiny Qwen3 model and a locally trained tokenizer (no downloads)."""
+
 from __future__ import annotations
 
 import os
@@ -26,15 +27,20 @@ def math_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from eprl.training.tiny_default import train_tokenizer
+
     rng = random.Random(0)
-    texts = [f"Compute {rng.randint(1, 99)}*{rng.randint(1, 99)}+{rng.randint(1, 99)}. <calc>1+2</calc> <result>3</result> "
-             f"\\boxed{{{rng.randint(1, 999)}}} Incorrect, try again." for _ in range(300)]
+    texts = [
+        f"Compute {rng.randint(1, 99)}*{rng.randint(1, 99)}+{rng.randint(1, 99)}. <calc>1+2</calc> <result>3</result> "
+        f"\\boxed{{{rng.randint(1, 999)}}} Incorrect, try again."
+        for _ in range(300)
+    ]
     return train_tokenizer(texts, vocab_size=300)
 
 
 @pytest.fixture()
 def tiny_model(tiny_tokenizer):
     from eprl.training.tiny_default import build_model
+
     return build_model(tiny_tokenizer, seed=0).eval()
 
 

@@ -35,8 +35,14 @@ def _expected(kind):
     return out
 
 
-@pytest.mark.parametrize("kind,cfg", [("grpo", LearnerConfig()), ("drgrpo", LearnerConfig(std_normalize=False)),
-                                      ("loo", LearnerConfig(advantage="loo"))])
+@pytest.mark.parametrize(
+    "kind,cfg",
+    [
+        ("grpo", LearnerConfig()),
+        ("drgrpo", LearnerConfig(std_normalize=False)),
+        ("loo", LearnerConfig(advantage="loo")),
+    ],
+)
 def test_estimators_against_hand_computation(kind, cfg):
     adv = compute_advantages(cfg.advantage, torch.tensor(REWARDS), torch.tensor(GROUPS), cfg)
     assert adv.dtype == torch.float32 and adv.shape == (9,)
@@ -45,10 +51,14 @@ def test_estimators_against_hand_computation(kind, cfg):
 
 def test_grpo_known_values():
     # group [1,0,0,1]: mean .5, sample std sqrt(1/3) -> +-0.5*sqrt(3)
-    adv = compute_advantages("grpo", torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), LearnerConfig())
+    adv = compute_advantages(
+        "grpo", torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), LearnerConfig()
+    )
     assert adv.tolist() == pytest.approx([0.8660229, -0.8660229, -0.8660229, 0.8660229], abs=1e-5)
     # loo on [1,0,0,1]: 1 - 1/3 = 2/3, 0 - 2/3
-    adv = compute_advantages("loo", torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), LearnerConfig())
+    adv = compute_advantages(
+        "loo", torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), LearnerConfig()
+    )
     assert adv.tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3], abs=1e-6)
 
 

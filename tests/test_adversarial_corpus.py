@@ -4,6 +4,7 @@ Each case must give an observation in bounded time, a finite reward, nothing esc
 text seen, no host file written, no process left behind), and the env must go on: a fresh episode
 still takes a correct answer.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,13 @@ def test_corpus_is_big_enough():
 def test_adversarial_action(case, env_key, listener, monkeypatch, tmp_path):
     secret = f"eprl-secret-{uuid.uuid4().hex}"
     monkeypatch.setenv("EPRL_CORPUS_TOKEN", secret)
-    subs = {"marker": f"eprl-corpus-{uuid.uuid4().hex}", "host_file": str(tmp_path / "escaped.txt"),
-            "repo": str(REPO), "port": str(listener.getsockname()[1]), "secret": secret}
+    subs = {
+        "marker": f"eprl-corpus-{uuid.uuid4().hex}",
+        "host_file": str(tmp_path / "escaped.txt"),
+        "repo": str(REPO),
+        "port": str(listener.getsockname()[1]),
+        "secret": secret,
+    }
     env_id, kwargs = ENVS[env_key]
     env = make(env_id, **kwargs)
     env.reset(seed=0, options={"task_index": 3})

@@ -1,4 +1,5 @@
 """Chat agent tokenization, engine log-probs vs learner recomputation, masking into the loss."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,7 +28,9 @@ def test_delta_tokenization_matches_full_render(tiny_model, tiny_tokenizer):
     torch.manual_seed(0)
     agent = ChatAgent(tiny_tokenizer, system_prompt="You are a calculator agent.")
     engine = make_engine("hf", tiny_model, tiny_tokenizer, EngineConfig())
-    state = _play(agent, engine, SamplingConfig(max_new_tokens=8), ["Compute 3+4.", "<result>7</result>", "Incorrect, try again."])
+    state = _play(
+        agent, engine, SamplingConfig(max_new_tokens=8), ["Compute 3+4.", "<result>7</result>", "Incorrect, try again."]
+    )
     # The token history decodes to exactly the re-rendered conversation (truncated turns end without <|im_end|>).
     rendered = tiny_tokenizer.apply_chat_template(state.messages, tokenize=False)
     decoded = tiny_tokenizer.decode(state.token_ids, skip_special_tokens=False)
@@ -48,7 +51,9 @@ def test_prefix_check_raises_when_template_rewrites_history(tiny_tokenizer):
     agent.record_action(state, ids, [0.0] * len(ids))
     original = tok.chat_template
     try:  # a template that strips reasoning from earlier assistant turns (as Qwen3's does)
-        tok.chat_template = original.replace("m['content']", "(m['content'].split('</think>')[-1] if m['role'] == 'assistant' else m['content'])")
+        tok.chat_template = original.replace(
+            "m['content']", "(m['content'].split('</think>')[-1] if m['role'] == 'assistant' else m['content'])"
+        )
         with pytest.raises(TemplatePrefixError, match="differs from the token history"):
             agent.record_observation(state, "<result>2</result>")
     finally:
@@ -65,7 +70,9 @@ def test_engine_logprobs_equal_learner_recomputation(tiny_model, tiny_tokenizer)
     trajs = []
     for g, (s, gen) in enumerate(zip(prompts, gens)):
         agent.record_action(s, gen.token_ids, gen.logprobs)
-        trajs.append(Trajectory(s.token_ids, s.loss_mask, s.logprobs, s.turn_spans, 0.0, False, str(g), g, "terminated"))
+        trajs.append(
+            Trajectory(s.token_ids, s.loss_mask, s.logprobs, s.turn_spans, 0.0, False, str(g), g, "terminated")
+        )
     batch = collate(trajs, tiny_tokenizer.pad_token_id)
     with torch.no_grad():
         logp, _ = model_logprobs(tiny_model, batch.input_ids, batch.attention_mask, temperature=0.7, with_entropy=False)
@@ -78,8 +85,11 @@ def test_biased_sampling_is_refused_unless_opted_in(tiny_model, tiny_tokenizer):
     engine = make_engine("hf", tiny_model, tiny_tokenizer, EngineConfig())
     with pytest.raises(SamplingError, match="top_p"):
         engine.generate([[1, 2, 3]], SamplingConfig(top_p=0.9), [tiny_tokenizer.eos_token_id])
-    out = engine.generate([[1, 2, 3]], SamplingConfig(top_k=5, allow_biased_sampling=True, max_new_tokens=3),
-                          [tiny_tokenizer.eos_token_id])
+    out = engine.generate(
+        [[1, 2, 3]],
+        SamplingConfig(top_k=5, allow_biased_sampling=True, max_new_tokens=3),
+        [tiny_tokenizer.eos_token_id],
+    )
     assert 1 <= len(out[0].token_ids) <= 3
 
 
@@ -89,19 +99,26 @@ def test_no_prompt_or_observation_token_reaches_the_loss(tiny_model, tiny_tokeni
     agent = ChatAgent(tiny_tokenizer)
     engine = make_engine("hf", tiny_model, tiny_tokenizer, EngineConfig())
     state = _play(agent, engine, SamplingConfig(max_new_tokens=6), ["Compute 2+2.", "<result>4</result>"])
-    traj = Trajectory(state.token_ids, state.loss_mask, state.logprobs, state.turn_spans, 1.0, True, "t", 0, "terminated")
-    other = Trajectory(state.token_ids, state.loss_mask, state.logprobs, state.turn_spans, 0.0, False, "t", 0, "terminated")
+    traj = Trajectory(
+        state.token_ids, state.loss_mask, state.logprobs, state.turn_spans, 1.0, True, "t", 0, "terminated"
+    )
+    other = Trajectory(
+        state.token_ids, state.loss_mask, state.logprobs, state.turn_spans, 0.0, False, "t", 0, "terminated"
+    )
     cfg = LearnerConfig(loss="pg", lr=1e-3)
     learner = Learner(tiny_model, cfg, temperature=1.0, max_len_norm=512)
     batch = collate([traj, other], tiny_tokenizer.pad_token_id)
 
     def loss_grad(b):
         from eprl.training.losses import LossInputs, compute_policy_loss
+
         tiny_model.zero_grad()
         logp, _ = model_logprobs(tiny_model, b.input_ids, b.attention_mask, with_entropy=False)
         logp.retain_grad()
         adv = learner.advantages(b)[:, None] * b.action_mask
-        loss, _ = compute_policy_loss(cfg, LossInputs(logp=logp, old_logp=logp.detach(), advantages=adv, mask=b.action_mask))
+        loss, _ = compute_policy_loss(
+            cfg, LossInputs(logp=logp, old_logp=logp.detach(), advantages=adv, mask=b.action_mask)
+        )
         loss.backward()
         return logp.grad
 
@@ -114,13 +131,21 @@ def test_no_prompt_or_observation_token_reaches_the_loss(tiny_model, tiny_tokeni
 def test_threaded_env_workers_give_identical_trajectories(tiny_model, tiny_tokenizer):
     from eprl import envs
     from eprl.agents.rollout import RolloutRunner
+
     agent = ChatAgent(tiny_tokenizer)
     engine = make_engine("hf", tiny_model, tiny_tokenizer, EngineConfig())
     sampling = SamplingConfig(max_new_tokens=8)
     results = []
     for workers in (0, 3):
-        runner = RolloutRunner(lambda: envs.make("eprl/ArithmeticTool-v0", difficulty=1, max_turns=3), agent, engine,
-                               max_turns=3, max_context_tokens=400, progress=False, env_workers=workers)
+        runner = RolloutRunner(
+            lambda: envs.make("eprl/ArithmeticTool-v0", difficulty=1, max_turns=3),
+            agent,
+            engine,
+            max_turns=3,
+            max_context_tokens=400,
+            progress=False,
+            env_workers=workers,
+        )
         torch.manual_seed(5)
         trajs, stats = runner.run([3, 8], group_size=2, sampling=sampling, seed=11)
         runner.close()
@@ -137,6 +162,7 @@ def test_hf_logprobs_per_step_equal_the_stacked_raw_logits(tiny_model, tiny_toke
     sampled tokens, as the stacked-logits path did (issue #14), including rows that stop early."""
     import torch.nn.functional as F
     from transformers import GenerationConfig
+
     engine = make_engine("hf", tiny_model, tiny_tokenizer, EngineConfig())
     prompts = [tiny_tokenizer("Compute 3+4.")["input_ids"], tiny_tokenizer("Compute 12*7+1. Then")["input_ids"]]
     stop = [tiny_tokenizer.eos_token_id, tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")]
@@ -146,10 +172,19 @@ def test_hf_logprobs_per_step_equal_the_stacked_raw_logits(tiny_model, tiny_toke
     width = max(map(len, prompts))
     ids = torch.tensor([[engine.pad_id] * (width - len(p)) + p for p in prompts])
     torch.manual_seed(3)
-    out = tiny_model.generate(input_ids=ids, attention_mask=(torch.arange(width) >= width - torch.tensor([[len(p)] for p in prompts])).long(),
-                              generation_config=GenerationConfig(do_sample=True, temperature=temperature, max_new_tokens=12,
-                                                                 eos_token_id=stop, pad_token_id=engine.pad_id,
-                                                                 return_dict_in_generate=True, output_logits=True))
+    out = tiny_model.generate(
+        input_ids=ids,
+        attention_mask=(torch.arange(width) >= width - torch.tensor([[len(p)] for p in prompts])).long(),
+        generation_config=GenerationConfig(
+            do_sample=True,
+            temperature=temperature,
+            max_new_tokens=12,
+            eos_token_id=stop,
+            pad_token_id=engine.pad_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+        ),
+    )
     new = out.sequences[:, width:]
     ref = F.log_softmax(torch.stack(out.logits, 1).float() / temperature, -1).gather(-1, new[..., None]).squeeze(-1)
     for row, gen in enumerate(gens):

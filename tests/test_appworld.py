@@ -3,6 +3,7 @@
 Runs on the stand-in world (built here if the venv exists but the world does not), or on
 the official data when APPWORLD_ROOT points at it (then only task-agnostic checks hold).
 """
+
 from __future__ import annotations
 
 import os
@@ -62,7 +63,9 @@ def test_wrong_solution_fails_the_right_tests(env):
     env.reset(options={"task_index": 0})
     obs, reward, terminated, _, info = env.step(CREATE_NOTE.replace("TITLE", '"Packing lst"'))
     assert terminated and not info["success"] and info["failure_reason"] == "tests_failed"
-    assert info["failed_tests"] == ["the new note belongs to the supervisor and has the requested title, content and tag"]
+    assert info["failed_tests"] == [
+        "the new note belongs to the supervisor and has the requested title, content and tag"
+    ]
     assert reward == pytest.approx(3 / 4)
 
 
@@ -106,7 +109,12 @@ def test_max_interactions_truncates_and_evaluates(world):
         e.reset(options={"task_index": 0})
         assert e.step("print(1)")[2:4] == (False, False)
         _, reward, terminated, truncated, info = e.step("print(2)")
-        assert (terminated, truncated, info["success"], info["failure_reason"]) == (False, True, False, "max_interactions")
+        assert (terminated, truncated, info["success"], info["failure_reason"]) == (
+            False,
+            True,
+            False,
+            "max_interactions",
+        )
         assert 0.0 <= reward < 1.0 and info["num_tests"] == 4
     finally:
         e.close()
@@ -156,16 +164,23 @@ def test_environment_tokens_never_reach_the_loss_on_a_real_trajectory(env, tiny_
     from eprl.training.config import SamplingConfig
 
     agent = ReactAgent(tiny_tokenizer, system_prompt="Solve the task with python code.")
-    messages = ["Try:\n```python\nprint(1 / 0)\n```",
-                "Fixed.\n```python\n" + CREATE_NOTE.replace("TITLE", '"Packing list"') + "```"]
+    messages = [
+        "Try:\n```python\nprint(1 / 0)\n```",
+        "Fixed.\n```python\n" + CREATE_NOTE.replace("TITLE", '"Packing list"') + "```",
+    ]
     from eprl.agents.engines import ScriptedEngine
+
     stop = agent.stop_token_ids[0]  # one fixed assistant message per turn, ending with the stop token
     engine = ScriptedEngine([tiny_tokenizer(m, add_special_tokens=False)["input_ids"] + [stop] for m in messages])
     runner = RolloutRunner(lambda: env, agent, engine, max_turns=4, max_context_tokens=100_000, progress=False)
     (traj,), _ = runner.run([0], group_size=1, sampling=SamplingConfig(max_new_tokens=8), seed=0)
     assert traj.success and traj.reward == 1.0 and traj.termination == "terminated"
     generated = [t for t, m in zip(traj.token_ids, traj.loss_mask) if m == 1]
-    expected = [t for m in messages for t in tiny_tokenizer(m, add_special_tokens=False)["input_ids"] + [agent.stop_token_ids[0]]]
+    expected = [
+        t
+        for m in messages
+        for t in tiny_tokenizer(m, add_special_tokens=False)["input_ids"] + [agent.stop_token_ids[0]]
+    ]
     assert generated == expected  # exactly the policy's tokens carry mask 1
     env_text = tiny_tokenizer.decode([t for t, m in zip(traj.token_ids, traj.loss_mask) if m == 0])
     assert "ZeroDivisionError" in env_text and "Packing list" in env_text  # observations live in mask-0 tokens
@@ -174,8 +189,12 @@ def test_environment_tokens_never_reach_the_loss_on_a_real_trajectory(env, tiny_
 
 
 def test_episode_metrics_report_tgc_sgc_and_mark_the_standin(env):
-    infos = [{"task_id": "aaa_1", "success": True, "difficulty": 1}, {"task_id": "aaa_2", "success": False, "difficulty": 2},
-             {"task_id": "bbb_1", "success": True, "difficulty": 1}, {"task_id": "bbb_2", "success": True, "difficulty": 2}]
+    infos = [
+        {"task_id": "aaa_1", "success": True, "difficulty": 1},
+        {"task_id": "aaa_2", "success": False, "difficulty": 2},
+        {"task_id": "bbb_1", "success": True, "difficulty": 1},
+        {"task_id": "bbb_2", "success": True, "difficulty": 2},
+    ]
     m = env.episode_metrics(infos)
     assert m["appworld_standin"] == 1.0
     assert m["tgc"] == 75.0 and m["sgc"] == 50.0  # scenario aaa fails one of its tasks

@@ -1,4 +1,5 @@
 """TGC/SGC per difficulty, and split loading, without the AppWorld venv."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,16 @@ def test_tgc_sgc_per_difficulty():
         {"task_id": "aaa_2", "success": True, "difficulty": 1},
         {"task_id": "aaa_3", "success": False, "difficulty": 1},  # scenario aaa fails
         {"task_id": "bbb_1", "success": True, "difficulty": 1},
-        {"task_id": "bbb_2", "success": True, "difficulty": 1},   # scenario bbb passes
+        {"task_id": "bbb_2", "success": True, "difficulty": 1},  # scenario bbb passes
         {"task_id": "ccc_1", "success": False, "difficulty": 3},
     ]
     s = summarize(results)
-    assert s["aggregate"] == {"tgc": round(100 * 4 / 6, 1), "sgc": round(100 / 3, 1), "num_tasks": 6, "num_scenarios": 3}
+    assert s["aggregate"] == {
+        "tgc": round(100 * 4 / 6, 1),
+        "sgc": round(100 / 3, 1),
+        "num_tasks": 6,
+        "num_scenarios": 3,
+    }
     assert s["difficulty_1"] == {"tgc": 80.0, "sgc": 50.0, "num_tasks": 5, "num_scenarios": 2}
     assert s["difficulty_3"] == {"tgc": 0.0, "sgc": 0.0, "num_tasks": 1, "num_scenarios": 1}
     assert "difficulty_2" not in s
@@ -27,8 +33,9 @@ def test_tgc_sgc_per_difficulty():
 
 
 def test_samples_are_averaged_per_task():
-    s = summarize([{"task_id": "x_1", "success": True, "difficulty": 2},
-                   {"task_id": "x_1", "success": False, "difficulty": 2}])
+    s = summarize(
+        [{"task_id": "x_1", "success": True, "difficulty": 2}, {"task_id": "x_1", "success": False, "difficulty": 2}]
+    )
     assert s["aggregate"]["tgc"] == 50.0 and s["aggregate"]["sgc"] == 50.0
 
 

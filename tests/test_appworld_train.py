@@ -1,4 +1,5 @@
 """The AppWorld task suite trains end to end with the tiny model on the stand-in world (pipeline check)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,10 +20,22 @@ def test_appworld_suite_trains_and_evaluates_with_tgc_sgc(tmp_path, eprl_cache):
         pytest.skip(f"AppWorld venv not found at {venv_dir()}; run `eprl appworld-setup`")
     if missing_reason():
         pytest.skip(missing_reason())
-    cfg = load_run_config(REPO / "tasks" / "appworld.yaml", overrides=[
-        "model.tiny_sft_steps=30", f"model.cache_dir={eprl_cache}", "task.group_size=2", "task.tasks_per_iteration=1",
-        "task.eval.num_tasks=1", "task.sampling.max_new_tokens=32", "task.eval_sampling.max_new_tokens=32",
-        "run.iterations=1", "run.progress=false", f"run.out_dir={tmp_path}", "run.name=aw"])
+    cfg = load_run_config(
+        REPO / "tasks" / "appworld.yaml",
+        overrides=[
+            "model.tiny_sft_steps=30",
+            f"model.cache_dir={eprl_cache}",
+            "task.group_size=2",
+            "task.tasks_per_iteration=1",
+            "task.eval.num_tasks=1",
+            "task.sampling.max_new_tokens=32",
+            "task.eval_sampling.max_new_tokens=32",
+            "run.iterations=1",
+            "run.progress=false",
+            f"run.out_dir={tmp_path}",
+            "run.name=aw",
+        ],
+    )
     summary = train(cfg)
     rows = read_metrics(summary["run_dir"])
     assert len(rows) == 1 and rows[0]["episodes"] == 2

@@ -1,6 +1,7 @@
 """The bad-config corpus (tests/corpus/bad_configs/cases.yaml): every case prints one line naming the
 problem and exits 2, before any model work. In-process through the CLI's own entry point; a few
 through a real subprocess to prove the exit code and the absence of a traceback."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,8 +16,7 @@ from eprl.training.cli import main
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "bad_configs"
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text())
-SUBPROCESS = ["type_group_size", "encoding_latin1", "data_malformed_json", "--resume", "env_kwarg_unknown",
-              "tools: 5"]
+SUBPROCESS = ["type_group_size", "encoding_latin1", "data_malformed_json", "--resume", "env_kwarg_unknown", "tools: 5"]
 
 
 def _fill(text: str, tmp: Path) -> str:
@@ -49,6 +49,7 @@ def test_corpus_is_large_and_every_file_is_used():
 def test_bad_config_gives_one_line_and_exit_2(case, scratch, capsys, monkeypatch):
     def no_model_work(*_a, **_k):
         raise AssertionError("the error was not caught before model work")
+
     monkeypatch.setattr(training_loop, "resolve_model_path", no_model_work)
     with pytest.raises(SystemExit) as exited:
         main([_fill(a, scratch) for a in case["args"]])
@@ -63,8 +64,13 @@ def test_bad_config_gives_one_line_and_exit_2(case, scratch, capsys, monkeypatch
 @pytest.mark.parametrize("needle", SUBPROCESS)
 def test_bad_config_exit_code_in_a_real_process(needle, scratch):
     case = next(c for c in CASES if any(needle in a for a in c["args"]))
-    proc = subprocess.run([sys.executable, "-m", "eprl.training", *[_fill(a, scratch) for a in case["args"]]],
-                          capture_output=True, text=True, timeout=120, cwd=scratch)
+    proc = subprocess.run(
+        [sys.executable, "-m", "eprl.training", *[_fill(a, scratch) for a in case["args"]]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=scratch,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and _fill(case["expect"], scratch) in proc.stderr
     assert "Traceback" not in proc.stderr

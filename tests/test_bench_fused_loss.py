@@ -1,4 +1,5 @@
 """bench/fused_loss.py (the `fused` variant of bench/logprob_memory.py): values and gradients equal autograd's."""
+
 import sys
 from pathlib import Path
 
@@ -50,8 +51,15 @@ def test_linear_objective_matches_unchunked(dtype, rel, chunk_size, temperature,
     a, b = torch.randn(B, T, dtype=dtype), torch.randn(B, T, dtype=dtype)
     params = [hidden, *head.parameters()]
 
-    obj, lp, ent = fused_token_objective(hidden, head, targets, lambda l, e, x: x["a"] * l + x["b"] * e,
-                                         temperature=temperature, chunk_size=chunk_size, extra={"a": a, "b": b})
+    obj, lp, ent = fused_token_objective(
+        hidden,
+        head,
+        targets,
+        lambda l, e, x: x["a"] * l + x["b"] * e,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        extra={"a": a, "b": b},
+    )
     (3.0 * obj).backward()  # upstream scalar gradient is applied
     got = _grads(params)
     rlp, rent = _reference_logp_entropy(hidden, head, targets, temperature)
@@ -81,7 +89,7 @@ def _ppo_setup(tiny_model, loss_agg, entropy_coef, dtype):
     with torch.no_grad():
         ref_lp, _ = _reference_logp_entropy(hidden, head, targets, 1.0)
     old = ref_lp + 0.3 * torch.randn(B, T, dtype=dtype)  # ratios on both sides of the clip range
-    old[~mask.bool()] = float("nan")                      # garbage at masked positions must not leak
+    old[~mask.bool()] = float("nan")  # garbage at masked positions must not leak
     adv = torch.randn(B, T, dtype=dtype)
     cfg = LearnerConfig(loss="ppo", loss_agg=loss_agg, eps=0.2, entropy_coef=entropy_coef)
     return cfg, head, hidden, targets, mask, old, adv
@@ -104,8 +112,9 @@ def test_ppo_clip_on_tiny_qwen3_matches_compute_policy_loss(tiny_model, dtype, r
         terms = ppo_loss(LossInputs(logp=lp, old_logp=x["old"], advantages=x["adv"], mask=x["mask"]), cfg)
         return x["w"] * (terms.loss - cfg.entropy_coef * _masked(ent, x["mask"] > 0))
 
-    obj, lp, ent = fused_token_objective(hidden, head, targets, per_token, chunk_size=5,
-                                         extra={"old": old, "adv": adv, "mask": mask, "w": weight})
+    obj, lp, ent = fused_token_objective(
+        hidden, head, targets, per_token, chunk_size=5, extra={"old": old, "adv": adv, "mask": mask, "w": weight}
+    )
     obj.backward()
     got = _grads(params)
     rlp, rent = _reference_logp_entropy(hidden, head, targets, 1.0)
@@ -115,7 +124,9 @@ def test_ppo_clip_on_tiny_qwen3_matches_compute_policy_loss(tiny_model, dtype, r
 
     _assert_close([lp, ent], [rlp.detach(), rent.detach()], rel)
     terms = ppo_loss(LossInputs(logp=rlp, old_logp=old, advantages=adv, mask=mask), cfg).loss
-    _assert_close([obj], [loss.detach()], rel, scale=(weight * (terms.abs() + entropy_coef * rent.abs())).sum().detach())
+    _assert_close(
+        [obj], [loss.detach()], rel, scale=(weight * (terms.abs() + entropy_coef * rent.abs())).sum().detach()
+    )
     _assert_close(got, want, rel)
     assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
     assert (got[0][~m] == 0).all()  # masked tokens: exactly zero hidden gradient

@@ -1,5 +1,6 @@
 """bench/rollout_report.py renders the committed rollout_engines.md from the committed JSON, byte for byte,
 and bench/bench_io.machine keeps the keys the committed results carry."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,14 @@ def test_report_renders_committed_markdown_from_committed_json():
 
 def test_machine_keeps_the_committed_keys(tmp_path):
     committed = json.loads((BENCH / "results" / "rollout_engines.json").read_text())["models"]["tiny"]["machine"]
-    got = bench_io.machine("affinity", "mem_total", "transformers", "vllm", "vllm_dist", "torch_threads", "thread_env",
-                           cpu_key="cpu")
+    got = bench_io.machine(
+        "affinity", "mem_total", "transformers", "vllm", "vllm_dist", "torch_threads", "thread_env", cpu_key="cpu"
+    )
     assert set(committed) <= set(got)
     lp = json.loads((BENCH / "results" / "logprob_memory.json").read_text())["machine"]
-    assert set(lp) - {"loadavg_start", "loadavg_end"} <= set(bench_io.machine("mem_total", "torch_threads", cpu_key="cpu"))
+    assert set(lp) - {"loadavg_start", "loadavg_end"} <= set(
+        bench_io.machine("mem_total", "torch_threads", cpu_key="cpu")
+    )
     assert {"cpu_model", "cores", "torch", "python", "platform", "date"} <= set(bench_io.machine())
 
     bench_io.write_results(tmp_path / "r", {"a": 1}, "# r\n", indent=2)

@@ -1,5 +1,6 @@
 """Checkpoint integrity: truncated or missing files are detected, partial writes cleaned, and a disk
 that fills up during a write leaves the previous checkpoint intact and loadable."""
+
 from __future__ import annotations
 
 import errno
@@ -26,7 +27,9 @@ from eprl.training.checkpoint import (
 
 def _state(model) -> dict:
     # an optimizer state shaped like the learner's: two float32 moments per parameter
-    return {"learner": {"optimizer": {n: [torch.randn_like(p), torch.randn_like(p)] for n, p in model.named_parameters()}}}
+    return {
+        "learner": {"optimizer": {n: [torch.randn_like(p), torch.randn_like(p)] for n, p in model.named_parameters()}}
+    }
 
 
 def _save(run_dir, it, model, tok):
@@ -35,7 +38,7 @@ def _save(run_dir, it, model, tok):
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
-    path.write_bytes(data[:int(len(data) * keep)])
+    path.write_bytes(data[: int(len(data) * keep)])
 
 
 def test_intact_checkpoint_has_a_manifest_and_passes(tmp_path, tiny_model, tiny_tokenizer):
@@ -46,11 +49,14 @@ def test_intact_checkpoint_has_a_manifest_and_passes(tmp_path, tiny_model, tiny_
     assert checkpoint_problem(ckpt) is None
 
 
-@pytest.mark.parametrize("name, needle", [
-    ("trainer.pt", "trainer.pt is truncated"),
-    ("model/model.safetensors", "model/model.safetensors is truncated"),
-    ("model/config.json", "model/config.json is truncated"),
-])
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("trainer.pt", "trainer.pt is truncated"),
+        ("model/model.safetensors", "model/model.safetensors is truncated"),
+        ("model/config.json", "model/config.json is truncated"),
+    ],
+)
 def test_truncated_files_are_named(tmp_path, tiny_model, tiny_tokenizer, name, needle):
     ckpt = _save(tmp_path, 1, tiny_model, tiny_tokenizer)
     _truncate(ckpt / name)
@@ -72,7 +78,7 @@ def test_truncation_is_found_without_a_manifest(tmp_path, tiny_model, tiny_token
     (ckpt / "state.json").write_text(json.dumps(state))
     _truncate(ckpt / "model" / "model.safetensors", 0.99)
     assert checkpoint_problem(ckpt).startswith("model/model.safetensors is truncated")
-    (ckpt / "state.json").write_text("{\"iteration\": ")
+    (ckpt / "state.json").write_text('{"iteration": ')
     assert checkpoint_problem(ckpt) == "unreadable state.json (JSONDecodeError)"
 
 
@@ -114,9 +120,13 @@ def test_disk_full_in_process_keeps_previous_checkpoint(tmp_path, tiny_model, ti
     def full_disk(obj, path, *a, **kw):
         real_save(obj, path, *a, **kw)
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match=r"iter_000002 failed \(no space left on device\); "
-                                              r"the previous checkpoint iter_000001 is intact"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"iter_000002 failed \(no space left on device\); "
+        r"the previous checkpoint iter_000001 is intact",
+    ):
         _save(tmp_path, 2, tiny_model, tiny_tokenizer)
     _assert_previous_intact(tmp_path, tiny_model)
 
@@ -127,14 +137,21 @@ def test_disk_full_on_a_small_tmpfs_keeps_previous_checkpoint(tmp_path, tiny_mod
     size = sum(p.stat().st_size for p in probe.rglob("*") if p.is_file())
     mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
     mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.5)}", "tmpfs", str(mnt)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.5)}", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         pytest.skip("cannot mount a tmpfs here (needs root); the in-process ENOSPC test covers the logic")
     try:
         run_dir = mnt / "run"
         _save(run_dir, 1, tiny_model, tiny_tokenizer)
-        with pytest.raises(CheckpointError, match=r"iter_000002 failed \(no space left on device\); the previous checkpoint iter_000001 is intact"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"iter_000002 failed \(no space left on device\); the previous checkpoint iter_000001 is intact",
+        ):
             _save(run_dir, 2, tiny_model, tiny_tokenizer)
         _assert_previous_intact(run_dir, tiny_model)
         assert not (run_dir / "checkpoints" / "iter_000002").exists()
@@ -147,6 +164,7 @@ def test_disk_full_on_a_small_tmpfs_keeps_previous_checkpoint(tmp_path, tiny_mod
 
 def test_resolve_checkpoint_skips_or_names_damage(tmp_path, tiny_model, tiny_tokenizer):
     from eprl.training.checkpoint import resolve_checkpoint
+
     first, second = _save(tmp_path, 1, tiny_model, tiny_tokenizer), _save(tmp_path, 2, tiny_model, tiny_tokenizer)
     assert resolve_checkpoint(tmp_path) == second
     _truncate(second / "trainer.pt")
@@ -154,8 +172,11 @@ def test_resolve_checkpoint_skips_or_names_damage(tmp_path, tiny_model, tiny_tok
     with pytest.raises(CheckpointError, match=r"^checkpoint .*iter_000002 is damaged \(trainer.pt is truncated"):
         resolve_checkpoint(second)
     _truncate(first / "model" / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*\(iter_000002: trainer.pt is truncated .*; "
-                                              r"iter_000001: model/model.safetensors is truncated"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no intact checkpoint in .*\(iter_000002: trainer.pt is truncated .*; "
+        r"iter_000001: model/model.safetensors is truncated",
+    ):
         resolve_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         resolve_checkpoint(tmp_path / "elsewhere")

@@ -1,4 +1,5 @@
 """Clip-Cov and KL-Cov (Cui et al. 2025) on hand-computed batches, and their composition with every loss."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,13 @@ def _cfg(kind, **kw):
 def _inputs(ratios=None, entropy=None):
     logp = torch.tensor([LOGP], requires_grad=True)
     log_r = torch.tensor([[math.log(r) for r in (ratios or [1.0] * 6)]])
-    return LossInputs(logp=logp, old_logp=logp.detach() - log_r, advantages=torch.tensor([ADV]),
-                      mask=torch.ones(1, 6), entropy=entropy)
+    return LossInputs(
+        logp=logp,
+        old_logp=logp.detach() - log_r,
+        advantages=torch.tensor([ADV]),
+        mask=torch.ones(1, 6),
+        entropy=entropy,
+    )
 
 
 def _run(cfg, b):
@@ -38,7 +44,9 @@ def _run(cfg, b):
 
 
 def test_token_covariance_by_hand():
-    cov = token_covariance(torch.tensor([ADV + [9.0]]), torch.tensor([LOGP + [9.0]]), torch.tensor([[True] * 6 + [False]]))
+    cov = token_covariance(
+        torch.tensor([ADV + [9.0]]), torch.tensor([LOGP + [9.0]]), torch.tensor([[True] * 6 + [False]])
+    )
     assert cov[0].tolist() == pytest.approx(COV + [0.0])
 
 
@@ -51,7 +59,9 @@ def test_clip_cov_detaches_one_random_token_in_the_window():
         value, grad, met = _run(_cfg("clip_cov"), _inputs())
         zero = [i for i, g in enumerate(grad) if g == 0.0]
         assert len(zero) == 1 and zero[0] in (0, 3)
-        assert [g for i, g in enumerate(grad) if i != zero[0]] == pytest.approx([g for i, g in enumerate(plain) if i != zero[0]])
+        assert [g for i, g in enumerate(grad) if i != zero[0]] == pytest.approx(
+            [g for i, g in enumerate(plain) if i != zero[0]]
+        )
         assert value == pytest.approx(-sum(ADV) / 6, abs=1e-7)  # the value is kept (detach, not drop)
         assert met["cov_selected_frac"] == pytest.approx(1 / 6)
         picked.add(zero[0])
@@ -100,24 +110,33 @@ def test_entropy_bonus_composes_with_every_loss_and_control(loss, kind):
     cfg = LearnerConfig(loss=loss, entropy_coef=0.1, entropy_control=EntropyControlConfig(type=kind), **extra)
     no_bonus = cfg.model_copy(update={"entropy_coef": 0.0})
     torch.manual_seed(1)
-    with_bonus, _ = compute_policy_loss(cfg, _inputs([1.1] * 6, entropy=ent), modifier=make_controller(cfg).token_modifier)
+    with_bonus, _ = compute_policy_loss(
+        cfg, _inputs([1.1] * 6, entropy=ent), modifier=make_controller(cfg).token_modifier
+    )
     torch.manual_seed(1)
-    without, _ = compute_policy_loss(no_bonus, _inputs([1.1] * 6, entropy=ent), modifier=make_controller(cfg).token_modifier)
+    without, _ = compute_policy_loss(
+        no_bonus, _inputs([1.1] * 6, entropy=ent), modifier=make_controller(cfg).token_modifier
+    )
     with_bonus.backward()
     # the bonus is -c * mean H (token mean; the sequence means give the same on one row)
     assert with_bonus.item() - without.item() == pytest.approx(-0.1 * sum(ent[0].tolist()) / 6, rel=1e-5)
     assert ent.grad[0].tolist() == pytest.approx([-0.1 / 6] * 6)
 
 
-@pytest.mark.parametrize("sets", [
-    ["learner.entropy_control.type=clip_cov", "learner.entropy_control.clip_cov_ratio=0.2"],
-    ["learner.entropy_control.type=kl_cov", "learner.entropy_control.kl_cov_ratio=0.2"]])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["learner.entropy_control.type=clip_cov", "learner.entropy_control.clip_cov_ratio=0.2"],
+        ["learner.entropy_control.type=kl_cov", "learner.entropy_control.kl_cov_ratio=0.2"],
+    ],
+)
 def test_entropy_check_command_with_covariance_controls(sets, capsys):
     """`eprl entropy-check` with Clip-Cov / KL-Cov: both slow the tabular collapse (measured: Clip-Cov -20%,
     KL-Cov -53%, without control -64% over 30 iterations, 4 minibatches, seed 0)."""
     import json
 
     from eprl.training.cli import run
+
     args = ["entropy-check", "--seeds", "0", "--iterations", "30", "--set", "learner.minibatches=4"]
     assert run(args + [a for s in sets for a in ("--set", s)]) == 0
     out = json.loads(capsys.readouterr().out)

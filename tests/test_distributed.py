@@ -8,6 +8,7 @@ float32 rounding in near-zero gradient entries into update differences of ~1e-4 
 float64 the rounding is ~1e-13, so a 1e-6 tolerance checks the algebra (normalizers, REPO-D sums,
 row split, reductions) and nothing else. float32 runs compare the logged loss and gradient norm.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,19 @@ def make_batch(tokenizer, n: int = 5, seed: int = 0) -> PolicyBatch:
         ids = torch.randint(3, len(tokenizer), (length,), generator=g).tolist()
         prompt = int(torch.randint(2, length - 2, (1,), generator=g))
         mask = [0] * length if k == 2 else [0] * prompt + [1] * (length - prompt)
-        trajs.append(Trajectory(ids, mask, [-1.0 * m for m in mask], [(prompt, length)], float(k % 3 == 0),
-                                k % 3 == 0, "t", k % 2, "terminated"))
+        trajs.append(
+            Trajectory(
+                ids,
+                mask,
+                [-1.0 * m for m in mask],
+                [(prompt, length)],
+                float(k % 3 == 0),
+                k % 3 == 0,
+                "t",
+                k % 2,
+                "terminated",
+            )
+        )
     return collate(trajs, tokenizer.pad_token_id)
 
 
@@ -84,7 +96,10 @@ def test_split_by_tokens_budget():
     mbs = split_by_tokens(torch.arange(4), lengths, budget=10)
     assert [m.rows.tolist() for m in mbs] == [[0, 1], [2], [3]]  # 2x5 fits; 9 alone; 2 alone (2x9 > 10)
     assert [m.width for m in mbs] == [5, 9, 2]
-    assert [m.rows.tolist() for m in split_by_tokens(torch.tensor([2, 0]), lengths, budget=4)] == [[2], [0]]  # too long: alone
+    assert [m.rows.tolist() for m in split_by_tokens(torch.tensor([2, 0]), lengths, budget=4)] == [
+        [2],
+        [0],
+    ]  # too long: alone
     assert [m.rows.tolist() for m in split_by_tokens(torch.arange(4), lengths, budget=None)] == [[0, 1, 2, 3]]
     assert len(plan(torch.arange(4), lengths, 10)) == 3  # one process: no padding
 
@@ -132,6 +147,7 @@ def test_optimizer_state_is_keyed_by_name_and_old_checkpoints_load(tiny_model, t
 def two_ranks(tmp_path_factory, tiny_tokenizer):
     """One torchrun job (2 gloo ranks) runs every distributed Learner case; the tests compare."""
     from eprl.training.tiny_default import build_model
+
     root = tmp_path_factory.mktemp("dist")
     model = build_model(tiny_tokenizer, seed=0).eval()
     for name, dtype in (("model64", torch.float64), ("model32", torch.float32)):
@@ -144,24 +160,51 @@ def two_ranks(tmp_path_factory, tiny_tokenizer):
     learner, _ = _step(_copy(model), batch)
     save_checkpoint(root / "ws1", 1, learner.model, tiny_tokenizer, {"learner": learner.state_dict()}, {})
     ws1 = root / "ws1" / "checkpoints" / "iter_000001"
-    jobs = [{"name": f"{m}", "init": str(root / "model64"), "double": True, "batch": "batch.pt", "cfg": c}
-            for m, c in METHODS.items()]
-    jobs += [{"name": "micro", "init": str(root / "model64"), "double": True, "batch": "batch.pt",
-              "cfg": {"micro_batch_tokens": 32, "entropy_control": {"type": "repo_d"}}},
-             {"name": "one_row", "init": str(root / "model64"), "double": True, "batch": "batch2.pt",
-              "cfg": {"minibatches": 3}},  # 1-row minibatches: rank 1 runs a dummy micro-batch
-             {"name": "from_ws1", "init": str(ws1 / "model"), "double": True, "batch": "batch2.pt", "cfg": {},
-              "load": str(ws1), "save": str(root / "ws2")},
-             {"name": "fp32", "init": str(root / "model32"), "batch": "batch.pt", "cfg": {}},
-             {"name": "bf16", "init": str(root / "model32"), "batch": "batch.pt", "cfg": {}, "dtype": "bf16"},
-             {"name": "fp16", "init": str(root / "model32"), "batch": "batch.pt", "cfg": {"loss": "dapo"}, "dtype": "fp16"}]
+    jobs = [
+        {"name": f"{m}", "init": str(root / "model64"), "double": True, "batch": "batch.pt", "cfg": c}
+        for m, c in METHODS.items()
+    ]
+    jobs += [
+        {
+            "name": "micro",
+            "init": str(root / "model64"),
+            "double": True,
+            "batch": "batch.pt",
+            "cfg": {"micro_batch_tokens": 32, "entropy_control": {"type": "repo_d"}},
+        },
+        {
+            "name": "one_row",
+            "init": str(root / "model64"),
+            "double": True,
+            "batch": "batch2.pt",
+            "cfg": {"minibatches": 3},
+        },  # 1-row minibatches: rank 1 runs a dummy micro-batch
+        {
+            "name": "from_ws1",
+            "init": str(ws1 / "model"),
+            "double": True,
+            "batch": "batch2.pt",
+            "cfg": {},
+            "load": str(ws1),
+            "save": str(root / "ws2"),
+        },
+        {"name": "fp32", "init": str(root / "model32"), "batch": "batch.pt", "cfg": {}},
+        {"name": "bf16", "init": str(root / "model32"), "batch": "batch.pt", "cfg": {}, "dtype": "bf16"},
+        {"name": "fp16", "init": str(root / "model32"), "batch": "batch.pt", "cfg": {"loss": "dapo"}, "dtype": "fp16"},
+    ]
     for job in jobs:
         job["cfg"] = {"lr": 1e-2, **job["cfg"]}
     (root / "jobs.json").write_text(json.dumps(jobs))
     torchrun_ok(str(REPO / "tests" / "_dist_worker.py"), str(root))
-    return {"root": root, "model": model, "batch": batch, "batch2": batch2, "ws1": ws1,
-            "ws2": root / "ws2" / "checkpoints" / "iter_000001",
-            "results": torch.load(root / "results.pt", weights_only=False)}
+    return {
+        "root": root,
+        "model": model,
+        "batch": batch,
+        "batch2": batch2,
+        "ws1": ws1,
+        "ws2": root / "ws2" / "checkpoints" / "iter_000001",
+        "results": torch.load(root / "results.pt", weights_only=False),
+    }
 
 
 def _single(run, overrides, batch_key="batch", dtype=torch.float64, **kw):
@@ -177,8 +220,10 @@ def test_two_ranks_update_equals_one_process(two_ranks, name):
     """5 rows over 2 ranks (3 + 2, one row without action tokens), or 1-row minibatches (one rank idle)."""
     res = two_ranks["results"][name]
     assert res["world_size"] == 2
-    overrides = {"micro": {"micro_batch_tokens": 32, "entropy_control": {"type": "repo_d"}},
-                 "one_row": {"minibatches": 3}}.get(name, METHODS.get(name))
+    overrides = {
+        "micro": {"micro_batch_tokens": 32, "entropy_control": {"type": "repo_d"}},
+        "one_row": {"minibatches": 3},
+    }.get(name, METHODS.get(name))
     single, metrics = _single(two_ranks, overrides, "batch2" if name == "one_row" else "batch")
     params = {k: v.detach() for k, v in single.model.state_dict().items()}
     assert _max_diff(params, res["after"]["params"]) < 1e-6
@@ -201,7 +246,7 @@ def test_two_ranks_mixed_precision(two_ranks):
         assert _max_diff(after, start) > 1e-3  # it learned
         assert math.isfinite(res[name]["metrics"]["loss"]) and res[name]["metrics"]["grad_norm"] > 0
         assert res[name]["metrics"]["entropy"] == pytest.approx(m32["entropy"], rel=0.05)
-    assert res["fp16"]["scaler"]["scale"] == 2.0 ** 16  # enabled, no inf seen
+    assert res["fp16"]["scaler"]["scale"] == 2.0**16  # enabled, no inf seen
     assert res["bf16"]["scaler"] == {}  # bf16 needs no loss scaling
 
 
@@ -210,11 +255,13 @@ def test_checkpoints_across_world_sizes(two_ranks):
     ws1, ws2 = two_ranks["ws1"], two_ranks["ws2"]
     # world size 1 -> 2: the sharded learner holds exactly the checkpoint's parameters and optimizer state
     from safetensors.torch import load_file
+
     saved = load_file(str(ws1 / "model" / "model.safetensors"))
     assert _max_diff({k: saved[k] for k in saved}, {k: res["loaded"]["params"][k] for k in saved}) == 0.0
     assert _optim_diff(load_trainer_state(ws1)[1]["learner"]["optimizer"], res["loaded"]["optimizer"]) == 0.0
     # ... and its next step equals a world-size-1 learner's resumed from the same checkpoint
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(ws1 / "model", dtype=torch.float64)
     single = Learner(model, _cfg(), temperature=1.0, max_len_norm=32)
     single.load_state_dict(load_trainer_state(ws1)[1]["learner"])
@@ -232,13 +279,32 @@ def test_checkpoints_across_world_sizes(two_ranks):
 # ----------------------------------------------------------------------------- torchrun end to end
 @pytest.mark.slow
 def test_torchrun_train_then_resume_in_one_process(tmp_path, eprl_cache):
-    sets = ["model.tiny_sft_steps=30", f"model.cache_dir={eprl_cache}", "task.group_size=2", "task.tasks_per_iteration=3",
-            "task.eval.num_tasks=2", "task.eval_samples=1", "task.sampling.max_new_tokens=12",
-            "task.eval_sampling.max_new_tokens=12", "run.threads=1", "run.progress=false", "learner.entropy_coef=0.01",
-            "learner.micro_batch_tokens=64", "run.iterations=2", "run.checkpoint_every=1", f"run.out_dir={tmp_path}",
-            "run.name=ddp"]
-    proc = torchrun_ok("-m", "eprl.training", "train", "--task", str(REPO / "tasks" / "default.yaml"),
-                     *[a for s in sets for a in ("--set", s)])
+    sets = [
+        "model.tiny_sft_steps=30",
+        f"model.cache_dir={eprl_cache}",
+        "task.group_size=2",
+        "task.tasks_per_iteration=3",
+        "task.eval.num_tasks=2",
+        "task.eval_samples=1",
+        "task.sampling.max_new_tokens=12",
+        "task.eval_sampling.max_new_tokens=12",
+        "run.threads=1",
+        "run.progress=false",
+        "learner.entropy_coef=0.01",
+        "learner.micro_batch_tokens=64",
+        "run.iterations=2",
+        "run.checkpoint_every=1",
+        f"run.out_dir={tmp_path}",
+        "run.name=ddp",
+    ]
+    proc = torchrun_ok(
+        "-m",
+        "eprl.training",
+        "train",
+        "--task",
+        str(REPO / "tasks" / "default.yaml"),
+        *[a for s in sets for a in ("--set", s)],
+    )
     assert proc.stdout.count('"run_dir"') == 1  # only rank 0 reports
     run = tmp_path / "ddp"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -247,22 +313,36 @@ def test_torchrun_train_then_resume_in_one_process(tmp_path, eprl_cache):
     assert (run / "checkpoints" / "iter_000002" / "model" / "model.safetensors").is_file()
     assert json.loads((run / "summary.json").read_text())["iterations"] == 2
     # the world-size-2 checkpoint resumes in one process
-    proc = subprocess.run([sys.executable, "-m", "eprl.training", "train", "--resume", str(run), "--iterations", "3"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "eprl.training", "train", "--resume", str(run), "--iterations", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]
 
 
 # ----------------------------------------------------------------------------- backend choice (no processes)
-@pytest.mark.parametrize("device,gpus,ranks,expect", [
-    ("auto", 0, 2, "gloo"), ("auto", 1, 2, "gloo"),  # fewer GPUs than ranks: CPU, not a crash on cuda:1
-    ("auto", 2, 2, "nccl"), ("cuda", 4, 2, "nccl"), ("cpu", 2, 2, "gloo"), ("cuda", 1, 2, "error")])
+@pytest.mark.parametrize(
+    "device,gpus,ranks,expect",
+    [
+        ("auto", 0, 2, "gloo"),
+        ("auto", 1, 2, "gloo"),  # fewer GPUs than ranks: CPU, not a crash on cuda:1
+        ("auto", 2, 2, "nccl"),
+        ("cuda", 4, 2, "nccl"),
+        ("cpu", 2, 2, "gloo"),
+        ("cuda", 1, 2, "error"),
+    ],
+)
 def test_backend_choice(monkeypatch, device, gpus, ranks, expect):
     import torch.distributed as dist
 
     from eprl.training import distributed
     from eprl.training.config import ConfigError
+
     for key, value in {"WORLD_SIZE": ranks, "LOCAL_WORLD_SIZE": ranks, "LOCAL_RANK": 0}.items():
         monkeypatch.setenv(key, str(value))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)

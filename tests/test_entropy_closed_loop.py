@@ -1,6 +1,7 @@
 """The controllers in closed loop (training/tabular_testbed.py): a tabular softmax policy trained by
 the real advantage / loss / controller code. GRPO's entropy falls; REPO-R (zeta up to 1) holds it
 within +-10% of H*; REPO-D and ADAPO push it the right way. Full table: bench/results/entropy_tabular.md."""
+
 import statistics
 
 import pytest
@@ -49,8 +50,23 @@ def test_entropy_check_command(capsys):
     import json
 
     from eprl.training.cli import run
-    assert run(["entropy-check", "--set", "learner.entropy_control.type=repo_r", "--set",
-                "learner.entropy_control.zeta_max=1.0", "--seeds", "0", "--iterations", "40"]) == 0
+
+    assert (
+        run(
+            [
+                "entropy-check",
+                "--set",
+                "learner.entropy_control.type=repo_r",
+                "--set",
+                "learner.entropy_control.zeta_max=1.0",
+                "--seeds",
+                "0",
+                "--iterations",
+                "40",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["entropy_control"] == "repo_r" and out["start"] == "peaked"
     assert out["configured"]["seeds_in_band"] == 1 and out["without_control"]["seeds_in_band"] == 0
@@ -60,5 +76,6 @@ def test_entropy_check_command(capsys):
     with pytest.raises(ValueError, match="entropy-check: --start 'nope' is unknown; choose one of"):
         run(["entropy-check", "--start", "nope"])
     from eprl.training.config import ConfigError
+
     with pytest.raises(ConfigError, match=r"--iterations \(5\) must be larger than the averaging window"):
         run(["entropy-check", "--iterations", "5"])

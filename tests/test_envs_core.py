@@ -1,4 +1,5 @@
 """The text-env contract, the eprl registry and entry-point plugin discovery."""
+
 import importlib
 import json
 import sys
@@ -11,15 +12,23 @@ from gymnasium.utils.env_checker import check_env
 from eprl import envs
 from eprl.envs import EpisodeOverError, TextEnv, TextSpace, UnknownEnvironmentError, list_envs, make, register_env
 
-BUILTIN = ["eprl/Arithmetic-v0", "eprl/ArithmeticTool-v0", "eprl/Countdown-v0",
-           "eprl/Math-v0", "eprl/MathFeedback-v0", "eprl/MathTool-v0"]
+BUILTIN = [
+    "eprl/Arithmetic-v0",
+    "eprl/ArithmeticTool-v0",
+    "eprl/Countdown-v0",
+    "eprl/Math-v0",
+    "eprl/MathFeedback-v0",
+    "eprl/MathTool-v0",
+]
 
 
 @pytest.fixture
 def tiny_jsonl(tmp_path):
     path = tmp_path / "tiny.jsonl"
-    rows = [{"id": "t0", "question": "What is 2+2?", "answer": "4"},
-            {"question": "What is half of 1?", "answer": "\\frac{1}{2}"}]
+    rows = [
+        {"id": "t0", "question": "What is 2+2?", "answer": "4"},
+        {"question": "What is half of 1?", "answer": "\\frac{1}{2}"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
@@ -49,6 +58,7 @@ def test_builtin_ids_registered():
 def test_check_env_passes_on_every_registered_env(env_id, tiny_jsonl):
     if "AppWorld" in env_id:
         from eprl.envs.appworld.setup import missing_reason
+
         if missing_reason():
             pytest.skip(missing_reason())
     env = make(env_id, **_make_kwargs(env_id, tiny_jsonl))
@@ -138,7 +148,7 @@ def test_register_env_with_default_kwargs():
         gym.registry.pop(env_id)
 
 
-PLUGIN_MODULE = '''
+PLUGIN_MODULE = """
 from eprl.envs import register_env
 from eprl.envs.base import TextEnv
 
@@ -150,7 +160,7 @@ class PluginEnv(TextEnv):
 
 def register():
     register_env("PluginFromHook-v0", PluginEnv)
-'''
+"""
 
 
 def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
@@ -160,7 +170,8 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: eprl-test-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
         "[eprl.envs]\nPluginClass-v0 = eprl_test_plugin:PluginEnv\nhook = eprl_test_plugin:register\n"
-        "broken = eprl_test_plugin_missing:nothing\n")
+        "broken = eprl_test_plugin_missing:nothing\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     try:

@@ -1,4 +1,5 @@
 """MathEnv episodes in every mode, generators, problem loading and the calculator."""
+
 import re
 import sys
 import types
@@ -12,8 +13,9 @@ from eprl.envs.math.tools import ToolError, calculate
 from eprl.envs.math.verify import check_countdown
 
 DATA = default_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "gsm8k_test.jsonl").is_file(),
-                                reason=f"math data not found at {DATA} (set EPRL_MATH_DATA)")
+needs_data = pytest.mark.skipif(
+    not (DATA / "gsm8k_test.jsonl").is_file(), reason=f"math data not found at {DATA} (set EPRL_MATH_DATA)"
+)
 
 
 def boxed(x):
@@ -28,8 +30,10 @@ def start(env_id, index=7, **kwargs):
 
 def test_first_observation_states_the_protocol():
     _, obs, problem = start("ArithmeticTool-v0")
-    assert obs == (f"{problem.question}\nYou can use a calculator: write <calc>EXPRESSION</calc> to get "
-                   "<result>VALUE</result>. Give the final answer as \\boxed{ANSWER}.")
+    assert obs == (
+        f"{problem.question}\nYou can use a calculator: write <calc>EXPRESSION</calc> to get "
+        "<result>VALUE</result>. Give the final answer as \\boxed{ANSWER}."
+    )
     _, obs, problem = start("Arithmetic-v0")
     assert obs == f"{problem.question}\nGive the final answer as \\boxed{{ANSWER}}."
 
@@ -144,6 +148,7 @@ def test_generators_are_deterministic_and_splits_disjoint():
 @pytest.mark.parametrize("difficulty,operands,digits", [(1, 2, (1, 2)), (2, 3, (2,)), (3, 3, (3,))])
 def test_arithmetic_difficulty_shapes(difficulty, operands, digits):
     import re
+
     for i in range(50):
         p = arithmetic(i, "train", difficulty)
         numbers = re.findall(r"\d+", p.solution)
@@ -176,8 +181,10 @@ def test_load_problems_errors(tmp_path):
 
 def test_load_problems_jsonl_fields(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text('{"question": "q1", "answer": 3}\n\n{"id": "x", "question": "q2", "answer": "4", '
-                    '"source": "countdown/cd3:1,2,3"}\n{"question": "q3", "answer": "5"}\n')
+    path.write_text(
+        '{"question": "q1", "answer": 3}\n\n{"id": "x", "question": "q2", "answer": "4", '
+        '"source": "countdown/cd3:1,2,3"}\n{"question": "q3", "answer": "5"}\n'
+    )
     problems = load_problems(str(path), limit=2)
     assert problems == [Problem("p-1", "q1", "3", "p"), Problem("x", "q2", "4", "countdown/cd3:1,2,3", (1, 2, 3))]
 
@@ -187,9 +194,14 @@ def test_load_problems_from_hf_dataset(monkeypatch):
         column_names = ["problem", "solution"]
 
     calls = []
-    fake = types.SimpleNamespace(load_dataset=lambda name, config, split: calls.append((name, config, split)) or
-                                 FakeRows([{"problem": "1+1?", "solution": "It is \\boxed{2}."},
-                                           {"problem": "2+2?", "solution": "So #### 4"}]))
+    fake = types.SimpleNamespace(
+        load_dataset=lambda name, config, split: (
+            calls.append((name, config, split))
+            or FakeRows(
+                [{"problem": "1+1?", "solution": "It is \\boxed{2}."}, {"problem": "2+2?", "solution": "So #### 4"}]
+            )
+        )
+    )
     monkeypatch.setitem(sys.modules, "datasets", fake)
     problems = load_problems("someorg/somemath", split="test")
     assert calls == [("someorg/somemath", None, "test")]
@@ -201,17 +213,39 @@ def test_load_problems_from_hf_dataset(monkeypatch):
         load_problems("hf:openai/gsm8k")
 
 
-@pytest.mark.parametrize("expr,expected", [("37*48+19", "1795"), ("1/3", "0.333333"), ("10/4", "2.5"),
-                                           ("-(3+4)*2", "-14"), ("7//2", "3"), ("7 % 3", "1"), ("2**10", "1024"),
-                                           ("0.1+0.2", "0.3"), ("6/3", "2"), ("2**0.5", "1.41421")])
+@pytest.mark.parametrize(
+    "expr,expected",
+    [
+        ("37*48+19", "1795"),
+        ("1/3", "0.333333"),
+        ("10/4", "2.5"),
+        ("-(3+4)*2", "-14"),
+        ("7//2", "3"),
+        ("7 % 3", "1"),
+        ("2**10", "1024"),
+        ("0.1+0.2", "0.3"),
+        ("6/3", "2"),
+        ("2**0.5", "1.41421"),
+    ],
+)
 def test_calculator_values(expr, expected):
     assert calculate(expr) == expected
 
 
-@pytest.mark.parametrize("expr,message", [("1/0", "division by zero"), ("1+", "syntax error"),
-                                          ("x+1", "unsupported"), ("abs(3)", "unsupported"),
-                                          ("9**9**9", "too large"), ("10**40", "too large"), ("2^3", "use \\*\\*"),
-                                          ("", "empty"), ("1+" * 300 + "1", "too long")])
+@pytest.mark.parametrize(
+    "expr,message",
+    [
+        ("1/0", "division by zero"),
+        ("1+", "syntax error"),
+        ("x+1", "unsupported"),
+        ("abs(3)", "unsupported"),
+        ("9**9**9", "too large"),
+        ("10**40", "too large"),
+        ("2^3", "use \\*\\*"),
+        ("", "empty"),
+        ("1+" * 300 + "1", "too long"),
+    ],
+)
 def test_calculator_errors(expr, message):
     with pytest.raises(ToolError, match=message):
         calculate(expr)
@@ -219,11 +253,18 @@ def test_calculator_errors(expr, message):
 
 def test_last_number_rule_and_small_arithmetic():
     from eprl.envs.math.verify import extract_last_number
+
     assert extract_last_number("8 + 5 = 13.") == "13"
     assert extract_last_number("It is 1,024 or -3.5 maybe") == "-3.5"
     assert extract_last_number("no digits here") is None
-    env = make("eprl/Arithmetic-v0", source="small_arithmetic", generator_kwargs={"ops": "*", "low": 2, "high": 9},
-                    answer="last_number", max_turns=1, split="test")
+    env = make(
+        "eprl/Arithmetic-v0",
+        source="small_arithmetic",
+        generator_kwargs={"ops": "*", "low": 2, "high": 9},
+        answer="last_number",
+        max_turns=1,
+        split="test",
+    )
     obs, info = env.reset(options={"task_index": 3})
     question = obs.splitlines()[0]
     a, b = (int(x) for x in re.findall(r"\d+", question))

@@ -1,6 +1,7 @@
 """Fault injection, small: three runs killed with SIGKILL (at a random time, during a checkpoint write,
 during an evaluation), each resumed and compared bit-exactly with an uninterrupted run.
 The 20-run version is bench/fault_injection.py (results in bench/results/fault_injection.md)."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -4,14 +4,19 @@ Read with `ast`, not by importing: every `import` / `from ... import` of an eprl
 inside a function (a lazy import still ties the two modules together), except those under
 `if TYPE_CHECKING:` (never run). A package's `__init__` counts as importing itself only through what it names.
 """
+
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ROOTS = {"eprl": REPO / "eprl", "eprl.agents": REPO / "agents", "eprl.envs": REPO / "envs",
-         "eprl.training": REPO / "training"}
+ROOTS = {
+    "eprl": REPO / "eprl",
+    "eprl.agents": REPO / "agents",
+    "eprl.envs": REPO / "envs",
+    "eprl.training": REPO / "training",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -29,7 +34,8 @@ def _modules() -> dict[str, Path]:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:

@@ -1,5 +1,6 @@
 """One import namespace (issue #12): the package installs as `eprl.agents`, `eprl.envs`, `eprl.training` and
 nothing else at the top level; a wheel, the editable install and the checkout import the same files."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PROBE = ("import importlib.util, json, eprl.training.config, eprl.agents.engines, eprl.envs\n"
-         "print(json.dumps({'files': [eprl.training.config.__file__, eprl.agents.engines.__file__, eprl.envs.__file__],"
-         " 'top': {n: getattr(importlib.util.find_spec(n), 'origin', None) for n in ('agents', 'envs', 'training')},"
-         " 'envs': eprl.envs.list_envs()}))")
+PROBE = (
+    "import importlib.util, json, eprl.training.config, eprl.agents.engines, eprl.envs\n"
+    "print(json.dumps({'files': [eprl.training.config.__file__, eprl.agents.engines.__file__, eprl.envs.__file__],"
+    " 'top': {n: getattr(importlib.util.find_spec(n), 'origin', None) for n in ('agents', 'envs', 'training')},"
+    " 'envs': eprl.envs.list_envs()}))"
+)
 
 
 def _probe(cwd: Path, pythonpath: str | None) -> dict:
@@ -39,8 +42,12 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("eprl", "agents", "envs", "training"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                           str(src)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0 and "No module named" in proc.stderr:  # no setuptools/wheel in this interpreter
         pytest.skip(f"cannot build a wheel here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,8 +57,14 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_holds_only_the_eprl_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"eprl", wheel.name.split("-py")[0] + ".dist-info"}
-    for module in ("eprl/__init__.py", "eprl/training/cli.py", "eprl/training/__main__.py", "eprl/agents/engines/hf.py",
-                   "eprl/envs/math/env.py", "eprl/envs/appworld/env.py"):
+    for module in (
+        "eprl/__init__.py",
+        "eprl/training/cli.py",
+        "eprl/training/__main__.py",
+        "eprl/agents/engines/hf.py",
+        "eprl/envs/math/env.py",
+        "eprl/envs/appworld/env.py",
+    ):
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py')[0]}.dist-info/entry_points.txt").decode()
     assert "eprl = eprl.training.cli:main" in entry_points
@@ -59,8 +72,12 @@ def test_wheel_holds_only_the_eprl_namespace(wheel):
 
 def test_installed_wheel_imports_from_outside_the_checkout(wheel, tmp_path):
     target = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not {"agents", "envs", "training"} & {p.name for p in target.iterdir()}
     got = _probe(tmp_path, str(target))  # the target dir comes before site-packages, so it wins over any install
@@ -72,8 +89,11 @@ def test_installed_wheel_imports_from_outside_the_checkout(wheel, tmp_path):
 
 def test_checkout_imports_its_own_files(tmp_path):
     got = _probe(tmp_path, str(REPO))
-    assert [Path(f) for f in got["files"]] == [REPO / "training" / "config.py", REPO / "agents" / "engines" / "__init__.py",
-                                                REPO / "envs" / "__init__.py"]
+    assert [Path(f) for f in got["files"]] == [
+        REPO / "training" / "config.py",
+        REPO / "agents" / "engines" / "__init__.py",
+        REPO / "envs" / "__init__.py",
+    ]
 
 
 def test_editable_install_imports_the_checkout(tmp_path):
@@ -85,7 +105,10 @@ def test_editable_install_imports_the_checkout(tmp_path):
     if not direct.get("dir_info", {}).get("editable") or Path(direct["url"].removeprefix("file://")) != REPO:
         pytest.skip(f"eprl is installed, but not as an editable install of {REPO}")
     got = _probe(tmp_path, None)
-    assert [Path(f) for f in got["files"]] == [REPO / "training" / "config.py", REPO / "agents" / "engines" / "__init__.py",
-                                                REPO / "envs" / "__init__.py"]
+    assert [Path(f) for f in got["files"]] == [
+        REPO / "training" / "config.py",
+        REPO / "agents" / "engines" / "__init__.py",
+        REPO / "envs" / "__init__.py",
+    ]
     for origin in got["top"].values():
         assert origin is None or not Path(origin).is_relative_to(REPO)

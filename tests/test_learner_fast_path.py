@@ -10,6 +10,7 @@
   (exactly zero) rows changes MKL's blocking of that sum, so the updated weights agree to rounding
   (observed <= 2e-7 absolute after one AdamW step at lr 5e-5; asserted <= 1e-6).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -33,8 +34,11 @@ CONFIGS = {
     "kl_ref_entropy_bonus": {"kl_coef": 0.01, "entropy_coef": 0.001},
     "old_logprobs_inference_micro": {"old_logprobs": "inference", "minibatches": 2, "micro_batch_tokens": 60},
     "clip_cov": {"entropy_control": EntropyControlConfig(type="clip_cov")},
-    "kl_cov_minibatches2_micro": {"entropy_control": EntropyControlConfig(type="kl_cov"), "minibatches": 2,
-                                  "micro_batch_tokens": 60},
+    "kl_cov_minibatches2_micro": {
+        "entropy_control": EntropyControlConfig(type="kl_cov"),
+        "minibatches": 2,
+        "micro_batch_tokens": 60,
+    },
 }
 WIDER_PRE_PASS = {  # several minibatches, one pass each: the old pre-pass was padded wider (module docstring)
     "old_logprobs_inference": {"old_logprobs": "inference", "minibatches": 2},
@@ -52,8 +56,11 @@ def _batch(tokenizer, n=8, seed=0):
         p, a, o, a2 = draw(5, 20), draw(2, 10), draw(0, 6), draw(0, 6)
         ids = torch.randint(3, len(tokenizer), (p + a + o + a2,), generator=g).tolist()
         mask = [0] * p + [1] * a + [0] * o + [1] * a2
-        trajs.append(Trajectory(ids, mask, [-1.0] * len(ids), [(p, p + a)], float(i % 3 == 0), i % 3 == 0, "t",
-                                i // 4, "terminated"))
+        trajs.append(
+            Trajectory(
+                ids, mask, [-1.0] * len(ids), [(p, p + a)], float(i % 3 == 0), i % 3 == 0, "t", i // 4, "terminated"
+            )
+        )
     return collate(trajs, tokenizer.pad_token_id)
 
 
@@ -77,7 +84,9 @@ def test_reusing_the_update_forward_is_bit_exact(name, tiny_model, tiny_tokenize
 
 
 @pytest.mark.parametrize("name", sorted(WIDER_PRE_PASS))
-def test_reusing_the_update_forward_with_several_unbatched_minibatches_agrees_to_rounding(name, tiny_model, tiny_tokenizer):
+def test_reusing_the_update_forward_with_several_unbatched_minibatches_agrees_to_rounding(
+    name, tiny_model, tiny_tokenizer
+):
     cfg = LearnerConfig(**WIDER_PRE_PASS[name])
     old_rows, old_w = _run(tiny_model, tiny_tokenizer, cfg, reuse=False, head=True)
     new_rows, new_w = _run(tiny_model, tiny_tokenizer, cfg, reuse=True, head=True)
@@ -111,8 +120,10 @@ def test_default_runs_one_forward_and_the_head_sees_only_action_tokens(tiny_mode
 
     monkeypatch.setattr(logprobs_mod, "token_logprobs_and_entropy", spy)
     batch = _batch(tiny_tokenizer)
-    for cfg, expected_passes in [(LearnerConfig(), [True]),
-                                 (LearnerConfig(minibatches=2), [False, True, True])]:  # pre-pass over half the rows
+    for cfg, expected_passes in [
+        (LearnerConfig(), [True]),
+        (LearnerConfig(minibatches=2), [False, True, True]),
+    ]:  # pre-pass over half the rows
         seen.clear()
         Learner(type(tiny_model)(tiny_model.config), cfg, temperature=1.0, max_len_norm=64).step(batch)
         assert [g for g, _ in seen] == expected_passes
@@ -146,7 +157,12 @@ def test_dropout_falls_back_to_the_pre_pass(tiny_model, tiny_tokenizer, monkeypa
     monkeypatch.setattr(learner_mod, "train_forward_is_eval_forward", lambda m: False)
     grads = []
     real = logprobs_mod.token_logprobs_and_entropy
-    monkeypatch.setattr(logprobs_mod, "token_logprobs_and_entropy",
-                        lambda *a, **k: (grads.append(torch.is_grad_enabled()), real(*a, **k))[1])
-    Learner(type(tiny_model)(tiny_model.config), LearnerConfig(), temperature=1.0, max_len_norm=64).step(_batch(tiny_tokenizer))
+    monkeypatch.setattr(
+        logprobs_mod,
+        "token_logprobs_and_entropy",
+        lambda *a, **k: (grads.append(torch.is_grad_enabled()), real(*a, **k))[1],
+    )
+    Learner(type(tiny_model)(tiny_model.config), LearnerConfig(), temperature=1.0, max_len_norm=64).step(
+        _batch(tiny_tokenizer)
+    )
     assert grads == [False, True]

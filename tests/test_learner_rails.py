@@ -1,5 +1,6 @@
 """The learner's rails (issues #10, #13): non-finite steps are skipped and counted; the lm_head in float32
 under bf16 autocast."""
+
 from __future__ import annotations
 
 import math
@@ -17,10 +18,13 @@ torch.set_num_threads(1)
 def _batch(tokenizer, rewards, seed=0):
     from eprl.agents.trajectory import Trajectory
     from eprl.training.batch import collate
+
     torch.manual_seed(seed)
     ids = torch.randint(3, len(tokenizer), (len(rewards), 12)).tolist()
-    trajs = [Trajectory(t, [0] * 6 + [1] * 6, [0.0] * 12, [(6, 12)], r, r > 0, "t", 0, "terminated")
-             for t, r in zip(ids, rewards)]
+    trajs = [
+        Trajectory(t, [0] * 6 + [1] * 6, [0.0] * 12, [(6, 12)], r, r > 0, "t", 0, "terminated")
+        for t, r in zip(ids, rewards)
+    ]
     return collate(trajs, tokenizer.pad_token_id)
 
 
@@ -34,7 +38,9 @@ def test_non_finite_loss_skips_the_step_and_is_counted(tiny_model, tiny_tokenize
     model = _copy(tiny_model)
     learner = Learner(model, LearnerConfig(lr=0.05), temperature=1.0, max_len_norm=64)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    metrics = learner.step(_batch(tiny_tokenizer, [float("nan"), 1.0, 0.0, 1.0]))  # NaN reward -> NaN advantage -> NaN loss
+    metrics = learner.step(
+        _batch(tiny_tokenizer, [float("nan"), 1.0, 0.0, 1.0])
+    )  # NaN reward -> NaN advantage -> NaN loss
     assert metrics["skipped_steps"] == 1.0 and not math.isfinite(metrics["loss"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "a skipped step changed the weights"
     assert learner.optimizer.state_dict()["state"] == {}  # AdamW never stepped: no moments, no step count
@@ -78,5 +84,7 @@ def test_fp32_head_under_bf16_autocast_matches_fp32():
 
 def test_fp32_head_is_the_default_for_16_bit(tiny_model):
     assert Learner(_copy(tiny_model), LearnerConfig(), temperature=1.0, max_len_norm=8, dtype="bf16").head_fp32
-    assert not Learner(_copy(tiny_model), LearnerConfig(fp32_lm_head=False), temperature=1.0, max_len_norm=8, dtype="bf16").head_fp32
+    assert not Learner(
+        _copy(tiny_model), LearnerConfig(fp32_lm_head=False), temperature=1.0, max_len_norm=8, dtype="bf16"
+    ).head_fp32
     assert not Learner(_copy(tiny_model), LearnerConfig(), temperature=1.0, max_len_norm=8).head_fp32

@@ -75,10 +75,19 @@ def test_without_entropy_and_no_grad():
 
 def _tiny_qwen3(seed=0, dtype=torch.float32):
     from transformers import Qwen3Config, Qwen3ForCausalLM
+
     torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, intermediate_size=128, max_position_embeddings=128,
-                      tie_word_embeddings=False)
+    cfg = Qwen3Config(
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
     return Qwen3ForCausalLM(cfg).to(dtype).eval()
 
 
@@ -115,7 +124,11 @@ def test_tiny_qwen3_chunked_vs_unchunked_grads(dtype, tol):
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     chunked, whole = grads(4), grads(10_000)
-    assert set(chunked) == set(whole) and "lm_head.weight" in chunked and "model.layers.0.self_attn.q_proj.weight" in chunked
+    assert (
+        set(chunked) == set(whole)
+        and "lm_head.weight" in chunked
+        and "model.layers.0.self_attn.q_proj.weight" in chunked
+    )
     for name in whole:
         assert (chunked[name] - whole[name]).abs().max() <= tol * whole[name].abs().max(), name
 

@@ -1,5 +1,6 @@
 """One log channel (training/logs.py): eprl's records print as bare lines, info to stdout and warnings to
 stderr; under torchrun ranks other than 0 print warnings only."""
+
 from __future__ import annotations
 
 import logging

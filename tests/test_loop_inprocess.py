@@ -1,4 +1,5 @@
 """The training loop in process, from parts (training/builders.py): seconds, no subprocess."""
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,20 @@ def test_trainer_from_parts_then_eval_without_an_optimizer(tmp_path, eprl_cache,
     assert num_eval == 3
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    trainer = Trainer(cfg, run_dir, model=model, tokenizer=tokenizer, rollout_model=rollout_model, engine=engine,
-                      train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train,
-                      num_eval_tasks=num_eval, learner=build_learner(cfg, model), meta={"model": path})
+    trainer = Trainer(
+        cfg,
+        run_dir,
+        model=model,
+        tokenizer=tokenizer,
+        rollout_model=rollout_model,
+        engine=engine,
+        train_runner=train_runner,
+        eval_runner=eval_runner,
+        num_train_tasks=num_train,
+        num_eval_tasks=num_eval,
+        learner=build_learner(cfg, model),
+        meta={"model": path},
+    )
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     summary = trainer.fit()
 
@@ -57,13 +69,14 @@ def test_trainer_from_parts_then_eval_without_an_optimizer(tmp_path, eprl_cache,
     # `eprl eval` of that checkpoint: the run's own final eval row, and no learner or optimizer is ever built
     def refuse(*_a, **_k):
         raise AssertionError("eprl eval built a learner or an optimizer")
+
     monkeypatch.setattr(Learner, "__init__", refuse)
     monkeypatch.setattr(torch.optim, "AdamW", refuse)
     capsys.readouterr()
     assert cli.run(["eval", str(run_dir), "--task", TASK, *[a for s in sets for a in ("--set", s)]]) == 0
     out = capsys.readouterr().out
     assert out.startswith("[eval] after 2 updates: success")
-    result = json.loads(out[out.index("{"):])
+    result = json.loads(out[out.index("{") :])
     assert Path(result.pop("model")).resolve() == (ckpt / "model").resolve()
     timing = lambda row: {k: v for k, v in row.items() if not k.endswith("seconds")}  # noqa: E731
     assert timing(result) == timing(evals[-1])
@@ -72,8 +85,15 @@ def test_trainer_from_parts_then_eval_without_an_optimizer(tmp_path, eprl_cache,
 def test_continue_and_resume_leave_the_callers_config_unchanged(tmp_path, eprl_cache, caplog):
     caplog.set_level(logging.INFO, logger="eprl")  # a library user's lines are logging records
     # REPO-R records H* after the first iteration: the child inherits it, which used to be written into the caller's cfg
-    sets = [*SMALL, f"model.cache_dir={eprl_cache}", "run.device=cpu", f"run.out_dir={tmp_path}", "run.iterations=1",
-            "run.checkpoint_every=1", "learner.entropy_control.type=repo_r"]
+    sets = [
+        *SMALL,
+        f"model.cache_dir={eprl_cache}",
+        "run.device=cpu",
+        f"run.out_dir={tmp_path}",
+        "run.iterations=1",
+        "run.checkpoint_every=1",
+        "learner.entropy_control.type=repo_r",
+    ]
     parent_cfg = load_run_config(TASK, overrides=[*sets, "run.name=parent"])
     parent = train(parent_cfg)
     child_cfg = load_run_config(TASK, overrides=[*sets, "run.name=child"])

@@ -2,6 +2,7 @@
 trains, checkpoints are standard peft adapters on a durable base, and `continue` / `train --resume`
 work from them. Also the vllm engine's LoRA helpers that need no vLLM (rank choice, served base,
 error from a server without LoRA loading)."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ def _assert_standard_adapter(model_dir: Path, base: str) -> dict:
     conf = json.loads((model_dir / "adapter_config.json").read_text())
     assert conf["peft_type"] == "LORA" and conf["r"] == 8 and conf["lora_alpha"] == 16
     assert set(conf["target_modules"]) == {"q_proj", "v_proj"}
-    assert conf["base_model_name_or_path"] == base and Path(base).is_absolute() and (Path(base) / "config.json").is_file()
+    assert (
+        conf["base_model_name_or_path"] == base and Path(base).is_absolute() and (Path(base) / "config.json").is_file()
+    )
     keys = set(load_file(str(model_dir / "adapter_model.safetensors")))
     assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
     assert {k.split(".self_attn.")[1].split(".")[0] for k in keys} == {"q_proj", "v_proj"}
@@ -58,7 +61,9 @@ def test_lora_training_changes_only_the_adapter(tmp_path, eprl_cache):
     from eprl.training.policy import resolve_model_path
 
     # CPU also on GPU hosts: the logits are compared bit for bit with a CPU-loaded copy below.
-    cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=_sets(eprl_cache, tmp_path, "lora", "run.device=cpu"))
+    cfg = load_run_config(
+        REPO / "tasks" / "default.yaml", overrides=_sets(eprl_cache, tmp_path, "lora", "run.device=cpu")
+    )
     base_path = resolve_model_path(cfg)
     torch.manual_seed(0)
     (tmp_path / "lora").mkdir()
@@ -74,20 +79,24 @@ def test_lora_training_changes_only_the_adapter(tmp_path, eprl_cache):
         after = {n: p.detach() for n, p in model.named_parameters()}
         frozen = [n for n in before if n not in trainable]
         assert frozen and all(torch.equal(before[n], after[n]) for n in frozen), "a base weight changed"
-        assert any(not torch.equal(before[n], after[n]) for n in trainable if ".lora_B." in n), "the adapter did not train"
+        assert any(not torch.equal(before[n], after[n]) for n in trainable if ".lora_B." in n), (
+            "the adapter did not train"
+        )
         ckpt = trainer.checkpoint()
     finally:
         trainer.close()
     # A standard peft adapter on the durable base (the tiny default's cache dir), loadable by peft itself.
     _assert_standard_adapter(ckpt / "model", str(Path(base_path).resolve()))
-    loaded = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32),
-                                            ckpt / "model").eval()
+    loaded = peft.PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32), ckpt / "model"
+    ).eval()
     ids = torch.randint(0, 200, (2, 16))
     with torch.no_grad():
         want, _ = model_logprobs(model.eval(), ids, with_entropy=False)
         got, _ = model_logprobs(loaded, ids, with_entropy=False)
-        base_lp, _ = model_logprobs(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval(), ids,
-                                    with_entropy=False)
+        base_lp, _ = model_logprobs(
+            AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval(), ids, with_entropy=False
+        )
     assert torch.equal(got, want)
     assert (got - base_lp).abs().max() > 0  # the adapter is not a no-op
 
@@ -130,6 +139,7 @@ def test_lora_continue_and_resume(tmp_path, eprl_cache):
 # ----------------------------------------------------------------------------- vllm engine helpers (no vllm)
 def test_vllm_lora_rank_choice():
     from eprl.agents.engines.vllm import vllm_max_lora_rank
+
     assert [vllm_max_lora_rank(r) for r in (1, 2, 8, 9, 16, 17, 64, 300, 512)] == [1, 8, 8, 16, 16, 32, 64, 320, 512]
     with pytest.raises(ValueError, match="above vLLM's largest"):
         vllm_max_lora_rank(513)
@@ -138,17 +148,21 @@ def test_vllm_lora_rank_choice():
 def test_served_base_is_exactly_the_base(tmp_path, tiny_tokenizer):
     from eprl.agents.engines.vllm import lora_rank, save_adapter, save_base_weights
     from eprl.training.tiny_default import build_model
+
     base = build_model(tiny_tokenizer, seed=0)
     want = {k: v.clone() for k, v in base.state_dict().items()}
-    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"],
-                                                      rank_pattern={"o_proj": 12}))
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], rank_pattern={"o_proj": 12})
+    )
     assert lora_rank(model) == 12
     save_base_weights(model, tiny_tokenizer, tmp_path / "w")
     got = load_file(str(tmp_path / "w" / "model.safetensors"))
     assert set(got) == set(want) - {"lm_head.weight"}  # tied to embed_tokens, as a plain save_pretrained writes it
     assert all(torch.equal(got[k], want[k]) for k in got)
     save_adapter(model, tmp_path / "w" / "lora-v1")
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "w" / "lora-v1").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {
+        p.name for p in (tmp_path / "w" / "lora-v1").iterdir()
+    }
 
 
 def test_server_without_lora_loading_says_how_to_start_it(monkeypatch, tmp_path):
@@ -162,8 +176,13 @@ def test_server_without_lora_loading_says_how_to_start_it(monkeypatch, tmp_path)
         return httpx.Response(404, json={"detail": "Not Found"})  # no VLLM_ALLOW_RUNTIME_LORA_UPDATING
 
     real_client = httpx.Client
-    monkeypatch.setattr(vllm_server.httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    monkeypatch.setattr(
+        vllm_server.httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw)
+    )
     cfg = EngineConfig(type="vllm", server_urls=["http://10.0.0.1:8000"])
-    with pytest.raises(RuntimeError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and `--enable-lora --max-lora-rank 8"):
-        vllm_server.ServerBackend(tmp_path, cfg, "float32", 0, max_lora_rank=8,
-                                  adapter=Adapter("eprl-v1", 1, tmp_path / "lora-v1"))
+    with pytest.raises(
+        RuntimeError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and `--enable-lora --max-lora-rank 8"
+    ):
+        vllm_server.ServerBackend(
+            tmp_path, cfg, "float32", 0, max_lora_rank=8, adapter=Adapter("eprl-v1", 1, tmp_path / "lora-v1")
+        )

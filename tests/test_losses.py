@@ -11,10 +11,17 @@ torch.set_num_threads(1)
 
 def _batch(ratios, advs, mask, old=None, dtype=torch.float32, **extra):
     """logp = old + log(ratio): each token's ratio is exactly the value written in the test."""
-    old = torch.tensor(old if old is not None else [[-1.0 - 0.1 * j for j in range(len(r))] for r in ratios], dtype=dtype)
+    old = torch.tensor(
+        old if old is not None else [[-1.0 - 0.1 * j for j in range(len(r))] for r in ratios], dtype=dtype
+    )
     logp = (old + torch.tensor(ratios, dtype=dtype).log()).requires_grad_(True)
-    return LossInputs(logp=logp, old_logp=old, advantages=torch.tensor(advs, dtype=dtype),
-                      mask=torch.tensor(mask, dtype=dtype), **extra)
+    return LossInputs(
+        logp=logp,
+        old_logp=old,
+        advantages=torch.tensor(advs, dtype=dtype),
+        mask=torch.tensor(mask, dtype=dtype),
+        **extra,
+    )
 
 
 def _ref_clip_token(r, a, lo, hi):
@@ -64,15 +71,21 @@ def test_pg_loss_and_aggregations():
     logp = [[-0.5, -2.0, -9.0], [-1.0, -7.0, -7.0], [-3.0, -3.0, -3.0]]
     adv = [[1.0, 1.0, 5.0], [-2.0, 4.0, 4.0], [9.0, 9.0, 9.0]]
     mask = [[1, 1, 0], [1, 0, 0], [0, 0, 0]]  # third row: no action tokens at all
-    x00, x01, x10 = 0.5, 2.0, -2.0          # -A * logp
-    expected = {"token_mean": (x00 + x01 + x10) / 3,
-                "seq_mean_token_mean": ((x00 + x01) / 2 + x10) / 2,
-                "seq_mean_token_sum": ((x00 + x01) + x10) / 2,
-                "seq_mean_token_sum_norm": ((x00 + x01) / 4 + x10 / 4) / 2}
+    x00, x01, x10 = 0.5, 2.0, -2.0  # -A * logp
+    expected = {
+        "token_mean": (x00 + x01 + x10) / 3,
+        "seq_mean_token_mean": ((x00 + x01) / 2 + x10) / 2,
+        "seq_mean_token_sum": ((x00 + x01) + x10) / 2,
+        "seq_mean_token_sum_norm": ((x00 + x01) / 4 + x10 / 4) / 2,
+    }
     assert set(expected) == set(LOSS_AGGREGATIONS)
     for agg, value in expected.items():
-        b = LossInputs(logp=torch.tensor(logp, requires_grad=True), old_logp=torch.tensor(logp),
-                       advantages=torch.tensor(adv), mask=torch.tensor(mask, dtype=torch.float32))
+        b = LossInputs(
+            logp=torch.tensor(logp, requires_grad=True),
+            old_logp=torch.tensor(logp),
+            advantages=torch.tensor(adv),
+            mask=torch.tensor(mask, dtype=torch.float32),
+        )
         loss, met = compute_policy_loss(LearnerConfig(loss="pg", loss_agg=agg), b, max_len_norm=4)
         assert loss.item() == pytest.approx(value, rel=1e-6), agg
         assert met["ratio_mean"] == 1.0 and met["clip_frac_high"] == 0.0
@@ -106,8 +119,12 @@ def test_gspo_sequence_clipping_and_gradient():
     # 6e-4 (> hi but A<0: unclipped)
     old = torch.full((4, 4), -2.0, dtype=torch.float64)
     logp = (old + torch.tensor(lr, dtype=torch.float64)).requires_grad_(True)
-    b = LossInputs(logp=logp, old_logp=old, advantages=torch.tensor(adv, dtype=torch.float64),
-                   mask=torch.tensor(mask, dtype=torch.float64))
+    b = LossInputs(
+        logp=logp,
+        old_logp=old,
+        advantages=torch.tensor(adv, dtype=torch.float64),
+        mask=torch.tensor(mask, dtype=torch.float64),
+    )
     cfg = LearnerConfig(loss="gspo", loss_agg="seq_mean_token_mean")
     loss, met = compute_policy_loss(cfg, b)
     loss.backward()
@@ -170,8 +187,15 @@ def test_masked_positions_never_contribute(loss_name, agg):
     old = -torch.rand(B, T) * 3
     logp = old + 0.1 * torch.randn(B, T)
     adv, ent, ref, inf = torch.randn(B, T), torch.rand(B, T), -torch.rand(B, T), old + 0.05 * torch.randn(B, T)
-    cfg = LearnerConfig(loss=loss_name, loss_agg=agg, kl_coef=0.05, entropy_coef=0.01, tis_cap=2.0,
-                        gspo_eps_low=0.05, gspo_eps_high=0.05)
+    cfg = LearnerConfig(
+        loss=loss_name,
+        loss_agg=agg,
+        kl_coef=0.05,
+        entropy_coef=0.01,
+        tis_cap=2.0,
+        gspo_eps_low=0.05,
+        gspo_eps_high=0.05,
+    )
     junk = lambda x: torch.where(mask > 0, x, torch.empty_like(x).uniform_(-80, 80))  # finite garbage
     results = []
     for f in (lambda x: x, junk):
@@ -202,7 +226,9 @@ def test_gradcheck(loss_name, agg):
     def f(lp, ent):
         return compute_policy_loss(cfg, LossInputs(lp, old, adv, mask, entropy=ent, ref_logp=ref), max_len_norm=T)[0]
 
-    assert torch.autograd.gradcheck(f, (logp0.requires_grad_(True), torch.rand(B, T, dtype=torch.float64, requires_grad=True)))
+    assert torch.autograd.gradcheck(
+        f, (logp0.requires_grad_(True), torch.rand(B, T, dtype=torch.float64, requires_grad=True))
+    )
 
 
 def test_gspo_gradient_is_finite_difference_of_sequence_objective():
@@ -223,7 +249,9 @@ def test_gspo_gradient_is_finite_difference_of_sequence_objective():
         for t in range(T):
             d = torch.zeros(B, T, dtype=torch.float64)
             d[i, t] = 1e-6
-            num[i, t] = (_gspo_reference(logp0 + d, old, adv, mask, lo, hi) - _gspo_reference(logp0 - d, old, adv, mask, lo, hi)) / 2e-6
+            num[i, t] = (
+                _gspo_reference(logp0 + d, old, adv, mask, lo, hi) - _gspo_reference(logp0 - d, old, adv, mask, lo, hi)
+            ) / 2e-6
     assert torch.allclose(lp.grad, num, atol=1e-8)
     assert num.abs().sum() > 0.1  # not a vacuous comparison
 
@@ -240,7 +268,9 @@ def test_unknown_names_raise():
 
 def test_float32_outputs_from_bf16_inputs():
     b = _batch([[1.0, 1.1]], [[1.0, 1.0]], [[1, 1]])
-    b = LossInputs(b.logp.detach().bfloat16().requires_grad_(True), b.old_logp.bfloat16(), b.advantages.bfloat16(), b.mask)
+    b = LossInputs(
+        b.logp.detach().bfloat16().requires_grad_(True), b.old_logp.bfloat16(), b.advantages.bfloat16(), b.mask
+    )
     loss, _ = compute_policy_loss(LearnerConfig(), b)
     assert loss.dtype == torch.float32
 
@@ -287,7 +317,9 @@ def test_gspo_sequence_log_ratio_capped_at_10_and_token_log_ratio_at_20():
     logp = (old + torch.tensor([[15.0, 15.0, 30.0]])).requires_grad_(True)  # token log r 30 -> 20; mean 50/3 -> 10
     b = LossInputs(logp=logp, old_logp=old, advantages=torch.full((1, 3), -1.0), mask=torch.ones(1, 3))
     loss, met = compute_policy_loss(LearnerConfig(loss="gspo"), b)
-    assert loss.item() == pytest.approx(math.exp(10.0), rel=1e-5) and met["ratio_max"] == pytest.approx(math.exp(10.0), rel=1e-5)
+    assert loss.item() == pytest.approx(math.exp(10.0), rel=1e-5) and met["ratio_max"] == pytest.approx(
+        math.exp(10.0), rel=1e-5
+    )
 
 
 def test_gspo_defaults_to_the_sequence_mean():
@@ -295,8 +327,12 @@ def test_gspo_defaults_to_the_sequence_mean():
     cfg = LearnerConfig(loss="gspo")
     assert cfg.loss_agg == "seq_mean_token_mean"
     old = torch.full((2, 4), -1.0)
-    b = LossInputs(logp=old.clone().requires_grad_(True), old_logp=old, advantages=torch.tensor([[1.0] * 4, [-1.0] * 4]),
-                   mask=torch.tensor([[1.0, 1, 1, 1], [1, 0, 0, 0]]))
+    b = LossInputs(
+        logp=old.clone().requires_grad_(True),
+        old_logp=old,
+        advantages=torch.tensor([[1.0] * 4, [-1.0] * 4]),
+        mask=torch.tensor([[1.0, 1, 1, 1], [1, 0, 0, 0]]),
+    )
     loss, _ = compute_policy_loss(cfg, b)
     assert loss.item() == pytest.approx(0.0, abs=1e-7)
     with pytest.raises(ValueError, match="GSPO is defined per sequence"):
@@ -308,9 +344,12 @@ def test_gspo_clip_fractions_per_sequence_and_per_token():
     # clipped high, seq 2 (2 tokens) clipped low
     lr = [[1e-3, -2e-4, 5e-4, 0.0], [1e-4, -1e-4, 2e-4, 0.0], [-1e-3, 2e-4, 0.0, 0.0], [5e-4, 7e-4, 0.0, 0.0]]
     old = torch.full((4, 4), -2.0, dtype=torch.float64)
-    b = LossInputs(logp=old + torch.tensor(lr, dtype=torch.float64), old_logp=old,
-                   advantages=torch.tensor([[1.5] * 4, [-0.5] * 4, [-2.0] * 4, [-1.0] * 4], dtype=torch.float64),
-                   mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.float64))
+    b = LossInputs(
+        logp=old + torch.tensor(lr, dtype=torch.float64),
+        old_logp=old,
+        advantages=torch.tensor([[1.5] * 4, [-0.5] * 4, [-2.0] * 4, [-1.0] * 4], dtype=torch.float64),
+        mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.float64),
+    )
     _, met = compute_policy_loss(LearnerConfig(loss="gspo"), b)
     assert (met["clip_frac_high"], met["clip_frac_low"]) == (0.25, 0.25)
     assert met["clip_frac_high_token"] == pytest.approx(0.3) and met["clip_frac_low_token"] == pytest.approx(0.2)
@@ -323,14 +362,26 @@ def test_tis_weight_log_ratio_clamped():
     assert met["tis_weight_mean"] == pytest.approx(math.exp(-20.0), rel=1e-5)
 
 
-@pytest.mark.parametrize("name,value,grad", [
-    # d = logp - ref = 0.5
-    ("k1", 0.5, 1.0), ("k2", 0.125, 0.5), ("k3", math.exp(-0.5) - 0.5, 1 - math.exp(-0.5)),
-    ("k1+", 0.5, 0.5), ("k3+", math.exp(-0.5) - 0.5, 0.5)])
+@pytest.mark.parametrize(
+    "name,value,grad",
+    [
+        # d = logp - ref = 0.5
+        ("k1", 0.5, 1.0),
+        ("k2", 0.125, 0.5),
+        ("k3", math.exp(-0.5) - 0.5, 1 - math.exp(-0.5)),
+        ("k1+", 0.5, 0.5),
+        ("k3+", math.exp(-0.5) - 0.5, 0.5),
+    ],
+)
 def test_kl_estimators_by_hand(name, value, grad):
     logp = torch.tensor([[-1.0]], requires_grad=True)
-    b = LossInputs(logp=logp, old_logp=logp.detach(), advantages=torch.zeros(1, 1), mask=torch.ones(1, 1),
-                   ref_logp=torch.tensor([[-1.5]]))
+    b = LossInputs(
+        logp=logp,
+        old_logp=logp.detach(),
+        advantages=torch.zeros(1, 1),
+        mask=torch.ones(1, 1),
+        ref_logp=torch.tensor([[-1.5]]),
+    )
     loss, met = compute_policy_loss(LearnerConfig(loss="pg", kl_coef=1.0, kl_estimator=name), b)
     loss.backward()
     assert met["kl_ref"] == pytest.approx(value, rel=1e-6) and loss.item() == pytest.approx(value, rel=1e-6)
@@ -340,8 +391,13 @@ def test_kl_estimators_by_hand(name, value, grad):
 def test_k3_clamped_for_huge_log_ratio():
     # ref - logp = 28 -> clamped to 20 -> e^20 - 21, then k3 clamped to 10; gradient 0
     logp = torch.tensor([[-30.0]], requires_grad=True)
-    b = LossInputs(logp=logp, old_logp=logp.detach(), advantages=torch.zeros(1, 1), mask=torch.ones(1, 1),
-                   ref_logp=torch.tensor([[-2.0]]))
+    b = LossInputs(
+        logp=logp,
+        old_logp=logp.detach(),
+        advantages=torch.zeros(1, 1),
+        mask=torch.ones(1, 1),
+        ref_logp=torch.tensor([[-2.0]]),
+    )
     loss, _ = compute_policy_loss(LearnerConfig(loss="pg", kl_coef=1.0), b)
     loss.backward()
     assert loss.item() == 10.0 and logp.grad.item() == 0.0

@@ -1,4 +1,5 @@
 """Answer extraction, math-verify decisions on real data, and the countdown checker."""
+
 import itertools
 import random
 import threading
@@ -46,9 +47,18 @@ def test_extract_boxed_agrees_with_the_reference_on_random_brace_soup():
         assert extract_boxed(text) == _quadratic_extract_boxed(text), text
 
 
-@pytest.mark.parametrize("text", ["\\boxed{" * 14_286, "\\boxed{" * 14_285 + "1}", "{" * 50_000 + "\\boxed{x" + "}" * 50_000,
-                                  "answer" + " " * 100_000 + "x", "\n" * 100_000, "Answer:" + " x" * 50_000 + "\n" * 50_000,
-                                  "final " * 20_000 + "answer" + " is" * 20_000])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\\boxed{" * 14_286,
+        "\\boxed{" * 14_285 + "1}",
+        "{" * 50_000 + "\\boxed{x" + "}" * 50_000,
+        "answer" + " " * 100_000 + "x",
+        "\n" * 100_000,
+        "Answer:" + " x" * 50_000 + "\n" * 50_000,
+        "final " * 20_000 + "answer" + " is" * 20_000,
+    ],
+)
 def test_extraction_is_linear_on_pathological_100kb_input(text):
     start = time.perf_counter()
     extract_answer(text)
@@ -101,13 +111,23 @@ def test_gsm8k_answers_in_boxed_and_answer_line_forms():
     assert not check_math("no final answer", "18")
 
 
-@pytest.mark.parametrize("pred,gold,expected", [
-    ("\\boxed{0.5}", "\\frac{1}{2}", True), ("\\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", True),
-    ("\\boxed{\\tfrac12}", "0.5", True), ("\\boxed{1/2}", "\\frac12", True),
-    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}", True), ("\\boxed{0.51}", "\\frac{1}{2}", False),
-    ("\\boxed{(3, \\frac{\\pi}{2})}", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
-    ("\\boxed{(3, \\pi)}", "\\left( 3, \\frac{\\pi}{2} \\right)", False), ("\\boxed{}", "1", False),
-    ("\\boxed{1,000}", "1000", True), ("\\boxed{-3}", "3", False), ("Answer: 7.50", "7.5", True)])
+@pytest.mark.parametrize(
+    "pred,gold,expected",
+    [
+        ("\\boxed{0.5}", "\\frac{1}{2}", True),
+        ("\\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", True),
+        ("\\boxed{\\tfrac12}", "0.5", True),
+        ("\\boxed{1/2}", "\\frac12", True),
+        ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}", True),
+        ("\\boxed{0.51}", "\\frac{1}{2}", False),
+        ("\\boxed{(3, \\frac{\\pi}{2})}", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+        ("\\boxed{(3, \\pi)}", "\\left( 3, \\frac{\\pi}{2} \\right)", False),
+        ("\\boxed{}", "1", False),
+        ("\\boxed{1,000}", "1000", True),
+        ("\\boxed{-3}", "3", False),
+        ("Answer: 7.50", "7.5", True),
+    ],
+)
 def test_equivalent_forms(pred, gold, expected):
     assert check_math(pred, gold) is expected
 
@@ -157,8 +177,21 @@ def test_countdown_checker_on_real_rows():
     assert solved >= 20
 
 
-@pytest.mark.parametrize("expr", ["a+3+7", "abs(3)+7+25", "3**2+7+25", "__import__('os')", "-3+7+25",
-                                  "3+7+25.0", "3+7+25 if 1 else 0", "[3,7,25]", "3+7+25;1", "3 7 25"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "a+3+7",
+        "abs(3)+7+25",
+        "3**2+7+25",
+        "__import__('os')",
+        "-3+7+25",
+        "3+7+25.0",
+        "3+7+25 if 1 else 0",
+        "[3,7,25]",
+        "3+7+25;1",
+        "3 7 25",
+    ],
+)
 def test_countdown_rejects_disallowed_syntax(expr):
     assert not check_countdown(expr, [3, 7, 25], 35 if "+" in expr else 1)
 

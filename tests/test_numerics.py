@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 def test_mismatch_stats_by_hand():
     learner = torch.tensor([[-0.1, -2.0, -1.0, 30.0]])
-    infer = torch.tensor([[-0.2, -1.5, -1.0, -70.0]])   # last token masked: garbage
+    infer = torch.tensor([[-0.2, -1.5, -1.0, -70.0]])  # last token masked: garbage
     mask = torch.tensor([[1, 1, 1, 0]])
     dp = [abs(math.exp(-0.2) - math.exp(-0.1)), abs(math.exp(-1.5) - math.exp(-2.0)), 0.0]
     out = mismatch_stats(learner, infer, mask)
@@ -45,8 +45,8 @@ N = 2_000_000
 
 def _logps():
     g = torch.Generator().manual_seed(0)
-    old = -(torch.rand(N, generator=g) * 4 + 0.5)          # logp_old in [-4.5, -0.5]
-    logp = old + 0.1 * torch.randn(N, generator=g)          # small policy change
+    old = -(torch.rand(N, generator=g) * 4 + 0.5)  # logp_old in [-4.5, -0.5]
+    logp = old + 0.1 * torch.randn(N, generator=g)  # small policy change
     return logp, old
 
 
@@ -63,12 +63,12 @@ def test_bf16_logps_bias_ratio_upward_and_clip_more():
     lp16, old16 = logp.bfloat16().float(), old.bfloat16().float()
     r16 = torch.exp(lp16 - old16)
     diff = (r16 - r32).double()
-    assert diff.mean() > 4 * diff.std() / math.sqrt(N)       # upward bias, > 4 standard errors (~6 here)
+    assert diff.mean() > 4 * diff.std() / math.sqrt(N)  # upward bias, > 4 standard errors (~6 here)
     f32, f16 = _clip_high(logp, old), _clip_high(lp16, old16)
     up = int(((r16 > 1.28) & ~(r32 > 1.28)).sum())
     down = int(((r32 > 1.28) & ~(r16 > 1.28)).sum())
     assert f16 > f32 and (f16 - f32) * N == pytest.approx(up - down, abs=2)
-    assert up - down > 10 * math.sqrt(up + down)            # far beyond a fair coin's +-1 sd
+    assert up - down > 10 * math.sqrt(up + down)  # far beyond a fair coin's +-1 sd
 
 
 def test_bf16_rounded_ratio_clips_more_at_upper_bound():

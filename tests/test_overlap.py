@@ -1,6 +1,7 @@
 """run.overlap (training/overlap.py): the next batch is sampled in a second process from the weights before
 the current update. Staleness is exactly one update, the ratio is taken against the sampler's log-probs,
 and a run resumed from a checkpoint ends bit-identical to the uninterrupted overlapped run."""
+
 from __future__ import annotations
 
 import json
@@ -30,17 +31,23 @@ def test_overlap_takes_the_ratio_against_the_sampler_or_refuses():
     cfg = load_run_config(TASK, overrides=["run.overlap=true"])
     assert cfg.learner.old_logprobs == "inference" and cfg.learner.tis_cap is None  # derived
     decoupled = load_run_config(TASK, overrides=["run.overlap=true", "learner.tis_cap=2"])
-    assert decoupled.learner.old_logprobs == "recompute"  # decoupled PPO: clip at the current policy, TIS to the sampler
-    for sets, words in ((["learner.old_logprobs=recompute"], "recompute and no tis_cap"),
-                        (["learner.loss=pg"], "loss=pg"),
-                        (["engine.type=vllm"], "engine.type=vllm")):
+    assert (
+        decoupled.learner.old_logprobs == "recompute"
+    )  # decoupled PPO: clip at the current policy, TIS to the sampler
+    for sets, words in (
+        (["learner.old_logprobs=recompute"], "recompute and no tis_cap"),
+        (["learner.loss=pg"], "loss=pg"),
+        (["engine.type=vllm"], "engine.type=vllm"),
+    ):
         with pytest.raises(ConfigError, match=words):
             load_run_config(TASK, overrides=["run.overlap=true", *sets])
 
 
 def test_overlap_is_refused_under_torchrun(monkeypatch):
     cfg = load_run_config(TASK, overrides=["run.overlap=true"])
-    monkeypatch.setattr(distributed, "active", lambda: True)  # the check reads it; a real torchrun is in test_distributed
+    monkeypatch.setattr(
+        distributed, "active", lambda: True
+    )  # the check reads it; a real torchrun is in test_distributed
     with pytest.raises(ConfigError, match="run.overlap under torchrun"):
         preflight(cfg)
 
@@ -49,8 +56,11 @@ def test_lora_sends_only_the_adapter_and_the_sampler_samples_from_it(eprl_cache)
     from eprl.training.builders import build_policy
     from eprl.training.overlap import OverlappedSampler
     from eprl.training.policy import resolve_model_path
-    cfg = load_run_config(TASK, overrides=[*SMALL, f"model.cache_dir={eprl_cache}", "run.device=cpu", "run.overlap=true",
-                                           "model.lora=true"])
+
+    cfg = load_run_config(
+        TASK,
+        overrides=[*SMALL, f"model.cache_dir={eprl_cache}", "run.device=cpu", "run.overlap=true", "model.lora=true"],
+    )
     path = resolve_model_path(cfg)
     model, tokenizer, rollout_model = build_policy(cfg, path)
     sampler = OverlappedSampler(cfg, path, rollout_model)
@@ -76,8 +86,17 @@ def test_lora_sends_only_the_adapter_and_the_sampler_samples_from_it(eprl_cache)
 
 
 def _cfg(cache: Path, out: Path, name: str):
-    sets = [*SMALL, f"model.cache_dir={cache}", "run.device=cpu", "learner.entropy_coef=0.01", "run.overlap=true",
-            "run.iterations=3", "run.checkpoint_every=1", f"run.out_dir={out}", f"run.name={name}"]
+    sets = [
+        *SMALL,
+        f"model.cache_dir={cache}",
+        "run.device=cpu",
+        "learner.entropy_coef=0.01",
+        "run.overlap=true",
+        "run.iterations=3",
+        "run.checkpoint_every=1",
+        f"run.out_dir={out}",
+        f"run.name={name}",
+    ]
     return load_run_config(TASK, overrides=sets)
 
 
@@ -91,8 +110,10 @@ def overlapped(tmp_path_factory, eprl_cache) -> Path:
 
 def _rows(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s") and k != "rss_peak_mb"}
-            for r in rows]
+    return [
+        {k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s") and k != "rss_peak_mb"}
+        for r in rows
+    ]
 
 
 def _weights(run: Path, name: str) -> dict:
@@ -128,6 +149,7 @@ def test_the_pending_batch_was_sampled_by_the_previous_weights(overlapped):
 
 def pad_token_id(ckpt: Path) -> int:
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(ckpt / "model").pad_token_id
 
 
@@ -154,9 +176,19 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(overlapped, t
     import time
 
     from cli_runs import run_ok, train_cmd
+
     sets = [f"{k}={v}" for k, v in (("model.cache_dir", eprl_cache), ("run.out_dir", tmp_path), ("run.name", "killed"))]
-    cmd = train_cmd([*SMALL, "run.device=cpu", "learner.entropy_coef=0.01", "run.overlap=true", "run.iterations=3",
-                     "run.checkpoint_every=1", *sets])
+    cmd = train_cmd(
+        [
+            *SMALL,
+            "run.device=cpu",
+            "learner.entropy_coef=0.01",
+            "run.overlap=true",
+            "run.iterations=3",
+            "run.checkpoint_every=1",
+            *sets,
+        ]
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     deadline = time.time() + 300

@@ -1,4 +1,5 @@
 """ReAct agent: code-block parsing, registration, system prompt (no AppWorld needed)."""
+
 from __future__ import annotations
 
 from eprl import agents
@@ -42,4 +43,4 @@ def test_record_action_returns_parsed_code(tiny_tokenizer):
     state = agent.start("task")
     ids = tiny_tokenizer("ok\n```python\nprint(4)\n```", add_special_tokens=False)["input_ids"]
     assert agent.record_action(state, ids, [0.0] * len(ids)) == "print(4)"
-    assert state.loss_mask[-len(ids):] == [1] * len(ids)
+    assert state.loss_mask[-len(ids) :] == [1] * len(ids)

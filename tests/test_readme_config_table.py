@@ -1,4 +1,5 @@
 """The README's configuration table names real fields with their real defaults (`eprl config` is the source)."""
+
 from __future__ import annotations
 
 import re
@@ -19,6 +20,7 @@ def _defaults() -> dict[str, object]:
                 walk(ann, f"{prefix}{name}.")
             else:
                 out[prefix + name] = field.get_default(call_default_factory=True)
+
     walk(RunConfig, "")
     return out
 
@@ -32,7 +34,9 @@ def _rows() -> list[tuple[str, str]]:
         if len(cells) != 3 or not cells[0].startswith("`"):
             continue
         names = [n.strip(" `") for n in re.split(r"\s*(?:/|,)\s*", cells[0])]
-        values = [v.strip(" `") for v in re.split(r"\s*(?:/|,)\s*", cells[1])] if len(names) > 1 else [cells[1].strip(" `")]
+        values = (
+            [v.strip(" `") for v in re.split(r"\s*(?:/|,)\s*", cells[1])] if len(names) > 1 else [cells[1].strip(" `")]
+        )
         assert len(names) == len(values), f"README row {cells[0]}: {len(names)} names, {len(values)} defaults"
         section_prefix = names[0].rsplit(".", 1)[0] + "."
         for name, value in zip(names, values):

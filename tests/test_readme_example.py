@@ -1,5 +1,6 @@
 """The README's 'Registering an environment' example works as written, with its own suite, installed
 as a plugin in a fresh process, and with the README's generic suite example."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,11 @@ def test_readme_suite_runs_the_readme_env_on_both_splits(plugin_dir):
     assert suite.eval.num_tasks == train.unwrapped.num_tasks == 9
     # the failure the README used to show, now one line naming the field
     bare = TaskSuite(env={"id": "eprl/Guess-v0", "kwargs": {"colour": "red"}})
-    with pytest.raises(ConfigError, match=r"^task.env.kwargs.colour: eprl/Guess-v0 \(my_envs.guess:GuessEnv\) takes no "
-                                          r"argument 'colour'; it takes: split, max_turns$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^task.env.kwargs.colour: eprl/Guess-v0 \(my_envs.guess:GuessEnv\) takes no "
+        r"argument 'colour'; it takes: split, max_turns$",
+    ):
         env_factory(bare, "train")
 
 
@@ -80,14 +84,23 @@ def test_readme_generic_suite_example_validates_and_makes_envs():
 
 def _python(code: str, plugin_dir: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     path = os.pathsep.join([str(plugin_dir), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, *(["-c", code] if code else []), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=plugin_dir, env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, *(["-c", code] if code else []), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=plugin_dir,
+        env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_installed_plugin_is_found_by_gymnasium_in_a_fresh_process(plugin_dir):
-    proc = _python("import gymnasium as gym\n"
-                   "print(gym.make('eprl.envs:eprl/Guess-v0').reset(options={'task_index': 1})[1]['task_id'])\n"
-                   "print(gym.make('eprl/Guess-v0').unwrapped.max_turns)", plugin_dir)
+    proc = _python(
+        "import gymnasium as gym\n"
+        "print(gym.make('eprl.envs:eprl/Guess-v0').reset(options={'task_index': 1})[1]['task_id'])\n"
+        "print(gym.make('eprl/Guess-v0').unwrapped.max_turns)",
+        plugin_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["guess-2", "4"]
     proc = _python("import eprl.envs, gymnasium\nprint(gymnasium.make('eprl/Guess-v0').unwrapped.split)", plugin_dir)
@@ -97,10 +110,25 @@ def test_installed_plugin_is_found_by_gymnasium_in_a_fresh_process(plugin_dir):
 def test_eprl_trains_on_the_installed_readme_plugin(plugin_dir, eprl_cache):
     """`eprl train --task guess.yaml` in a fresh process: the entry point alone makes the id known."""
     sets = [s for s in SMALL if not s.startswith("task.")] + [
-        f"model.cache_dir={eprl_cache}", f"run.out_dir={plugin_dir}", "run.name=guess", "run.iterations=1",
-        "task.group_size=2", "task.tasks_per_iteration=2", "task.eval.num_tasks=2"]
-    proc = _python("", plugin_dir, "-m", "eprl.training", "train", "--task", "guess.yaml",
-                   *[a for s in sets for a in ("--set", s)], timeout=600)
+        f"model.cache_dir={eprl_cache}",
+        f"run.out_dir={plugin_dir}",
+        "run.name=guess",
+        "run.iterations=1",
+        "task.group_size=2",
+        "task.tasks_per_iteration=2",
+        "task.eval.num_tasks=2",
+    ]
+    proc = _python(
+        "",
+        plugin_dir,
+        "-m",
+        "eprl.training",
+        "train",
+        "--task",
+        "guess.yaml",
+        *[a for s in sets for a in ("--set", s)],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (plugin_dir / "guess" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0] and rows[0]["episodes"] == 4

@@ -1,5 +1,6 @@
 """The one Registry type (eprl/registry.py), and plugins registered by entry point from a separate package:
 a user-written loss and entropy controller that `eprl train` uses."""
+
 from __future__ import annotations
 
 import json
@@ -43,10 +44,11 @@ def test_unknown_and_unloadable_names_are_config_errors():
 
 def test_every_named_config_choice_is_checked_against_its_registry():
     for setting, message in [
-            ("learner.loss_agg=mean", "unknown loss aggregation 'mean'; registered: seq_mean_token_mean, "),
-            ("learner.entropy_control.type=magic", "unknown entropy controller 'magic'; registered: adapo, clip_cov, "),
-            ("learner.advantage=x", "unknown advantage estimator 'x'; registered: grpo, loo, "),
-            ("task.agent.type=x", "unknown agent type 'x'; registered: chat, react")]:
+        ("learner.loss_agg=mean", "unknown loss aggregation 'mean'; registered: seq_mean_token_mean, "),
+        ("learner.entropy_control.type=magic", "unknown entropy controller 'magic'; registered: adapo, clip_cov, "),
+        ("learner.advantage=x", "unknown advantage estimator 'x'; registered: grpo, loo, "),
+        ("task.agent.type=x", "unknown agent type 'x'; registered: chat, react"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             load_run_config(overrides=[setting])
 
@@ -88,24 +90,48 @@ def plugin_dir(tmp_path):
     dist = tmp_path / "my_rl-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-rl\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[eprl.losses]\nmarked_dapo = my_rl.losses:marked_dapo\n\n"
-                                           "[eprl.entropy_controls]\nhalf_clip = my_rl.control:HalfClip\n")
+    (dist / "entry_points.txt").write_text(
+        "[eprl.losses]\nmarked_dapo = my_rl.losses:marked_dapo\n\n"
+        "[eprl.entropy_controls]\nhalf_clip = my_rl.control:HalfClip\n"
+    )
     return tmp_path
 
 
 def test_eprl_train_uses_a_plugin_loss_and_controller(plugin_dir, eprl_cache):
     mark = plugin_dir / "calls.txt"
-    sets = SMALL + [f"model.cache_dir={eprl_cache}", f"run.out_dir={plugin_dir}", "run.name=plugin", "run.iterations=1",
-                    "learner.loss=marked_dapo", "learner.entropy_control.type=half_clip"]
+    sets = SMALL + [
+        f"model.cache_dir={eprl_cache}",
+        f"run.out_dir={plugin_dir}",
+        "run.name=plugin",
+        "run.iterations=1",
+        "learner.loss=marked_dapo",
+        "learner.entropy_control.type=half_clip",
+    ]
     path = os.pathsep.join([str(plugin_dir), *filter(None, [os.environ.get("PYTHONPATH")])])
-    proc = subprocess.run([sys.executable, "-m", "eprl.training", "train", "--task", str(Path(__file__).parent.parent /
-                           "tasks" / "default.yaml"), *[a for s in sets for a in ("--set", s)]],
-                          capture_output=True, text=True, timeout=600, cwd=plugin_dir,
-                          env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MY_RL_MARK": str(mark)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eprl.training",
+            "train",
+            "--task",
+            str(Path(__file__).parent.parent / "tasks" / "default.yaml"),
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=plugin_dir,
+        env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MY_RL_MARK": str(mark)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (plugin_dir / "plugin" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0] and rows[0]["half_clip"] == 1.0
     calls = mark.read_text().split()
     assert calls and set(calls) == {"0.5"}  # the loss ran, with the controller's eps_high (config's is 0.28)
     learner = json.loads((plugin_dir / "plugin" / "config.json").read_text())["learner"]
-    assert (learner["loss"], learner["entropy_control"]["type"], learner["eps_high"]) == ("marked_dapo", "half_clip", 0.28)
+    assert (learner["loss"], learner["entropy_control"]["type"], learner["eps_high"]) == (
+        "marked_dapo",
+        "half_clip",
+        0.28,
+    )

@@ -1,5 +1,6 @@
 """Checkpoints: a run killed with SIGKILL and resumed ends bit-identical to an uninterrupted one;
 `continue` starts a new run on another suite from a checkpoint (fresh optimizer, parent recorded)."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def _weights(run_dir: Path) -> dict:
 def _training_rows(run_dir: Path) -> list[dict]:
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # timings and the process's peak RSS are measurements of the machine, not of the training
-    return [{k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s") and k != "rss_peak_mb"}
-            for r in rows]
+    return [
+        {k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s") and k != "rss_peak_mb"}
+        for r in rows
+    ]
 
 
 @pytest.mark.slow
@@ -42,7 +45,9 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, eprl_cache):
     iters = ["run.iterations=4", "run.checkpoint_every=2", "learner.entropy_coef=0.01"]
     run_ok(_cmd(eprl_cache, tmp_path, "full", *iters))
     full = tmp_path / "full"
-    proc = subprocess.Popen(_cmd(eprl_cache, tmp_path, "killed", *iters), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cmd(eprl_cache, tmp_path, "killed", *iters), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not (latest.exists() and latest.read_text().strip() == "iter_000002"):
@@ -84,12 +89,29 @@ def test_continue_on_a_second_suite(tmp_path, eprl_cache):
     assert child_state["learner"]["controller"]["target_entropy"] == pytest.approx(target)
     assert meta["target_entropy_source"] == "parent" and rows[0]["target_entropy"] == pytest.approx(target)
     # it started from the parent's weights, not the warm start
-    assert Path(meta["model"]) == (parent / "checkpoints" / "iter_000002" / "model").resolve() or \
-        Path(meta["model"]).resolve() == (parent / "checkpoints" / "iter_000002" / "model").resolve()
+    assert (
+        Path(meta["model"]) == (parent / "checkpoints" / "iter_000002" / "model").resolve()
+        or Path(meta["model"]).resolve() == (parent / "checkpoints" / "iter_000002" / "model").resolve()
+    )
     # `eprl eval` on the child run's checkpoint reports held-out success for its suite
-    proc = run_ok([sys.executable, "-m", "eprl.training", "eval", str(child), "--task", str(REPO / "tasks" / "arith_hard.yaml"),
-                 "--set", "task.eval.num_tasks=2", "--set", "task.eval_samples=2", "--set", "run.progress=false"])
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    proc = run_ok(
+        [
+            sys.executable,
+            "-m",
+            "eprl.training",
+            "eval",
+            str(child),
+            "--task",
+            str(REPO / "tasks" / "arith_hard.yaml"),
+            "--set",
+            "task.eval.num_tasks=2",
+            "--set",
+            "task.eval_samples=2",
+            "--set",
+            "run.progress=false",
+        ]
+    )
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert result["model"].endswith("iter_000002/model") and result["eval_tasks"] == 2.0
     assert 0.0 <= result["eval_success"] <= 1.0 and "eval_pass@2" in result
 
@@ -98,8 +120,14 @@ def test_continue_on_a_second_suite(tmp_path, eprl_cache):
 def test_continue_can_remeasure_the_target_on_the_new_domain(tmp_path, eprl_cache):
     run_ok(_cmd(eprl_cache, tmp_path, "parent", "run.iterations=1", "run.checkpoint_every=1"))
     parent = tmp_path / "parent"
-    target = torch.load(parent / "checkpoints" / "iter_000001" / "trainer.pt", weights_only=False)["learner"]["controller"]["target_entropy"]
-    run_ok(continue_cmd(parent, SMALL + ["learner.entropy_control.target_entropy=remeasure"], tmp_path / "re", iterations=1))
+    target = torch.load(parent / "checkpoints" / "iter_000001" / "trainer.pt", weights_only=False)["learner"][
+        "controller"
+    ]["target_entropy"]
+    run_ok(
+        continue_cmd(
+            parent, SMALL + ["learner.entropy_control.target_entropy=remeasure"], tmp_path / "re", iterations=1
+        )
+    )
     child = tmp_path / "re" / "child"
     meta = json.loads((child / "meta.json").read_text())
     assert meta["target_entropy_source"] == "remeasured" and meta["inherited_target_entropy"] is None

@@ -2,6 +2,7 @@
 to the uninterrupted run; refuses (one line, exit 2, nothing changed) when no checkpoint is intact.
 Also the run-directory commands: `eval` of a checkpoint reports its iteration, `plot` defaults to
 RUN_DIR/plots. All in-process through the CLI's own entry point (`training.cli.main`)."""
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,20 @@ def _sets(*pairs: str) -> list[str]:
 def reference(tmp_path_factory, eprl_cache):
     """An uninterrupted 3-iteration run with a checkpoint after every iteration."""
     out = tmp_path_factory.mktemp("runs")
-    args = ["train", "--task", str(REPO / "tasks" / "default.yaml"),
-            *_sets(*SMALL, "learner.entropy_coef=0.01", "run.iterations=3", "run.checkpoint_every=1",
-                   f"model.cache_dir={eprl_cache}", f"run.out_dir={out}", "run.name=ref")]
+    args = [
+        "train",
+        "--task",
+        str(REPO / "tasks" / "default.yaml"),
+        *_sets(
+            *SMALL,
+            "learner.entropy_coef=0.01",
+            "run.iterations=3",
+            "run.checkpoint_every=1",
+            f"model.cache_dir={eprl_cache}",
+            f"run.out_dir={out}",
+            "run.name=ref",
+        ),
+    ]
     with pytest.raises(SystemExit) as exited:
         main(args)
     assert exited.value.code == 0
@@ -52,8 +64,10 @@ def _copy(reference: Path, tmp_path: Path) -> Path:
 def _rows(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # timings and the process's peak RSS (here: of the whole pytest process) are measurements of the machine
-    return [{k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s") and k != "rss_peak_mb"}
-            for r in rows]
+    return [
+        {k: v for k, v in r.items() if not k.startswith("time") and not k.endswith("_per_s") and k != "rss_peak_mb"}
+        for r in rows
+    ]
 
 
 def _weights(run: Path, name: str = "iter_000003") -> dict:
@@ -101,7 +115,9 @@ def test_no_intact_checkpoint_refuses_and_changes_nothing(reference, tmp_path, c
     code, out, err = cli(capsys, "train", "--resume", str(run))
     assert code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
-    assert err.startswith(f"eprl: error: --resume {run}: no intact checkpoint (iter_000003: trainer.pt is truncated (2 of ")
+    assert err.startswith(
+        f"eprl: error: --resume {run}: no intact checkpoint (iter_000003: trainer.pt is truncated (2 of "
+    )
     assert "iter_000001: trainer.pt is truncated" in err and "nothing was changed" in err
     after = {str(p.relative_to(run)): p.is_file() and p.read_bytes() for p in run.rglob("*")}
     assert after == before
@@ -130,15 +146,20 @@ def test_resume_refuses_config_flags(tmp_path, capsys, extra):
     assert err.strip().splitlines() == [
         f"eprl: error: train --resume takes the run's own config.json; {extra[0]} would be ignored: drop it (only "
         f"--iterations N may change, to extend the run), or use `eprl continue {tmp_path} --task ...` for a new run "
-        "from its weights with other settings"]
+        "from its weights with other settings"
+    ]
 
 
 def test_eval_of_a_checkpoint_reports_its_iteration(reference, capsys):
-    code, out, err = cli(capsys, "eval", str(reference / "checkpoints" / "iter_000002"),
-                         *_sets("task.eval.num_tasks=2", "task.eval_samples=1", "run.progress=false", "run.threads=1"))
+    code, out, err = cli(
+        capsys,
+        "eval",
+        str(reference / "checkpoints" / "iter_000002"),
+        *_sets("task.eval.num_tasks=2", "task.eval_samples=1", "run.progress=false", "run.threads=1"),
+    )
     assert code == 0, err[-2000:]
     assert "[eval] after 2 updates:" in out
-    result = json.loads(out[out.index("{"):])
+    result = json.loads(out[out.index("{") :])
     assert result["iteration"] == 2 and result["model"].endswith("iter_000002/model")
 
 
@@ -148,29 +169,40 @@ def test_plot_defaults_to_the_runs_plots_dir(reference, tmp_path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     code, out, _ = cli(capsys, "plot", str(run))
     assert code == 0
-    assert sorted(Path(p).name for p in out.split()) == ["clip_frac.png", "entropy.png", "eval_success.png", "reward.png"]
+    assert sorted(Path(p).name for p in out.split()) == [
+        "clip_frac.png",
+        "entropy.png",
+        "eval_success.png",
+        "reward.png",
+    ]
     assert all(Path(p).parent == run / "plots" for p in out.split())
     assert not (tmp_path / "plots").exists()
     code, _, err = cli(capsys, "plot", str(tmp_path / "nope"))
-    assert (code, err.strip()) == (2, f"eprl: error: plot: {tmp_path / 'nope'} is not a run directory (no metrics.jsonl or eval.jsonl)")
+    assert (code, err.strip()) == (
+        2,
+        f"eprl: error: plot: {tmp_path / 'nope'} is not a run directory (no metrics.jsonl or eval.jsonl)",
+    )
     code, _, err = cli(capsys, "plot", str(run), str(run))
     assert code == 2 and "say where with --out DIR" in err
 
 
 def test_disk_full_during_a_run_stops_in_one_line_and_resumes(reference, tmp_path, capsys, monkeypatch):
     import errno
+
     run = _copy(reference, tmp_path)
     shutil.rmtree(run / "checkpoints" / "iter_000003")
     real_save = torch.save
 
     def full_disk(obj, path, *a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(torch, "save", full_disk)
     code, _, err = cli(capsys, "train", "--resume", str(run))
     assert code == 2 and "Traceback" not in err  # (stderr also holds the model loader's progress bars)
     assert err.strip().splitlines()[-1:] == [
         f"eprl: error: writing checkpoint {run}/checkpoints/iter_000003 failed (no space left on device); the previous "
-        f"checkpoint iter_000002 is intact: free disk space and run `eprl train --resume {run}`"]
+        f"checkpoint iter_000002 is intact: free disk space and run `eprl train --resume {run}`"
+    ]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_000001", "iter_000002", "latest"]
     monkeypatch.setattr(torch, "save", real_save)
     code, out, err = cli(capsys, "train", "--resume", str(run))

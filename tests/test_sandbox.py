@@ -1,4 +1,5 @@
 """The python sandbox: limits, timeouts, truncation, normal runs, and every escape attempt blocked."""
+
 import json
 import os
 import shutil
@@ -56,7 +57,9 @@ def test_environment_is_isolated():
 
 
 # ----------------------------------------------------------------------------- escapes (bubblewrap)
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not on PATH: apt-get install -y bubblewrap")
+needs_bwrap = pytest.mark.skipif(
+    shutil.which("bwrap") is None, reason="bwrap not on PATH: apt-get install -y bubblewrap"
+)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -84,7 +87,7 @@ def _host_processes_with(marker: str) -> list[str]:
 def test_host_files_are_invisible():
     code = f"""import json, os
 seen = {{}}
-for path in ["/etc/passwd", "/etc/shadow", {str(REPO / 'README.md')!r}, {os.path.expanduser('~/.bashrc')!r}, "/root"]:
+for path in ["/etc/passwd", "/etc/shadow", {str(REPO / "README.md")!r}, {os.path.expanduser("~/.bashrc")!r}, "/root"]:
     try:
         seen[path] = "read:" + (open(path).read(20) if os.path.isfile(path) else str(os.listdir(path)))
     except OSError as e:
@@ -94,7 +97,20 @@ print(json.dumps(seen))"""
     seen = _seen(code)
     for path in ["/etc/passwd", "/etc/shadow", str(REPO / "README.md"), os.path.expanduser("~/.bashrc")]:
         assert seen[path] in ("FileNotFoundError", "PermissionError"), (path, seen[path])
-    assert set(seen["root"]) <= {"bin", "dev", "etc", "lib", "lib64", "proc", "tmp", "usr", "root", "opt", "home", "work"}
+    assert set(seen["root"]) <= {
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib64",
+        "proc",
+        "tmp",
+        "usr",
+        "root",
+        "opt",
+        "home",
+        "work",
+    }
     assert "work" not in seen["root"] or not str(REPO).startswith("/work/") or seen[str(REPO / "README.md")] != "read:"
 
 
@@ -289,6 +305,7 @@ def test_missing_bwrap_refuses_with_the_install_line(monkeypatch):
     assert "apt-get install -y bubblewrap" in str(err.value) and "sandbox: none" in str(err.value)
     assert len(str(err.value).splitlines()) == 1
     from eprl.envs import make
+
     with pytest.raises(SandboxUnavailableError, match="bubblewrap"):
         make("ArithmeticTool-v0", tools=("calc", "python"))
     make("ArithmeticTool-v0", tools=("calc",))  # no python tool: no sandbox needed
@@ -296,6 +313,7 @@ def test_missing_bwrap_refuses_with_the_install_line(monkeypatch):
 
 def test_sandbox_none_is_an_explicit_opt_out_with_a_warning(monkeypatch, caplog):
     import eprl.envs.sandbox as sandbox
+
     monkeypatch.setattr(sandbox, "_warned_unsandboxed", False)
     monkeypatch.setattr(bwrap.shutil, "which", lambda name: None)
     with caplog.at_level("WARNING", logger="eprl.sandbox"):

@@ -1,4 +1,5 @@
 """ScriptedEngine (agents/engines/scripted.py): the one model-free engine of tests and benchmarks."""
+
 from __future__ import annotations
 
 import pytest

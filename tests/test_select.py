@@ -1,4 +1,5 @@
 """select_groups: the pure step between rollout and collation (training/select.py), on hand-made trajectories."""
+
 from __future__ import annotations
 
 from eprl.agents.trajectory import Trajectory
@@ -7,7 +8,9 @@ from eprl.training.select import informative_group_count, select_groups
 
 
 def _traj(group: int, reward: float) -> Trajectory:
-    return Trajectory([1, 2, 3], [0, 1, 1], [0.0, -1.0, -1.0], [(1, 3)], reward, reward > 0, f"t{group}", group, "terminated")
+    return Trajectory(
+        [1, 2, 3], [0, 1, 1], [0.0, -1.0, -1.0], [(1, 3)], reward, reward > 0, f"t{group}", group, "terminated"
+    )
 
 
 def _episodes(rewards_by_group: dict[int, list[float]]) -> list[Trajectory]:
@@ -37,7 +40,15 @@ def test_dynamic_sampling_trims_to_the_first_target_groups():
     kept = select_groups(EPISODES, LearnerConfig(dynamic_sampling=True), tasks_per_iteration=2)
     assert _groups(kept) == [0, 0, 2, 2, 2]
     # fewer informative groups than wanted: all of them
-    assert _groups(select_groups(EPISODES, LearnerConfig(dynamic_sampling=True), tasks_per_iteration=9)) == [0, 0, 2, 2, 2, 5, 5]
+    assert _groups(select_groups(EPISODES, LearnerConfig(dynamic_sampling=True), tasks_per_iteration=9)) == [
+        0,
+        0,
+        2,
+        2,
+        2,
+        5,
+        5,
+    ]
 
 
 def test_trims_by_group_id_not_by_position():

@@ -1,5 +1,6 @@
 """bench/study.py: the plan (A before the B runs that continue them, priority order, resume states) and the
 report's claim rules on hand-made run summaries."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import study  # noqa: E402
 import study_report  # noqa: E402
 
-SPEC = {"name": "t", "base_sets": ["model.lora=true"], "domain_a": {"task": "tasks/smollm2_add.yaml", "sets": ["run.iterations=4"]},
-        "domain_b": {"task": "tasks/smollm2_mul.yaml", "sets": ["run.iterations=2"], "base_seeds": [0], "continue": ["grpo"]},
-        "methods": {"grpo": {"seeds": [0, 1]}, "repo_r": {"sets": ["learner.entropy_control.type=repo_r"], "seeds": [0]}}}
+SPEC = {
+    "name": "t",
+    "base_sets": ["model.lora=true"],
+    "domain_a": {"task": "tasks/smollm2_add.yaml", "sets": ["run.iterations=4"]},
+    "domain_b": {
+        "task": "tasks/smollm2_mul.yaml",
+        "sets": ["run.iterations=2"],
+        "base_seeds": [0],
+        "continue": ["grpo"],
+    },
+    "methods": {"grpo": {"seeds": [0, 1]}, "repo_r": {"sets": ["learner.entropy_control.type=repo_r"], "seeds": [0]}},
+}
 
 
 def _spec(tmp_path, **extra):
@@ -51,12 +61,23 @@ def test_states_and_commands(tmp_path):
 
 
 def _run(method, seed, entropies, evals, domain="A", cumulative=None):
-    metrics = [{"iteration": i, "entropy": h, "target_entropy": entropies[0],
-                "clip_frac_high": 0.0, "clip_frac_low": 0.0} for i, h in enumerate(entropies)]
+    metrics = [
+        {"iteration": i, "entropy": h, "target_entropy": entropies[0], "clip_frac_high": 0.0, "clip_frac_low": 0.0}
+        for i, h in enumerate(entropies)
+    ]
     metrics[-1]["cumulative_entropy"] = float(sum(entropies)) if cumulative is None else cumulative
-    return {"id": f"{domain}/{method}/s{seed}", "domain": domain, "method": method, "seed": seed, "metrics": metrics,
-            "eval": [{"iteration": 4 * i, "eval_success": e, "eval_pass@1": e} for i, e in enumerate(evals)],
-            "overrides": [], "wall_seconds_last_sitting": 60.0, "code": "abc", "machine": {}}
+    return {
+        "id": f"{domain}/{method}/s{seed}",
+        "domain": domain,
+        "method": method,
+        "seed": seed,
+        "metrics": metrics,
+        "eval": [{"iteration": 4 * i, "eval_success": e, "eval_pass@1": e} for i, e in enumerate(evals)],
+        "overrides": [],
+        "wall_seconds_last_sitting": 60.0,
+        "code": "abc",
+        "machine": {},
+    }
 
 
 def test_entropy_change_is_last_window_against_target():
@@ -65,10 +86,14 @@ def test_entropy_change_is_last_window_against_target():
 
 
 def test_claims_verdicts():
-    falling = [2.0, 1.9, 1.5, 1.2, 1.1, 1.0]     # -45%
-    held = [2.0, 2.1, 1.9, 2.05, 1.95, 2.0]      # 0%
+    falling = [2.0, 1.9, 1.5, 1.2, 1.1, 1.0]  # -45%
+    held = [2.0, 2.1, 1.9, 2.05, 1.95, 2.0]  # 0%
     runs = [_run("grpo", s, falling, [0.2, 0.5]) for s in range(3)]
-    runs += [_run("repo_r", 0, held, [0.2, 0.4]), _run("repo_r", 1, held, [0.2, 0.4]), _run("repo_r", 2, falling, [0.2, 0.3])]
+    runs += [
+        _run("repo_r", 0, held, [0.2, 0.4]),
+        _run("repo_r", 1, held, [0.2, 0.4]),
+        _run("repo_r", 2, falling, [0.2, 0.3]),
+    ]
     runs += [_run("adapo", 0, held, [0.2, 0.3])]
     verdicts = {c: v for c, _, _, v in study_report.claims(runs)}
     assert verdicts["GRPO's entropy falls"] == "reproduced"
@@ -78,10 +103,14 @@ def test_claims_verdicts():
     runs += [_run("dapo_offpolicy", s, [1.0, 1.1, 1.2, 1.3, 1.4, 1.5], [0.2, 0.3]) for s in range(3)]
     rows = {c: (n, v) for c, _, n, v in study_report.claims(runs)}
     assert rows["DAPO (2 epochs x 4 minibatches)'s entropy runs away (rises)"][1] == "reproduced"
-    assert "upper clip binds on 0.00% of tokens" in rows["DAPO (2 epochs x 4 minibatches)'s entropy runs away (rises)"][0]
+    assert (
+        "upper clip binds on 0.00% of tokens" in rows["DAPO (2 epochs x 4 minibatches)'s entropy runs away (rises)"][0]
+    )
     assert "ADAPO (2 epochs x 4 minibatches) holds entropy within +-10% of H*" not in rows  # not run: no row
     runs = [_run("repo_r", s, held, [0.2, 0.4]) for s in range(3)]
-    assert {c: v for c, _, _, v in study_report.claims(runs)}["REPO-R (paper's zeta bounds) holds entropy within +-10% of H*"] == "reproduced"
+    assert {c: v for c, _, _, v in study_report.claims(runs)}[
+        "REPO-R (paper's zeta bounds) holds entropy within +-10% of H*"
+    ] == "reproduced"
 
 
 def test_correlation_claim_and_pearson():
@@ -98,8 +127,11 @@ def test_correlation_claim_and_pearson():
 def test_report_from_summaries(tmp_path):
     results = tmp_path / "results"
     (results / "runs").mkdir(parents=True)
-    for run in [_run("grpo", 0, [2.0, 1.5, 1.0], [0.2, 0.5]), _run("base", 0, [2.0, 1.9], [0.1, 0.2], domain="B"),
-                _run("grpo", 0, [1.0, 0.9], [0.1, 0.15], domain="B")]:
+    for run in [
+        _run("grpo", 0, [2.0, 1.5, 1.0], [0.2, 0.5]),
+        _run("base", 0, [2.0, 1.9], [0.1, 0.2], domain="B"),
+        _run("grpo", 0, [1.0, 0.9], [0.1, 0.15], domain="B"),
+    ]:
         run["machine"] = {"cpu_model": "cpu", "cores": 2, "torch": "2.13.0"}
         (results / "runs" / f"{run['id'].replace('/', '__')}.json").write_text(json.dumps(run))
     paths = study_report.write_report(_spec(tmp_path), results)
@@ -135,6 +167,13 @@ def test_parent_entropy_claim_pairs_each_b_run_with_its_own_parent():
     row = next(r for r in study_report.claims(runs) if r[0].startswith("Higher entropy kept on A"))
     assert row[3] == "reproduced" and "r = +1.00" in row[2] and "n = 8 runs" in row[2]
     for child in runs[1::2]:
-        child["eval"] = [{"iteration": 0, "eval_success": 0.3}, {"iteration": 4, "eval_success": 0.9 - 0.1 * child["seed"]}]
-    assert next(r for r in study_report.claims(runs) if r[0].startswith("Higher entropy kept on A"))[3] == "not reproduced"
-    assert not [r for r in study_report.claims(runs[:4]) if r[0].startswith("Higher entropy kept on A")]  # 2 pairs: no row
+        child["eval"] = [
+            {"iteration": 0, "eval_success": 0.3},
+            {"iteration": 4, "eval_success": 0.9 - 0.1 * child["seed"]},
+        ]
+    assert (
+        next(r for r in study_report.claims(runs) if r[0].startswith("Higher entropy kept on A"))[3] == "not reproduced"
+    )
+    assert not [
+        r for r in study_report.claims(runs[:4]) if r[0].startswith("Higher entropy kept on A")
+    ]  # 2 pairs: no row

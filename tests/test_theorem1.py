@@ -5,6 +5,7 @@
 for one exact policy-gradient step theta <- theta + eta * grad_theta sum_s E_pi[A(s, .)].
 A is an advantage: centred under pi in each state (E_pi[A] = 0), which the theorem assumes.
 """
+
 import pytest
 import torch
 
@@ -31,7 +32,7 @@ def _predicted(theta, adv, eta):
     logp = torch.log_softmax(theta, -1)
     pi = logp.exp()
     L = logp + _entropy(theta)[:, None]
-    return -eta * (pi * pi * adv * L).sum(-1)           # -eta * E_pi[pi A L] per state
+    return -eta * (pi * pi * adv * L).sum(-1)  # -eta * E_pi[pi A L] per state
 
 
 def _setup(seed):
@@ -62,11 +63,11 @@ def test_repo_shaped_advantage_raises_entropy_change(seed):
     eta, beta = 1e-3, 0.3
     logp = torch.log_softmax(theta, -1)
     L = logp + _entropy(theta)[:, None]
-    shaped = adv - beta * L                               # REPO: A' = A - beta L (still centred)
+    shaped = adv - beta * L  # REPO: A' = A - beta L (still centred)
     base = _entropy(_step(theta, adv, eta)) - _entropy(theta)
     repo = _entropy(_step(theta, shaped, eta)) - _entropy(theta)
     # predicted increase: eta * beta * E_pi[pi L^2] > 0 in every state
-    gain = eta * beta * (logp.exp() ** 2 * L ** 2).sum(-1)
+    gain = eta * beta * (logp.exp() ** 2 * L**2).sum(-1)
     assert torch.all(repo > base)
     assert torch.allclose(repo - base, gain, rtol=0.05)
 
@@ -83,15 +84,15 @@ def test_repo_d_coefficient_cancels_first_order_drop(seed):
     eta = 1e-3
     # REPO-D's c from sampled tokens: Monte Carlo sample of actions from pi, via the controller
     g = torch.Generator().manual_seed(100 + seed)
-    a = torch.multinomial(pi, 40000, replacement=True, generator=g)          # [S, N]
+    a = torch.multinomial(pi, 40000, replacement=True, generator=g)  # [S, N]
     ctrl = make_controller(LearnerConfig(entropy_control=EntropyControlConfig(type="repo_d")))
     tok_logp, tok_adv = logp.gather(1, a).float(), adv.gather(1, a).float()
     tok_ent = _entropy(theta)[:, None].expand_as(a).float()
     ctrl.shape_advantages(tok_adv, tok_logp, tok_ent, torch.ones_like(tok_adv))
     c_exact = (pi * pi * adv * L).sum() / (pi * pi * L * L).sum()
     assert ctrl.last_c == pytest.approx(c_exact.item(), rel=0.05)
-    shaped = adv - 1.0 * ctrl.last_c * L                                     # zeta = 1
+    shaped = adv - 1.0 * ctrl.last_c * L  # zeta = 1
     base = (_entropy(_step(theta, adv, eta)) - _entropy(theta)).sum()
     repo_d = (_entropy(_step(theta, shaped, eta)) - _entropy(theta)).sum()
-    assert base < 0                                   # entropy falls without control
-    assert abs(repo_d) < 0.1 * abs(base)              # first-order change (nearly) cancelled
+    assert base < 0  # entropy falls without control
+    assert abs(repo_d) < 0.1 * abs(base)  # first-order change (nearly) cancelled

@@ -3,6 +3,7 @@
 Engine starts cost 25-50 s on CPU, so the module starts exactly two (one in-process LLM shared by
 the first two tests, then one server), never both at once (`_start` closes the previous one).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -26,6 +27,7 @@ TEMPERATURE = 0.7
 
 def _fresh_model(tokenizer, seed: int):
     from eprl.training.tiny_default import build_model
+
     return build_model(tokenizer, seed=seed).eval()
 
 
@@ -59,8 +61,9 @@ def test_generation_and_logprobs_equal_learner(local, tiny_tokenizer):
     stop = [tiny_tokenizer.eos_token_id]
     gens = engine.generate(prompts, SamplingConfig(temperature=TEMPERATURE, max_new_tokens=10), stop)
     for gen in gens:
-        assert (gen.finish_reason == "stop" and gen.token_ids[-1] in stop) or \
-               (gen.finish_reason == "length" and len(gen.token_ids) == 10)
+        assert (gen.finish_reason == "stop" and gen.token_ids[-1] in stop) or (
+            gen.finish_reason == "length" and len(gen.token_ids) == 10
+        )
     _assert_match_learner(model, prompts, gens)
     # A wide stop set: turns end early, on (and including) a stop token, which appears nowhere before.
     wide = list(range(0, len(tiny_tokenizer), 2))

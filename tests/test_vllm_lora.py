@@ -6,6 +6,7 @@ max_lora_rank 8 (its smallest allowed rank >= 4). LoRA B starts at zero in peft,
 perturbed before the engine starts (the initial adapter must already be applied) and again before
 each sync (the engine must move to the new adapter).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,15 @@ def _lora_model(tokenizer, seed: int):
     import peft
 
     from eprl.training.tiny_default import build_model
+
     base = build_model(tokenizer, seed=seed).eval()
     base_weights = {k: v.clone() for k, v in base.state_dict().items()}
-    model = peft.get_peft_model(base, peft.LoraConfig(r=RANK, lora_alpha=8, task_type="CAUSAL_LM",
-                                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model = peft.get_peft_model(
+        base,
+        peft.LoraConfig(
+            r=RANK, lora_alpha=8, task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        ),
+    )
     _perturb_lora(model, seed)
     return model.eval(), base_weights
 
@@ -112,7 +118,7 @@ def test_lora_sync_changes_logprobs_to_the_learners(lora_local, tiny_tokenizer):
     for _ in range(3):
         opt.zero_grad()
         logp, _ = model_logprobs(model, ids, with_entropy=False)
-        logp[0, len(prompt) - 1:].sum().backward()  # raise the continuation's likelihood
+        logp[0, len(prompt) - 1 :].sum().backward()  # raise the continuation's likelihood
         opt.step()
     old_adapter = engine.adapter
     engine.sync_weights(model)
@@ -123,8 +129,10 @@ def test_lora_sync_changes_logprobs_to_the_learners(lora_local, tiny_tokenizer):
     assert torch.allclose(after, learner_after, atol=1e-4, rtol=0), (after - learner_after).abs().max().item()
     assert (after - before).abs().max() > 0.05
     MEASURED["prompt log-probs after sync"] = (after - learner_after).abs().max().item()
-    print(f"max |logp engine - learner| after sync (fixed continuation): {MEASURED['prompt log-probs after sync']:.2e}, "
-          f"change from sync {(after - before).abs().max().item():.3f}")
+    print(
+        f"max |logp engine - learner| after sync (fixed continuation): {MEASURED['prompt log-probs after sync']:.2e}, "
+        f"change from sync {(after - before).abs().max().item():.3f}"
+    )
     # The base was not rewritten and still equals the base weights; new samples come from the new adapter.
     served = load_file(str(weights_dir / "model.safetensors"))
     assert all(torch.equal(served[k], base_weights[k]) for k in served)
@@ -136,6 +144,7 @@ def test_lora_sync_changes_logprobs_to_the_learners(lora_local, tiny_tokenizer):
 @pytest.mark.slow
 def test_lora_server_mode_over_http(tiny_tokenizer, tmp_path):
     import httpx
+
     model, _ = _lora_model(tiny_tokenizer, seed=1)
     cfg = EngineConfig(type="vllm", launch_server=True, weights_dir=str(tmp_path / "weights"), **ENGINE_KW)
     engine = start_engine(model, tiny_tokenizer, cfg)  # closes the in-process engine first

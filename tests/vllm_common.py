@@ -2,6 +2,7 @@
 
 Imports no vLLM itself (the test modules skip when it is missing).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,10 +34,14 @@ def engine_continuation_logprobs(engine, prompt: list[int], continuation: list[i
     under the engine's current weights and LoRA adapter, read from vLLM's prompt log-probs."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
+
     fixed = list(prompt) + list(continuation)
-    out = engine.backend.llm.generate([TokensPrompt(prompt_token_ids=fixed)],
-                                      SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
-                                      use_tqdm=False, lora_request=engine.backend.lora_request(engine.adapter))[0]
+    out = engine.backend.llm.generate(
+        [TokensPrompt(prompt_token_ids=fixed)],
+        SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
+        use_tqdm=False,
+        lora_request=engine.backend.lora_request(engine.adapter),
+    )[0]
     return torch.tensor([out.prompt_logprobs[i][fixed[i]].logprob for i in range(len(prompt), len(fixed))])
 
 
@@ -45,4 +50,4 @@ def learner_logprobs(model, prompt, gen_ids, temperature) -> torch.Tensor:
     ids = torch.tensor([list(prompt) + list(gen_ids)])
     with torch.no_grad():
         logp, _ = model_logprobs(model, ids, temperature=temperature, with_entropy=False)
-    return logp[0, len(prompt) - 1:]
+    return logp[0, len(prompt) - 1 :]

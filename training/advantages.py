@@ -8,6 +8,7 @@ The learner broadcasts the per-trajectory advantage to the trajectory's action t
 Group estimators (grpo, loo) give groups of size 1 advantage 0 (there is no baseline to compare
 against); reinforce_pp normalises over the whole batch instead.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
@@ -40,8 +41,12 @@ def _group_sum(values: Tensor, index: Tensor, num_groups: int) -> Tensor:
 def _no_signal(r: Tensor, index: Tensor, num_groups: int) -> Tensor:
     """Bool[N]: the trajectory's group has all-equal returns (max == min; NaN returns do not compare
     equal, so a NaN reward still reaches the loss and the learner's non-finite guard)."""
-    gmax = torch.full((num_groups,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, index, r, reduce="amax")
-    gmin = torch.full((num_groups,), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, index, r, reduce="amin")
+    gmax = torch.full((num_groups,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
+        0, index, r, reduce="amax"
+    )
+    gmin = torch.full((num_groups,), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
+        0, index, r, reduce="amin"
+    )
     return (gmax == gmin)[index]
 
 
@@ -62,7 +67,7 @@ def grpo_advantage(rewards: Tensor, group_ids: Tensor, cfg: LearnerConfig) -> Te
     centred = r - mean[index]
     adv = centred
     if cfg.std_normalize:
-        var = _group_sum(centred ** 2, index, g) / (count - 1).clamp_min(1)
+        var = _group_sum(centred**2, index, g) / (count - 1).clamp_min(1)
         adv = centred / (var.sqrt()[index] + GRPO_STD_EPS)
     zero = (count[index] <= 1) | _no_signal(r, index, g)
     return torch.where(zero, torch.zeros_like(adv), adv).to(torch.float32)

@@ -12,6 +12,7 @@ Under torchrun the learner shards the model in place and rank 0 alone samples: `
 rank 0 a plain full copy to sample from and checkpoint (None on the other ranks), and only rank 0
 builds an engine and runners.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,10 +59,17 @@ def build_agent(cfg: RunConfig, tokenizer):
 
 def _runner(cfg: RunConfig, split: str, engine, agent) -> RolloutRunner:
     suite = cfg.task
-    return RolloutRunner(env_factory(suite, split), agent, engine, max_turns=suite.agent.max_turns,
-                         max_context_tokens=suite.agent.max_context_tokens, progress=cfg.run.progress,
-                         env_workers=suite.agent.env_workers, on_env_error=suite.agent.on_env_error,
-                         max_failed_fraction=suite.agent.max_failed_episodes_fraction)
+    return RolloutRunner(
+        env_factory(suite, split),
+        agent,
+        engine,
+        max_turns=suite.agent.max_turns,
+        max_context_tokens=suite.agent.max_context_tokens,
+        progress=cfg.run.progress,
+        env_workers=suite.agent.env_workers,
+        on_env_error=suite.agent.on_env_error,
+        max_failed_fraction=suite.agent.max_failed_episodes_fraction,
+    )
 
 
 def _num_tasks(cfg: RunConfig, split: str, runner: RolloutRunner) -> int | None:
@@ -97,5 +105,10 @@ def build_runners(cfg: RunConfig, engine, tokenizer):
 def build_learner(cfg: RunConfig, model) -> Learner:
     """The Learner (and its optimizer) for `model`; under torchrun it shards `model` in place."""
     suite = cfg.task
-    return Learner(model, cfg.learner, temperature=suite.sampling.temperature,
-                   max_len_norm=cfg.learner.max_len_norm or suite.agent.max_context_tokens, dtype=cfg.model.dtype)
+    return Learner(
+        model,
+        cfg.learner,
+        temperature=suite.sampling.temperature,
+        max_len_norm=cfg.learner.max_len_norm or suite.agent.max_context_tokens,
+        dtype=cfg.model.dtype,
+    )

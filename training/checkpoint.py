@@ -7,10 +7,12 @@ a temporary directory, fsynced and renamed into place; RUN_DIR/checkpoints/lates
 atomically afterwards, so a kill (or a full disk) at any moment leaves the previous checkpoint
 intact. `intact_checkpoints` checks each one against its manifest before a resume trusts it.
 """
+
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
 import re
@@ -23,6 +25,8 @@ import numpy as np
 import torch
 
 from eprl.errors import EprlError
+
+log = logging.getLogger("eprl.training.checkpoint")
 
 CHECKPOINT_NAME = re.compile(r"iter_(\d{6})$")
 
@@ -87,9 +91,11 @@ def save_checkpoint(run_dir: Path, iteration: int, model, tokenizer, trainer_sta
         reason = "no space left on device" if full else (str(err).splitlines() or [type(err).__name__])[0]
         shutil.rmtree(tmp, ignore_errors=True)  # give the space back; earlier checkpoints were never touched
         previous = latest_checkpoint(run_dir)
-        raise CheckpointError(f"writing checkpoint {final} failed ({reason}); "
-                              f"the previous checkpoint {previous.name if previous else '(none)'} is intact: free disk space "
-                              f"and run `eprl train --resume {run_dir}`") from None
+        raise CheckpointError(
+            f"writing checkpoint {final} failed ({reason}); "
+            f"the previous checkpoint {previous.name if previous else '(none)'} is intact: free disk space "
+            f"and run `eprl train --resume {run_dir}`"
+        ) from None
     if final.exists():  # rewriting an iteration after a fallback resume: move the old one aside, never delete first
         stale = root / f".{final.name}.old{os.getpid()}"
         os.replace(final, stale)
@@ -189,8 +195,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     found = list_checkpoints(path)
     if not found:
-        raise FileNotFoundError(f"no checkpoint at {path}: expected a checkpoint directory (with state.json) "
-                                f"or a run directory containing checkpoints/iter_*")
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: expected a checkpoint directory (with state.json) "
+            f"or a run directory containing checkpoints/iter_*"
+        )
     problems = []
     for ckpt in found:
         problem = checkpoint_problem(ckpt)
@@ -204,3 +212,40 @@ def load_trainer_state(ckpt: Path) -> tuple[dict, dict]:
     state = json.loads((ckpt / "state.json").read_text())
     trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)  # GPU-saved runs load anywhere
     return state, trainer
+
+
+def resumable_checkpoint(run_dir: Path) -> Path | None:
+    """The newest intact checkpoint of a run, or None if the run never wrote one.
+
+    Removes partial writes of a killed run; newer checkpoints that fail `checkpoint_problem` are
+    moved aside to `iter_N.corrupt` (kept, never deleted) and the `latest` pointer is set to the one
+    chosen. Raises CheckpointError, changing nothing, when checkpoints were written but none is intact.
+    """
+    root = run_dir / "checkpoints"
+    skipped, chosen = [], None
+    for ckpt in list_checkpoints(run_dir):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            chosen = ckpt
+            break
+        skipped.append((ckpt, problem))
+    written_before = (root / "latest").is_file() or any(root.glob("iter_*.corrupt*"))
+    if chosen is None and (skipped or written_before):
+        found = "; ".join(f"{c.name}: {p}" for c, p in skipped) or "checkpoints/latest names a missing directory"
+        raise CheckpointError(
+            f"--resume {run_dir}: no intact checkpoint ({found}); nothing was changed: restore a "
+            "checkpoint directory or start a new run with another run.name"
+        )
+    for name in clean_partial_writes(run_dir):
+        log.info(f"removed {name}: the partial write of a killed run")
+    for ckpt, problem in skipped:
+        aside, n = ckpt.with_name(f"{ckpt.name}.corrupt"), 1
+        while aside.exists():
+            n += 1
+            aside = ckpt.with_name(f"{ckpt.name}.corrupt{n}")
+        os.replace(ckpt, aside)
+        log.info(f"skipping {ckpt.name} ({problem}): kept as {aside.name}")
+    pointer = root / "latest"
+    if chosen is not None and (not pointer.is_file() or pointer.read_text().strip() != chosen.name):
+        atomic_write_text(pointer, chosen.name)  # continue/eval of this run dir see the checkpoint resumed from
+    return chosen

@@ -2,6 +2,7 @@
 
 Configuration problems print one line naming the field and exit with code 2, no traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ DEFAULT_TASK = Path(__file__).resolve().parent.parent / "tasks" / "default.yaml"
 def _config_args(p: argparse.ArgumentParser, task_default=None) -> None:
     p.add_argument("--task", default=task_default, help="task suite YAML (tasks/*.yaml)")
     p.add_argument("--config", help="run config YAML (model, engine, learner, run sections)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any field, e.g. --set learner.lr=1e-5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any field, e.g. --set learner.lr=1e-5 (repeatable)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -44,17 +51,29 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="plot metrics of one or more runs (overlaid)")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", help="output directory for PNGs (default: RUN_DIR/plots; required with several runs)")
-    p = sub.add_parser("entropy-check", help="the learner section with and without entropy control on a tabular "
-                       "policy in closed loop (seconds on a CPU; training/tabular_testbed.py)")
+    p = sub.add_parser(
+        "entropy-check",
+        help="the learner section with and without entropy control on a tabular "
+        "policy in closed loop (seconds on a CPU; training/tabular_testbed.py)",
+    )
     p.add_argument("--config", help="run config YAML (only its learner section is used)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a learner field, e.g. --set learner.entropy_control.type=repo_r (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a learner field, e.g. --set learner.entropy_control.type=repo_r (repeatable)",
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--start", default="peaked", help="peaked (H0 ~ 0.8 nats) or flat (H0 ~ 1.7)")
     sub.add_parser("config", help="print the configuration reference (every field, default, description)")
-    sub.add_parser("appworld-setup", help="build the AppWorld virtualenv and (without APPWORLD_ROOT) the stand-in world",
-                   add_help=False)
+    sub.add_parser(
+        "appworld-setup",
+        help="build the AppWorld virtualenv and (without APPWORLD_ROOT) the stand-in world",
+        add_help=False,
+    )
     return parser
 
 
@@ -65,6 +84,7 @@ def _cmd_eval(args) -> dict:
     from .checkpoint import resolve_checkpoint
     from .evaluate import eval_line, evaluate_suite
     from .preflight import preflight
+
     cfg = load_run_config(args.task, args.config, args.overrides)
     preflight(cfg, new_run=False)
     iteration = 0
@@ -74,6 +94,7 @@ def _cmd_eval(args) -> dict:
         iteration = int(json.loads((ckpt / "state.json").read_text())["iteration"])  # updates behind these weights
     else:
         from .policy import resolve_model_path
+
         path = resolve_model_path(cfg)
     _, tokenizer, rollout_model = build_policy(cfg, path)
     runner, num_tasks = build_runner(cfg, "eval", build_engine(cfg, rollout_model, tokenizer), tokenizer)
@@ -90,10 +111,12 @@ def run(argv=None) -> int:
     configure_logging()
     if argv[:1] == ["appworld-setup"]:
         from eprl.envs.appworld.setup import main as appworld_setup
+
         return appworld_setup(argv[1:])
     args = _build_parser().parse_args(argv)
     if args.command == "envs":
         from eprl import envs
+
         print("\n".join(envs.list_envs()))
         return 0
     if args.command == "config":
@@ -102,12 +125,16 @@ def run(argv=None) -> int:
         return 0
     if args.command == "entropy-check":
         from .tabular_testbed import entropy_check
+
         cfg = load_run_config(DEFAULT_TASK, args.config, args.overrides)
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-        print(json.dumps(entropy_check(cfg.learner, seeds=seeds, iterations=args.iterations, start=args.start), indent=2))
+        print(
+            json.dumps(entropy_check(cfg.learner, seeds=seeds, iterations=args.iterations, start=args.start), indent=2)
+        )
         return 0
     if args.command == "plot":
         from .plot import plot_runs
+
         for run_dir in args.runs:
             if not any((Path(run_dir) / name).is_file() for name in ("metrics.jsonl", "eval.jsonl")):
                 raise ConfigError(f"plot: {run_dir} is not a run directory (no metrics.jsonl or eval.jsonl)")
@@ -117,16 +144,23 @@ def run(argv=None) -> int:
             print(path)
         return 0
     from . import distributed, loop
+
     if args.command == "eval":
         print(json.dumps(_cmd_eval(args), indent=2))
         return 0
     resuming = args.command == "train" and args.resume
     if resuming:
-        given = [flag for flag, value in (("--task", args.task), ("--config", args.config), ("--set", args.overrides)) if value]
+        given = [
+            flag
+            for flag, value in (("--task", args.task), ("--config", args.config), ("--set", args.overrides))
+            if value
+        ]
         if given:
-            raise ConfigError(f"train --resume takes the run's own config.json; {', '.join(given)} would be ignored: "
-                              "drop it (only --iterations N may change, to extend the run), or use `eprl continue "
-                              f"{args.resume} --task ...` for a new run from its weights with other settings")
+            raise ConfigError(
+                f"train --resume takes the run's own config.json; {', '.join(given)} would be ignored: "
+                "drop it (only --iterations N may change, to extend the run), or use `eprl continue "
+                f"{args.resume} --task ...` for a new run from its weights with other settings"
+            )
     elif args.command == "train":
         args.task = args.task or str(DEFAULT_TASK)
         if args.iterations is not None:

@@ -7,6 +7,7 @@ same tasks for the same iteration.
     tasks(iteration, round)  = rng([seed, iteration, round]).choice(num_tasks, tasks_per_iteration)
     env seed of episode n    = seed * 1_000_003 + iteration * 101 + round + n
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,9 @@ def collect_episodes(cfg, runner, iteration: int, num_tasks: int | None):
     rounds = 0
     while True:
         tasks = sample_tasks(cfg.run.seed, iteration, rounds, suite.tasks_per_iteration, num_tasks)
-        new, st = runner.run(tasks, suite.group_size, suite.sampling,
-                             seed=cfg.run.seed * 1_000_003 + iteration * 101 + rounds)
+        new, st = runner.run(
+            tasks, suite.group_size, suite.sampling, seed=cfg.run.seed * 1_000_003 + iteration * 101 + rounds
+        )
         offset = 1 + max((t.group_id for t in trajectories), default=-1)
         for t in new:
             t.group_id += offset

@@ -4,10 +4,11 @@ Every field has a default and a one-line description (`Field(description=...)`);
 are errors. `load_run_config` turns YAML files and `--set a.b=c` overrides into a `RunConfig`
 and raises `ConfigError` with one line naming the offending field.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -15,10 +16,27 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from eprl.agents.engines.config import EngineConfig, SamplingConfig, Strict
 from eprl.errors import ConfigError
 
+from .learner_config import CONTROLLER_FIELDS, EntropyControlConfig, LearnerConfig
 from .task_config import AgentConfig, EnvSpec, SplitSpec, TaskSuite
 
-__all__ = ["AgentConfig", "ConfigError", "EngineConfig", "EnvSpec", "LearnerConfig", "RunConfig", "SamplingConfig", "SplitSpec",
-           "Strict", "TaskSuite", "describe", "load_run_config", "load_task_suite", "updated"]
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "CONTROLLER_FIELDS",
+    "EngineConfig",
+    "EntropyControlConfig",
+    "EnvSpec",
+    "LearnerConfig",
+    "RunConfig",
+    "SamplingConfig",
+    "SplitSpec",
+    "Strict",
+    "TaskSuite",
+    "describe",
+    "load_run_config",
+    "load_task_suite",
+    "updated",
+]
 
 
 # Named choices (agent, engine, advantage, loss, aggregation, entropy control) are validated against their
@@ -28,159 +46,25 @@ __all__ = ["AgentConfig", "ConfigError", "EngineConfig", "EnvSpec", "LearnerConf
 
 # ----------------------------------------------------------------------------- run
 class ModelConfig(Strict):
-    name_or_path: Optional[str] = Field(None, description="HF causal LM directory or hub id; None builds the embedded tiny default")
-    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="model compute dtype; log-probs/ratios/entropies stay float32")
+    name_or_path: Optional[str] = Field(
+        None, description="HF causal LM directory or hub id; None builds the embedded tiny default"
+    )
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="model compute dtype; log-probs/ratios/entropies stay float32"
+    )
     tiny_sft_steps: int = Field(200, ge=0, description="embedded default: supervised warm-start steps")
-    tiny_sft_noise: float = Field(0.3, ge=0, le=1, description="embedded default: share of warm-start demos with a deliberate mistake")
-    cache_dir: Optional[str] = Field(None, description="where the embedded default model is cached (None: ~/.cache/eprl)")
+    tiny_sft_noise: float = Field(
+        0.3, ge=0, le=1, description="embedded default: share of warm-start demos with a deliberate mistake"
+    )
+    cache_dir: Optional[str] = Field(
+        None, description="where the embedded default model is cached (None: ~/.cache/eprl)"
+    )
     lora: bool = Field(False, description="train a LoRA adapter instead of all weights")
     lora_rank: int = Field(16, description="LoRA rank")
     lora_alpha: int = Field(32, description="LoRA alpha")
-    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="modules that get LoRA adapters")
-
-
-class EntropyControlConfig(Strict):
-    type: str = Field("none", description="entropy controller: none | repo_r | repo_d | adapo | clip_cov | kl_cov")
-    target_entropy: Union[float, Literal["remeasure"], None] = Field(None, description="H*; None = mean action-token entropy of the first target_iterations iterations (continue: the parent's H*); remeasure = measure it again on the new run even under continue")
-    tolerance: float = Field(0.0, ge=0, description="band around H* inside which the controller holds still")
-    tolerance_relative: bool = Field(False, description="tolerance is a fraction of H* (0.1 = +-10%) instead of nats")
-    target_iterations: int = Field(1, ge=1, description="H* = mean entropy of the first N iterations (1: the first, per docs/algorithms.md); no control step before")
-    smoothing: float = Field(0.0, ge=0, lt=1, description="EMA weight s: the controller compares H_c = s*H_c + (1-s)*H with H* (0: the iteration's H)")
-    zeta: Optional[float] = Field(None, description="initial REPO zeta (None: 1e-3 for repo_r, 1.0 for repo_d)")
-    zeta_min: Optional[float] = Field(None, description="smallest |zeta| (None: 1e-4 repo_r, 1e-3 repo_d)")
-    zeta_max: Optional[float] = Field(None, description="largest |zeta| (None: 0.05 repo_r, 10 repo_d)")
-    adaptive: bool = Field(True, description="adjust zeta / eps_high once per iteration toward H*")
-    gamma: float = Field(1.5, gt=1, description="ADAPO multiplicative step for eps_high")
-    eps_high_min: Optional[float] = Field(None, description="ADAPO lower bound on eps_high (None: eps_low/2)")
-    eps_high_max: float = Field(1.0, description="ADAPO upper bound on eps_high")
-    logp_floor: float = Field(-20.0, description="REPO-R floor on the sampled token's log-prob")
-    clip_cov_ratio: float = Field(2e-4, gt=0, le=1, description="Clip-Cov: fraction of action tokens whose gradient is detached (at least one; Cui et al. 2025)")
-    clip_cov_lb: float = Field(1.0, description="Clip-Cov: lower bound of the covariance window the tokens are drawn from")
-    clip_cov_ub: float = Field(5.0, description="Clip-Cov: upper bound of the covariance window")
-    kl_cov_ratio: float = Field(2e-4, gt=0, le=1, description="KL-Cov: fraction of action tokens (largest covariance) that get the KL penalty (at least one)")
-    kl_cov_coef: float = Field(1.0, ge=0, description="KL-Cov: coefficient of the penalty coef*|logp - logp_old| on those tokens")
-
-    @field_validator("type")
-    @classmethod
-    def _known_controller(cls, v: str) -> str:
-        from .entropy_control import CONTROLLERS
-        return CONTROLLERS.check(v)
-
-    @model_validator(mode="after")
-    def _fields_of_another_controller(self) -> "EntropyControlConfig":
-        # a field that belongs to another controller has no effect: refuse a non-default value
-        defaults = type(self).model_fields
-        for owner, fields in CONTROLLER_FIELDS.items():
-            if self.type in owner:
-                continue
-            changed = [f for f in fields if getattr(self, f) != defaults[f].default]
-            if changed:
-                raise ValueError(f"{changed[0]}={getattr(self, changed[0])!r} has no effect with type={self.type} "
-                                 f"(it is a {' / '.join(owner)} field)")
-        if self.clip_cov_lb >= self.clip_cov_ub:
-            raise ValueError("clip_cov_lb must be below clip_cov_ub")
-        return self
-
-
-CONTROLLER_FIELDS: dict[tuple[str, ...], tuple[str, ...]] = {  # controller type(s) -> the fields only they read
-    ("repo_r", "repo_d"): ("zeta", "zeta_min", "zeta_max"),
-    ("repo_r",): ("logp_floor",),
-    ("adapo",): ("gamma", "eps_high_min", "eps_high_max"),
-    ("clip_cov",): ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub"),
-    ("kl_cov",): ("kl_cov_ratio", "kl_cov_coef"),
-}
-
-
-class LearnerConfig(Strict):
-    advantage: str = Field("grpo", description="advantage estimator by name: grpo | loo | reinforce_pp | reinforce_pp_baseline")
-    std_normalize: bool = Field(True, description="grpo: divide by group std (false = Dr.GRPO)")
-    loss: str = Field("ppo", description="policy loss by name: pg | ppo | dapo | gspo | cispo")
-    loss_agg: str = Field("token_mean", description="how per-token losses are aggregated (gspo: seq_mean_token_mean unless set)")
-    eps: float = Field(0.2, description="ppo: symmetric clip epsilon (LOOP uses 0.1)")
-    ppo_lower_bound: Literal["one_minus_eps", "inverse"] = Field("one_minus_eps", description="ppo lower clip bound: 1-eps (standard) or 1/(1+eps) (LOOP code)")
-    eps_low: float = Field(0.2, description="dapo/adapo: lower clip epsilon")
-    eps_high: float = Field(0.28, description="dapo/adapo: upper clip epsilon (ADAPO adapts it)")
-    gspo_eps_low: float = Field(3e-4, description="gspo: lower sequence clip epsilon")
-    gspo_eps_high: float = Field(4e-4, description="gspo: upper sequence clip epsilon")
-    clip_ratio_c: Optional[float] = Field(None, gt=1, description="ppo/dapo dual-clip c: for A < 0 the token loss is at most c*|A| (None = off; 3.0 is usual)")
-    cispo_eps_low: float = Field(1.0, gt=0, le=1, description="cispo: IS weight lower bound 1 - eps (1.0: no lower bound, as MiniMax-M1)")
-    cispo_eps_high: float = Field(0.28, gt=0, description="cispo: IS weight upper bound 1 + eps (MiniMax-M1 tunes it; 0.28 as Trinity-RFT)")
-    max_len_norm: Optional[int] = Field(None, description="seq_mean_token_sum_norm constant (None: agent.max_context_tokens)")
-    overlong_buffer: int = Field(0, ge=0, description="dapo overlong shaping: linear penalty in the last N tokens before the limit (0 = off)")
-    overlong_penalty: float = Field(1.0, description="dapo overlong shaping: penalty at the limit")
-    drop_zero_advantage: bool = Field(False, description="drop groups whose returns are all equal")
-    dynamic_sampling: bool = Field(False, description="dapo: refill dropped groups by sampling more tasks")
-    max_resample_rounds: int = Field(3, ge=0, description="bound on dynamic-sampling refill rounds")
-    kl_coef: float = Field(0.0, ge=0, description="KL to the reference (initial) policy (0 = off)")
-    kl_estimator: Literal["k1", "k2", "k3", "k1+", "k3+"] = Field("k3", description="KL estimator: k1, k2 (mse), k3 (low-var, clamped); + = value of k1/k3 with k2's gradient")
-    entropy_coef: float = Field(0.0, description="explicit entropy bonus -c*H with exact full-vocabulary H (0 = off)")
-    tis_cap: Optional[float] = Field(None, description="truncated importance sampling cap against inference log-probs (None = off)")
-    old_logprobs: Literal["recompute", "inference"] = Field("recompute", description="where logp_old comes from")
-    entropy_control: EntropyControlConfig = Field(default_factory=EntropyControlConfig, description="REPO / ADAPO entropy control")
-    lr: float = Field(5e-5, gt=0, description="AdamW learning rate (5e-5 suits the embedded tiny default: at 1e-4 its entropy blows up after ~40 iterations; full fine-tuning of real LLMs uses ~1e-6)")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    epochs: int = Field(1, ge=1, description="passes over each iteration's batch")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
-    micro_batch_tokens: Optional[Union[Literal["auto"], Annotated[int, Field(ge=1)]]] = Field("auto", description="gradient accumulation: split each minibatch (each rank's share under torchrun) into micro-batches of at most this many padded tokens (None: one pass; auto: 1/16 of the device memory over the model's activation bytes per token, training/microbatch.py)")
-    chunk_size: int = Field(256, ge=1, description="sequence chunk for float32 log-prob/entropy (memory)")
-    fp32_lm_head: Optional[bool] = Field(None, description="compute the lm_head matmul in float32 when model.dtype is bf16/fp16 (None: on for bf16/fp16; cost in bench/results/learner_rails.md)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _gspo_sequence_mean(cls, data: Any) -> Any:
-        # GSPO is a per-sequence objective: its default aggregation is the sequence mean
-        if isinstance(data, dict) and data.get("loss") == "gspo" and "loss_agg" not in data:
-            data = {**data, "loss_agg": "seq_mean_token_mean"}
-        return data
-
-    @model_validator(mode="after")
-    def _no_silent_combinations(self) -> "LearnerConfig":
-        """Combinations where a knob would have no effect (or change the method's meaning) are refused."""
-        ec = self.entropy_control
-        problems = [
-            (self.loss == "gspo" and self.loss_agg == "token_mean",
-             "loss=gspo with loss_agg=token_mean: GSPO is defined per sequence and token_mean weights sequences "
-             "by length; use seq_mean_token_mean (the default for gspo) or another seq_mean_* mode"),
-            (ec.type == "adapo" and self.loss != "dapo",
-             f"entropy_control.type=adapo with loss={self.loss}: ADAPO moves eps_high, which only loss=dapo reads "
-             "(ppo uses eps, gspo gspo_eps_high, cispo cispo_eps_high, pg none)"),
-            (self.tis_cap is not None and self.old_logprobs == "inference",
-             "tis_cap with old_logprobs=inference: logp_old is then the inference log-prob, so every TIS weight is 1"),
-            (self.clip_ratio_c is not None and self.loss not in ("ppo", "dapo"),
-             f"clip_ratio_c with loss={self.loss}: dual-clip applies to the token-clipped losses ppo and dapo only"),
-            (not self.std_normalize and self.advantage != "grpo",
-             f"std_normalize=false with advantage={self.advantage}: only grpo divides by a group std"),
-            (self.max_len_norm is not None and self.loss_agg != "seq_mean_token_sum_norm",
-             f"max_len_norm with loss_agg={self.loss_agg}: only seq_mean_token_sum_norm divides by it"),
-            (ec.type == "kl_cov" and self.epochs * self.minibatches == 1 and self.old_logprobs == "recompute",
-             "entropy_control.type=kl_cov with epochs=1, minibatches=1, old_logprobs=recompute: the only update "
-             "has logp = logp_old, so the penalty |logp - logp_old| and its gradient are 0; set epochs or minibatches > 1"),
-            (self.kl_estimator != "k3" and self.kl_coef == 0,
-             f"kl_estimator={self.kl_estimator} with kl_coef=0: the KL term is off"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise ValueError(message)
-        return self
-
-    @field_validator("advantage")
-    @classmethod
-    def _known_advantage(cls, v: str) -> str:
-        from .advantages import ADVANTAGE_ESTIMATORS
-        return ADVANTAGE_ESTIMATORS.check(v)
-
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
-        from .losses import POLICY_LOSSES
-        return POLICY_LOSSES.check(v)
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _known_aggregation(cls, v: str) -> str:
-        from .losses import LOSS_AGGREGATIONS
-        return LOSS_AGGREGATIONS.check(v)
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="modules that get LoRA adapters"
+    )
 
 
 class RunSection(Strict):
@@ -192,24 +76,37 @@ class RunSection(Strict):
     eval_every: int = Field(0, ge=0, description="evaluate every N iterations (0: only before and after training)")
     threads: Optional[int] = Field(None, description="torch threads (None: torch default)")
     progress: bool = Field(True, description="show progress bars")
-    overlap: bool = Field(False, description="sample the next batch (in a second process, with the weights before this update) while the learner updates: one-step off-policy, ratio against the sampler's log-probs (training/overlap.py); engine hf, one process")
-    device: str = Field("auto", description="where the policy computes: auto (cuda if available, else cpu) | cpu | cuda | cuda:N; under torchrun each rank uses cuda:LOCAL_RANK")
-    metric_sinks: list[str] = Field(default_factory=lambda: ["jsonl"], description="where metrics and eval rows go, by name: jsonl (RUN_DIR/metrics.jsonl, eval.jsonl; always: a run reads them back) | tensorboard (RUN_DIR/tensorboard/, needs the tensorboard package)")
+    overlap: bool = Field(
+        False,
+        description="sample the next batch (in a second process, with the weights before this update) while the learner updates: one-step off-policy, ratio against the sampler's log-probs (training/overlap.py); engine hf, one process",
+    )
+    device: str = Field(
+        "auto",
+        description="where the policy computes: auto (cuda if available, else cpu) | cpu | cuda | cuda:N; under torchrun each rank uses cuda:LOCAL_RANK",
+    )
+    metric_sinks: list[str] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where metrics and eval rows go, by name: jsonl (RUN_DIR/metrics.jsonl, eval.jsonl; always: a run reads them back) | tensorboard (RUN_DIR/tensorboard/, needs the tensorboard package)",
+    )
 
     @field_validator("metric_sinks")
     @classmethod
     def _known_sinks(cls, v: list[str]) -> list[str]:
         from .metrics import METRIC_SINKS
+
         for name in v:
             METRIC_SINKS.check(name)
         if "jsonl" not in v or len(set(v)) != len(v):
-            raise ValueError("name each sink once, jsonl among them (resume, summary.json and `eprl plot` read it back)")
+            raise ValueError(
+                "name each sink once, jsonl among them (resume, summary.json and `eprl plot` read it back)"
+            )
         return v
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:
         import torch
+
         try:
             torch.device("cpu" if v == "auto" else v)
         except RuntimeError:
@@ -229,8 +126,13 @@ class RunConfig(Strict):
     def _overlap_ratio_against_the_sampler(cls, data: Any) -> Any:
         # run.overlap: batches are one update stale, so logp_old is the sampler's log-prob unless the learner chooses
         learner = data.get("learner", {}) if isinstance(data, dict) else None
-        if isinstance(learner, dict) and isinstance(data.get("run"), dict) and data["run"].get("overlap") \
-                and "old_logprobs" not in learner and learner.get("tis_cap") is None:
+        if (
+            isinstance(learner, dict)
+            and isinstance(data.get("run"), dict)
+            and data["run"].get("overlap")
+            and "old_logprobs" not in learner
+            and learner.get("tis_cap") is None
+        ):
             data = {**data, "learner": {**learner, "old_logprobs": "inference"}}
         return data
 
@@ -245,14 +147,22 @@ class RunConfig(Strict):
         """run.overlap trains on batches sampled one update earlier: refuse what would not correct for it."""
         lc, on = self.learner, self.run.overlap
         for bad, message in (
-            (on and lc.old_logprobs == "recompute" and lc.tis_cap is None,
-             "run.overlap with learner.old_logprobs=recompute and no tis_cap: the ratio would be taken against the current "
-             "policy, not the one-step-older one that sampled; use old_logprobs=inference (the overlap default) or tis_cap"),
-            (on and lc.loss == "pg" and lc.tis_cap is None,
-             "run.overlap with learner.loss=pg: -A*logp has no ratio, so the staleness goes uncorrected; use another "
-             "loss, or pg with old_logprobs=recompute and learner.tis_cap"),
-            (on and self.engine.type != "hf", f"run.overlap with engine.type={self.engine.type}: only the hf engine "
-             "is supported (the sampler process builds its own copy of the policy)")):
+            (
+                on and lc.old_logprobs == "recompute" and lc.tis_cap is None,
+                "run.overlap with learner.old_logprobs=recompute and no tis_cap: the ratio would be taken against the current "
+                "policy, not the one-step-older one that sampled; use old_logprobs=inference (the overlap default) or tis_cap",
+            ),
+            (
+                on and lc.loss == "pg" and lc.tis_cap is None,
+                "run.overlap with learner.loss=pg: -A*logp has no ratio, so the staleness goes uncorrected; use another "
+                "loss, or pg with old_logprobs=recompute and learner.tis_cap",
+            ),
+            (
+                on and self.engine.type != "hf",
+                f"run.overlap with engine.type={self.engine.type}: only the hf engine "
+                "is supported (the sampler process builds its own copy of the policy)",
+            ),
+        ):
             if bad:
                 raise ValueError(message)
         return self
@@ -267,8 +177,10 @@ def _read_yaml(path: str | Path, what: str) -> dict:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw[:err.start].count(b"\n") + 1
-        raise ConfigError(f"{what}: {path} is not UTF-8 (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8") from None
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{what}: {path} is not UTF-8 (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -290,8 +202,10 @@ def _set_path(data: dict, dotted: str, raw: str) -> None:
     try:
         node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {dotted}={raw}: malformed YAML value ({getattr(err, 'problem', None) or err}); "
-                          "quote strings, e.g. --set 'task.agent.system_prompt=\"a: b\"'") from None
+        raise ConfigError(
+            f"--set {dotted}={raw}: malformed YAML value ({getattr(err, 'problem', None) or err}); "
+            "quote strings, e.g. --set 'task.agent.system_prompt=\"a: b\"'"
+        ) from None
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -307,7 +221,11 @@ def _validate(model: type[BaseModel], data: dict, prefix: str = "") -> Any:
     except ValidationError as err:
         first = err.errors()[0]
         field = (prefix + ".".join(str(p) for p in first["loc"])).rstrip(".")
-        msg = "unknown field (check spelling; see the configuration reference in README)" if first["type"] == "extra_forbidden" else first["msg"]
+        msg = (
+            "unknown field (check spelling; see the configuration reference in README)"
+            if first["type"] == "extra_forbidden"
+            else first["msg"]
+        )
         got = "" if first["type"] == "extra_forbidden" else f" (got {first.get('input')!r})"
         if first["type"] == "value_error" and isinstance(first.get("input"), dict):  # a section's combination check
             msg, got = msg.removeprefix("Value error, "), ""
@@ -319,8 +237,9 @@ def load_task_suite(path: str | Path) -> TaskSuite:
     return _validate(TaskSuite, _read_yaml(path, "task suite"), prefix="task.")
 
 
-def load_run_config(task: str | Path | None = None, config: str | Path | None = None,
-                    overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_run_config(
+    task: str | Path | None = None, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
     """Task suite YAML + optional run YAML + `a.b=c` overrides -> validated RunConfig."""
     data: dict = _read_yaml(config, "run config") if config else {}
     if task is not None:

@@ -15,6 +15,7 @@ Both act on any policy loss (the paper's form is Clip-Cov on ppo/dapo, KL-Cov on
 i.e. `loss: pg` at r = 1); they are registered as entropy controllers with a token modifier and take
 no control step (H* is still measured and logged, and inherited by `continue`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,14 +42,16 @@ def _count(ratio: float, m: Tensor) -> int:
 class ClipCov(EntropyController):
     """Clip-Cov: detach the gradient of a random `clip_cov_ratio` of the tokens with lb < cov < ub."""
 
-    def token_modifier(self, per_token: Tensor, terms: PolicyTerms, batch: LossInputs) -> tuple[Tensor, dict[str, float]]:
+    def token_modifier(
+        self, per_token: Tensor, terms: PolicyTerms, batch: LossInputs
+    ) -> tuple[Tensor, dict[str, float]]:
         m = batch.mask > 0
         cov = token_covariance(batch.advantages, batch.logp, m)
         eligible = m & ~terms.no_grad & (cov > self.ec.clip_cov_lb) & (cov < self.ec.clip_cov_ub)
         candidates = eligible.flatten().nonzero().squeeze(-1)
         chosen = torch.zeros(m.numel(), dtype=torch.bool, device=m.device)
         if candidates.numel():
-            pick = torch.randperm(candidates.numel())[:_count(self.ec.clip_cov_ratio, m)]
+            pick = torch.randperm(candidates.numel())[: _count(self.ec.clip_cov_ratio, m)]
             chosen[candidates[pick.to(candidates.device)]] = True
         chosen = chosen.view_as(m)
         return torch.where(chosen, per_token.detach(), per_token), {"cov_selected_frac": _frac(chosen, m)}
@@ -57,7 +60,9 @@ class ClipCov(EntropyController):
 class KlCov(EntropyController):
     """KL-Cov: + kl_cov_coef * |logp - logp_old| on the `kl_cov_ratio` tokens with the largest cov."""
 
-    def token_modifier(self, per_token: Tensor, terms: PolicyTerms, batch: LossInputs) -> tuple[Tensor, dict[str, float]]:
+    def token_modifier(
+        self, per_token: Tensor, terms: PolicyTerms, batch: LossInputs
+    ) -> tuple[Tensor, dict[str, float]]:
         m = batch.mask > 0
         chosen = torch.zeros(m.numel(), dtype=torch.bool, device=m.device)
         if bool(m.any()):

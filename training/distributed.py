@@ -12,6 +12,7 @@ here is a no-op (world size 1) and the learner runs exactly as in one process.
 - `full_model_state` / `full_optimizer_state`: gathered, unsharded, on rank 0 (CPU), keyed by
   parameter name: checkpoints written from them load at any world size (`load_optimizer_state`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,10 @@ def init_distributed(device: str = "auto") -> int:
     cuda = device != "cpu" and gpus > 0
     if cuda and ranks_here > gpus:
         if device != "auto":
-            raise ConfigError(f"run.device={device!r} under torchrun needs one GPU per rank: {ranks_here} ranks on this "
-                             f"node but {gpus} GPU(s) visible; use --nproc_per_node {gpus} or run.device=cpu")
+            raise ConfigError(
+                f"run.device={device!r} under torchrun needs one GPU per rank: {ranks_here} ranks on this "
+                f"node but {gpus} GPU(s) visible; use --nproc_per_node {gpus} or run.device=cpu"
+            )
         log.warning(f"[distributed] {ranks_here} ranks but {gpus} GPU(s): using gloo on CPU")
         cuda = False
     if cuda:
@@ -161,8 +164,13 @@ def shard_model(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
     # fp32: no casting at all (the parameters' own dtype, e.g. float64 in tests, is kept).
-    mp = MixedPrecisionPolicy() if dtype == "fp32" else MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
+    mp = (
+        MixedPrecisionPolicy()
+        if dtype == "fp32"
+        else MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
+    )
     # An explicit mesh on this rank's device type: fully_shard's default mesh is the accelerator's,
     # which on a GPU host running gloo (more ranks than GPUs) would claim cuda:LOCAL_RANK.
     mesh = init_device_mesh(device().type, (world_size(),))
@@ -178,6 +186,7 @@ def shard_model(model: nn.Module, dtype: str = "fp32") -> nn.Module:
 
 def is_sharded(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
+
     return isinstance(model, FSDPModule)
 
 
@@ -197,6 +206,7 @@ def local_float(x) -> float:
 # ----------------------------------------------------------------------------- state dicts
 def _options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
+
     return StateDictOptions(**kw)
 
 
@@ -205,6 +215,7 @@ def full_model_state(model: nn.Module) -> Optional[dict]:
     if not is_sharded(model):
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
     state = get_model_state_dict(model, options=_options(full_state_dict=True, cpu_offload=True))
     return state if is_main() else None
 
@@ -220,6 +231,7 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     """The full optimizer state keyed by parameter name (the same at every world size);
     complete on rank 0, empty elsewhere under FSDP. Collective."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
     return get_optimizer_state_dict(model, optimizer, options=_options(full_state_dict=True, cpu_offload=True))
 
 
@@ -227,15 +239,21 @@ def _names_for_indices(model: nn.Module, optimizer: torch.optim.Optimizer, state
     """An `optimizer.state_dict()` (keys = parameter indices, older checkpoints) -> keyed by name."""
     names = {id(p): n for n, p in model.named_parameters()}
     order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-    return {"state": {order[i]: v for i, v in state["state"].items()},
-            "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
+    return {
+        "state": {order[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a full optimizer state (from any world size) into this rank's (sharded) optimizer.
     Every rank passes the full state (each reads the checkpoint file)."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-    if state["param_groups"] and state["param_groups"][0]["params"] and \
-            isinstance(state["param_groups"][0]["params"][0], int):
+
+    if (
+        state["param_groups"]
+        and state["param_groups"][0]["params"]
+        and isinstance(state["param_groups"][0]["params"][0], int)
+    ):
         state = _names_for_indices(model, optimizer, state)
     set_optimizer_state_dict(model, optimizer, state, options=_options(full_state_dict=True))

@@ -17,6 +17,7 @@ exposes its additive parts as `shaping_stats(...)`: the learner sums them over m
 ranks and passes the total as `shape_advantages(..., stats=total)`, so that shaping a part of the
 minibatch gives the same advantages as shaping all of it at once.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
@@ -48,9 +49,10 @@ class EntropyController:
     step is taken. Afterwards, if adaptive and |H_c - H*| > band, `_step(entropy_low = H_c < H*)`,
     H_c = H (or its EMA with `smoothing`).
     """
+
     needs_entropy: bool = False
     minibatch_stats: bool = False  # shaping needs sums over the whole minibatch (shaping_stats)
-    token_modifier = None          # per-token loss modifier (losses.TokenModifier) or None
+    token_modifier = None  # per-token loss modifier (losses.TokenModifier) or None
 
     def __init__(self, cfg: LearnerConfig):
         self.cfg = cfg
@@ -60,8 +62,9 @@ class EntropyController:
         self.first_entropies: list[float] = []  # iterations that define H* (target_iterations of them)
         self.smoothed: Optional[float] = None  # H the controller compares with H* (EMA when smoothing > 0)
 
-    def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor,
-                         stats: Optional[Tensor] = None) -> Tensor:
+    def shape_advantages(
+        self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor, stats: Optional[Tensor] = None
+    ) -> Tensor:
         return adv
 
     def shaping_stats(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor) -> Optional[Tensor]:
@@ -106,8 +109,11 @@ class EntropyController:
         return out
 
     def state_dict(self) -> dict:
-        return {"target_entropy": self.target_entropy, "first_entropies": list(self.first_entropies),
-                "smoothed": self.smoothed}
+        return {
+            "target_entropy": self.target_entropy,
+            "first_entropies": list(self.first_entropies),
+            "smoothed": self.smoothed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         t = state.get("target_entropy")
@@ -119,11 +125,12 @@ class EntropyController:
 
 class _ZetaController(EntropyController):
     """REPO's zeta controller (docs/algorithms.md, "The zeta controller"):
-      H < H*: zeta >= 0: zeta = min(zeta_max, 2 zeta) (zeta_min if it was 0)
-              zeta <  0: zeta = zeta / 2, and if zeta > -zeta_min: zeta = +zeta_min
-      H > H*: zeta >= 0: zeta = zeta / 2, and if zeta < zeta_min: zeta = -zeta_min
-              zeta <  0: zeta = max(-zeta_max, 2 zeta)
+    H < H*: zeta >= 0: zeta = min(zeta_max, 2 zeta) (zeta_min if it was 0)
+            zeta <  0: zeta = zeta / 2, and if zeta > -zeta_min: zeta = +zeta_min
+    H > H*: zeta >= 0: zeta = zeta / 2, and if zeta < zeta_min: zeta = -zeta_min
+            zeta <  0: zeta = max(-zeta_max, 2 zeta)
     """
+
     defaults: tuple[float, float, float] = (0.0, 0.0, 0.0)  # zeta, zeta_min, zeta_max
 
     def __init__(self, cfg: LearnerConfig):
@@ -170,10 +177,12 @@ class RepoR(_ZetaController):
     then A' is clamped to the sign of A (A' = 0 where it would flip). Equivalent to
     A' = A - beta * logp with beta = zeta * |A| (H(s) is a per-state baseline, dropped).
     """
+
     defaults = (1e-3, 1e-4, 0.05)
 
-    def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor,
-                         stats: Optional[Tensor] = None) -> Tensor:
+    def shape_advantages(
+        self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor, stats: Optional[Tensor] = None
+    ) -> Tensor:
         m = mask > 0
         adv32 = adv.to(torch.float32)
         lp = torch.where(m, logp.detach().to(torch.float32), torch.zeros_like(adv32)).clamp_min(self.ec.logp_floor)
@@ -193,6 +202,7 @@ class RepoD(_ZetaController):
     The two sums are `shaping_stats`; a caller holding only part of the minibatch passes their
     totals over the whole minibatch as `stats`.
     """
+
     defaults = (1.0, 1e-3, 10.0)
     needs_entropy = True
     minibatch_stats = True
@@ -218,8 +228,9 @@ class RepoD(_ZetaController):
         _, a, L, pi = self._terms(adv, logp, entropy, mask)
         return self._sums(a, L, pi)
 
-    def shape_advantages(self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor,
-                         stats: Optional[Tensor] = None) -> Tensor:
+    def shape_advantages(
+        self, adv: Tensor, logp: Tensor, entropy: Optional[Tensor], mask: Tensor, stats: Optional[Tensor] = None
+    ) -> Tensor:
         m, a, L, pi = self._terms(adv, logp, entropy, mask)
         num, den = self._sums(a, L, pi) if stats is None else stats
         c = num / den if float(den) > 1e-12 else torch.zeros((), dtype=L.dtype, device=L.device)
@@ -267,4 +278,3 @@ class Adapo(EntropyController):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.current = float(state["eps_high"])
-

@@ -1,5 +1,6 @@
 """Held-out evaluation: success rate (mean over samples = pass@1) and unbiased pass@k for every k = 1..n
 (n = the fewest samples any task got): the pass@k curve that `eprl plot` draws."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -21,9 +22,11 @@ def summarize(trajectories, prefix: str = "eval_") -> dict[str, float]:
     for t in trajectories:
         by_task[t.group_id].append(bool(t.success))
     n = min(len(v) for v in by_task.values())
-    out = {f"{prefix}success": float(np.mean([t.success for t in trajectories])),
-           f"{prefix}reward": float(np.mean([t.reward for t in trajectories])),
-           f"{prefix}tasks": float(len(by_task))}
+    out = {
+        f"{prefix}success": float(np.mean([t.success for t in trajectories])),
+        f"{prefix}reward": float(np.mean([t.reward for t in trajectories])),
+        f"{prefix}tasks": float(len(by_task)),
+    }
     for k in range(1, n + 1):
         out[f"{prefix}pass@{k}"] = float(np.mean([pass_at_k(len(v), sum(v), k) for v in by_task.values()]))
     return out
@@ -44,5 +47,7 @@ def evaluate_suite(runner, num_tasks: int, cfg) -> dict[str, float]:
 
 
 def eval_line(iteration: int, result: dict, samples: int) -> str:
-    return (f"[eval] after {iteration} updates: success {result['eval_success']:.3f} "
-            f"({int(result['eval_tasks'])} held-out tasks x {samples})")
+    return (
+        f"[eval] after {iteration} updates: success {result['eval_success']:.3f} "
+        f"({int(result['eval_tasks'])} held-out tasks x {samples})"
+    )

@@ -8,6 +8,7 @@ k3 clamps -d to [-20, 20] before exp and the value to [-10, 10], so one token wi
 costs at most 10 instead of e^25 (the bounds are verl's). A "+" suffix (k1+, k3+) is the
 straight-through variant: the value of k1 / k3, the gradient of k2 (unbiased gradient of the KL).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 LOG_RATIO_MAX = 20.0  # bound on |log r| before any exp, everywhere a ratio is formed
-K3_MAX = 10.0         # bound on |k3|
+K3_MAX = 10.0  # bound on |k3|
 
 KlFn = Callable[[Tensor, Tensor], Tensor]
 KL_ESTIMATORS: dict[str, KlFn] = {}
@@ -26,6 +27,7 @@ def register_kl(name: str) -> Callable[[KlFn], KlFn]:
     def deco(fn: KlFn) -> KlFn:
         KL_ESTIMATORS[name] = fn
         return fn
+
     return deco
 
 
@@ -52,6 +54,7 @@ def _straight_through(value_fn: KlFn) -> KlFn:
     def fn(logp: Tensor, ref_logp: Tensor) -> Tensor:
         grad_part = k2(logp, ref_logp)
         return value_fn(logp, ref_logp).detach() + grad_part - grad_part.detach()
+
     fn.__doc__ = f"value of {value_fn.__name__}, gradient of k2 (straight-through)"
     return fn
 

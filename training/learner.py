@@ -24,6 +24,7 @@ What it computes, and no more (issue #14):
   positions hold 0 and never reach a loss, an entropy statistic or a KL (all are masked).
 `Learner.reuse_update_forward = False` / `head_on_actions = False` give the older path (tests, bench).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,6 +58,7 @@ class _PartMetrics:
     summed: with the minibatch's normalizers the parts add up to the minibatch's value. ratio_max
     is the max. The others are means weighted by the part's action tokens (exact for token means;
     for gspo's sequence-level clip fractions an approximation). Our choice, not the paper's."""
+
     SUMMED = ("loss", "pg_loss")
 
     def __init__(self):
@@ -72,8 +74,9 @@ class _PartMetrics:
         real = [(m, w) for m, w, dummy in self.parts if not dummy]  # dummies (training/microbatch.py) count for nothing
         sums = [sum(m[k] if k in self.SUMMED else m[k] * w for m, w in real) for k in keys] + [sum(w for _, w in real)]
         sums = distributed.all_reduce_(torch.tensor(sums, dtype=torch.float64)).tolist()
-        top = distributed.all_reduce_(torch.tensor([max((m["ratio_max"] for m, _ in real), default=-math.inf)],
-                                                   dtype=torch.float64), op="max").item()
+        top = distributed.all_reduce_(
+            torch.tensor([max((m["ratio_max"] for m, _ in real), default=-math.inf)], dtype=torch.float64), op="max"
+        ).item()
         weight = sums[-1]
         out = {k: v if k in self.SUMMED else (v / weight if weight > 0 else 0.0) for k, v in zip(keys, sums)}
         out["ratio_max"] = top if top > -math.inf else 1.0
@@ -82,7 +85,7 @@ class _PartMetrics:
 
 class Learner:
     reuse_update_forward = True  # logp_old / H of the first minibatch from its own update forward (module docstring)
-    head_on_actions = True       # the lm_head only at action positions
+    head_on_actions = True  # the lm_head only at action positions
 
     def __init__(self, model, cfg: LearnerConfig, *, temperature: float, max_len_norm: int, dtype: str = "fp32"):
         self.model, self.cfg = model, cfg
@@ -98,9 +101,12 @@ class Learner:
                 distributed.shard_model(self.reference, dtype)
         # Under torchrun: the rank's device (FSDP placed the shards there); else wherever the caller put the model.
         self.device = distributed.device() if distributed.active() else next(model.parameters()).device
-        self.micro_batch_tokens = resolve_budget(cfg.micro_batch_tokens, model, self.device)  # "auto": from model and machine
-        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
+        self.micro_batch_tokens = resolve_budget(
+            cfg.micro_batch_tokens, model, self.device
+        )  # "auto": from model and machine
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         self.scaler = make_grad_scaler(dtype, device=self.device.type, sharded=distributed.active())
         self.controller = make_controller(cfg)
         self.cumulative_entropy = 0.0
@@ -120,9 +126,16 @@ class Learner:
     def _logprobs(self, model, batch: PolicyBatch, with_entropy: bool):
         positions = batch.action_mask > 0 if self.head_on_actions else None
         with self.autocast():
-            return model_logprobs(model, batch.input_ids, batch.attention_mask, temperature=self.temperature,
-                                  chunk_size=self.cfg.chunk_size, with_entropy=with_entropy, head_fp32=self.head_fp32,
-                                  positions=positions)
+            return model_logprobs(
+                model,
+                batch.input_ids,
+                batch.attention_mask,
+                temperature=self.temperature,
+                chunk_size=self.cfg.chunk_size,
+                with_entropy=with_entropy,
+                head_fp32=self.head_fp32,
+                positions=positions,
+            )
 
     def _zeros(self, batch: PolicyBatch) -> torch.Tensor:
         """A [B, T-1] tensor for log-probs / entropies: float32 (float64 for a float64 model, as model_logprobs)."""
@@ -130,8 +143,9 @@ class Learner:
         return torch.zeros(batch.action_mask.shape, dtype=dt, device=self.device)
 
     @torch.no_grad()
-    def _full_logprobs(self, model, batch: PolicyBatch, lengths: torch.Tensor, with_entropy: bool,
-                       rows: torch.Tensor | None = None):
+    def _full_logprobs(
+        self, model, batch: PolicyBatch, lengths: torch.Tensor, with_entropy: bool, rows: torch.Tensor | None = None
+    ):
         """(logp, entropy | None) [B, T-1] of the batch's `rows` (all by default; the others stay 0), in
         micro-batches. Under torchrun each rank computes its rows into zeros and the ranks sum: every row
         comes from exactly one rank."""
@@ -140,9 +154,9 @@ class Learner:
         for mb in plan(torch.arange(len(batch)) if rows is None else rows, lengths, self.micro_batch_tokens):
             lp, en = self._logprobs(model, mb.take(batch), with_entropy)
             if not mb.dummy:
-                logp[mb.rows, :mb.width - 1] = lp
+                logp[mb.rows, : mb.width - 1] = lp
                 if with_entropy:
-                    ent[mb.rows, :mb.width - 1] = en
+                    ent[mb.rows, : mb.width - 1] = en
         distributed.reshard(model)
         distributed.all_reduce_(logp)
         return logp, (distributed.all_reduce_(ent) if with_entropy else None)
@@ -165,7 +179,9 @@ class Learner:
         if self.cfg.overlong_buffer:
             # Our choice for multi-turn: length = whole episode length against the context budget.
             lengths = batch.attention_mask.sum(1)
-            rewards = rewards + overlong_penalty(lengths, self.max_len_norm, self.cfg.overlong_buffer, self.cfg.overlong_penalty)
+            rewards = rewards + overlong_penalty(
+                lengths, self.max_len_norm, self.cfg.overlong_buffer, self.cfg.overlong_penalty
+            )
         return compute_advantages(self.cfg.advantage, rewards, batch.group_ids, self.cfg)
 
     def step(self, batch: PolicyBatch) -> dict[str, float]:
@@ -214,12 +230,18 @@ class Learner:
         action_tokens = float(mask.sum())
         seconds = time.perf_counter() - t0
         metrics.update(self.controller.metrics())
-        metrics.update(cumulative_entropy=self.cumulative_entropy, advantage_abs_mean=float(seq_adv.abs().mean()),
-                       time_learn=seconds, learn_tokens_per_s=float(batch.attention_mask.sum()) * cfg.epochs / seconds,
-                       action_tokens=action_tokens)
+        metrics.update(
+            cumulative_entropy=self.cumulative_entropy,
+            advantage_abs_mean=float(seq_adv.abs().mean()),
+            time_learn=seconds,
+            learn_tokens_per_s=float(batch.attention_mask.sum()) * cfg.epochs / seconds,
+            action_tokens=action_tokens,
+        )
         return metrics
 
-    def _minibatch_step(self, batch, rows, lengths, seq_adv, old_logp, entropy, ref_logp, fill=None) -> dict[str, float]:
+    def _minibatch_step(
+        self, batch, rows, lengths, seq_adv, old_logp, entropy, ref_logp, fill=None
+    ) -> dict[str, float]:
         """One optimizer step on the minibatch `rows`: this rank's micro-batches, gradients accumulated.
         fill: (logp, H) [B, T-1] zeros; the forward's detached values are written there and, as the
         policy has not moved yet, serve as these rows' logp_old and H (recompute)."""
@@ -238,8 +260,8 @@ class Learner:
             old = mb.cut(old_logp)
             if fill is not None:
                 if not mb.dummy:
-                    fill[0][mb.rows, :mb.width - 1] = logp.detach()
-                    fill[1][mb.rows, :mb.width - 1] = mb_entropy.detach()
+                    fill[0][mb.rows, : mb.width - 1] = logp.detach()
+                    fill[1][mb.rows, : mb.width - 1] = mb_entropy.detach()
                 if self.cfg.old_logprobs == "recompute":
                     old = logp.detach()
             ent = mb_entropy.detach() if mb_entropy is not None else mb.cut(entropy)
@@ -248,10 +270,18 @@ class Learner:
             if ctl.minibatch_stats and len(mbs) == 1 and distributed.active():  # one part per rank: sum the ranks'
                 stats = distributed.all_reduce_(ctl.shaping_stats(adv_tok, logp.detach(), ent, sub.action_mask))
             adv_tok = ctl.shape_advantages(adv_tok, logp.detach(), ent, sub.action_mask, stats=stats)
-            inputs = LossInputs(logp=logp, old_logp=old, advantages=adv_tok, mask=sub.action_mask,
-                                entropy=mb_entropy, ref_logp=mb.cut(ref_logp), inference_logp=sub.inference_logp)
-            loss, loss_metrics = compute_policy_loss(cfg, inputs, overrides=overrides, max_len_norm=self.max_len_norm,
-                                                     norm=norm, modifier=ctl.token_modifier)
+            inputs = LossInputs(
+                logp=logp,
+                old_logp=old,
+                advantages=adv_tok,
+                mask=sub.action_mask,
+                entropy=mb_entropy,
+                ref_logp=mb.cut(ref_logp),
+                inference_logp=sub.inference_logp,
+            )
+            loss, loss_metrics = compute_policy_loss(
+                cfg, inputs, overrides=overrides, max_len_norm=self.max_len_norm, norm=norm, modifier=ctl.token_modifier
+            )
             self.scaler.scale(loss).backward()
             parts.add(loss_metrics, float(sub.action_mask.sum()), mb.dummy)
         self.scaler.unscale_(self.optimizer)
@@ -270,9 +300,12 @@ class Learner:
 
     def state_dict(self) -> dict:
         """Collective under torchrun (the optimizer state is gathered whole, keyed by parameter name)."""
-        return {"optimizer": distributed.full_optimizer_state(self.model, self.optimizer),
-                "scaler": self.scaler.state_dict(), "controller": self.controller.state_dict(),
-                "cumulative_entropy": self.cumulative_entropy}
+        return {
+            "optimizer": distributed.full_optimizer_state(self.model, self.optimizer),
+            "scaler": self.scaler.state_dict(),
+            "controller": self.controller.state_dict(),
+            "cumulative_entropy": self.cumulative_entropy,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """From a checkpoint of any world size; every rank passes the full state."""

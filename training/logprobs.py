@@ -13,6 +13,7 @@ unchunked computation. Two implementations of the same thing:
   being allocated and summed once per chunk (which costs ~2 weight-sizes of memory and much time;
   see bench/logprob_memory.py). Our choice, not the paper's.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -36,8 +37,9 @@ def _linear(h: Tensor, weight: Tensor, bias: Optional[Tensor], fp32: bool) -> Te
         return F.linear(up(h), up(weight), up(bias))
 
 
-def _chunk_logp_entropy(lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float,
-                        with_entropy: bool, head_fp32: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+def _chunk_logp_entropy(
+    lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float, with_entropy: bool, head_fp32: bool = False
+) -> tuple[Tensor, Optional[Tensor]]:
     """One chunk: hidden [n,H], targets [n] -> logp [n] f32, entropy [n] f32 | None.
     head_fp32: autocast off and hidden in the head's parameter dtype (float32 master weights: an fp32 head)."""
     if head_fp32:
@@ -72,15 +74,20 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
         n, dt = hidden.shape[0], torch.promote_types(weight.dtype, torch.float32)
         logp, logz, ent = (hidden.new_empty(n, dtype=dt) for _ in range(3))
         for s in range(0, n, chunk_size):
-            z = _linear(hidden[s:s + chunk_size], weight, bias, head_fp32).to(dt).div_(temperature)
+            z = _linear(hidden[s : s + chunk_size], weight, bias, head_fp32).to(dt).div_(temperature)
             lz = torch.logsumexp(z, -1)
-            logz[s:s + chunk_size] = lz
-            logp[s:s + chunk_size] = z.gather(-1, targets[s:s + chunk_size, None]).squeeze(-1) - lz
+            logz[s : s + chunk_size] = lz
+            logp[s : s + chunk_size] = z.gather(-1, targets[s : s + chunk_size, None]).squeeze(-1) - lz
             if with_entropy:
-                ent[s:s + chunk_size] = lz - (torch.softmax(z, -1) * z).sum(-1)
+                ent[s : s + chunk_size] = lz - (torch.softmax(z, -1) * z).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, targets, logz, ent)
         ctx.set_materialize_grads(False)  # an unused output (the entropy, for metrics only) gets None: no work
-        ctx.temperature, ctx.chunk_size, ctx.with_entropy, ctx.head_fp32 = temperature, chunk_size, with_entropy, head_fp32
+        ctx.temperature, ctx.chunk_size, ctx.with_entropy, ctx.head_fp32 = (
+            temperature,
+            chunk_size,
+            with_entropy,
+            head_fp32,
+        )
         return (logp, ent) if with_entropy else (logp, None)
 
     @staticmethod
@@ -90,23 +97,23 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
         dt = logz.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g_h = torch.empty_like(hidden) if need_h else None
-        g_w = torch.zeros_like(weight, dtype=dt) if need_w else None   # one accumulator, float32+
+        g_w = torch.zeros_like(weight, dtype=dt) if need_w else None  # one accumulator, float32+
         g_b = torch.zeros_like(bias, dtype=dt) if need_b else None
         g_lp = torch.zeros_like(logz) if g_lp is None else g_lp.to(dt)
         use_ent = ctx.with_entropy and g_ent is not None
         for s in range(0, n, c):
-            h, lz = hidden[s:s + c], logz[s:s + c, None]
+            h, lz = hidden[s : s + c], logz[s : s + c, None]
             z = _linear(h, weight, bias, ctx.head_fp32).to(dt).div_(temp)  # recompute (checkpointing)
             p = torch.exp(z - lz)
-            gz = z.sub_(lz).add_(ent[s:s + c, None]).mul_(g_ent[s:s + c, None].to(dt)) if use_ent else z.zero_()
-            gz.add_(g_lp[s:s + c, None]).mul_(p).neg_()                 # -p (g_lp + g_H (log p + H))
-            gz.scatter_add_(-1, targets[s:s + c, None], g_lp[s:s + c, None])  # + g_lp 1[j = y]
+            gz = z.sub_(lz).add_(ent[s : s + c, None]).mul_(g_ent[s : s + c, None].to(dt)) if use_ent else z.zero_()
+            gz.add_(g_lp[s : s + c, None]).mul_(p).neg_()  # -p (g_lp + g_H (log p + H))
+            gz.scatter_add_(-1, targets[s : s + c, None], g_lp[s : s + c, None])  # + g_lp 1[j = y]
             del p
             gz.div_(temp)
             w = weight.to(dt) if ctx.head_fp32 else weight
             gz16 = gz.to(w.dtype)
             if need_h:
-                g_h[s:s + c] = gz16 @ w
+                g_h[s : s + c] = gz16 @ w
             if need_w:
                 g_w.addmm_(gz16.t().to(dt), h.to(dt))
             if need_b:
@@ -116,9 +123,16 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
         return g_h, g_w, g_b, None, None, None, None, None
 
 
-def token_logprobs_and_entropy(hidden: Tensor, lm_head: nn.Module, targets: Tensor, *,
-                               temperature: float = 1.0, chunk_size: int = 256,
-                               with_entropy: bool = True, head_fp32: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+def token_logprobs_and_entropy(
+    hidden: Tensor,
+    lm_head: nn.Module,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    with_entropy: bool = True,
+    head_fp32: bool = False,
+) -> tuple[Tensor, Optional[Tensor]]:
     """hidden [B,T,H] (any dtype), targets [B,T] long -> (log p(targets) [B,T], H [B,T] | None), float32
     (float64 if the head computes in float64, for tests). head_fp32: the head matmul itself runs in
     float32 even under bf16/fp16 autocast (learner.fp32_lm_head).
@@ -136,15 +150,18 @@ def token_logprobs_and_entropy(hidden: Tensor, lm_head: nn.Module, targets: Tens
         empty = flat_h.new_zeros(shape, dtype=torch.float32)
         return empty, (empty.clone() if with_entropy else None)
     if type(lm_head) is nn.Linear:
-        lp, ent = _FusedLinearLogpEntropy.apply(flat_h, lm_head.weight, lm_head.bias, flat_y,
-                                                float(temperature), chunk_size, with_entropy, head_fp32)
+        lp, ent = _FusedLinearLogpEntropy.apply(
+            flat_h, lm_head.weight, lm_head.bias, flat_y, float(temperature), chunk_size, with_entropy, head_fp32
+        )
         return lp.reshape(shape), (ent.reshape(shape) if with_entropy else None)
     need_ckpt = torch.is_grad_enabled() and (flat_h.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
     logps, ents = [], []
     for start in range(0, flat_y.numel(), chunk_size):
-        h, y = flat_h[start:start + chunk_size], flat_y[start:start + chunk_size]
+        h, y = flat_h[start : start + chunk_size], flat_y[start : start + chunk_size]
         if need_ckpt:
-            lp, ent = checkpoint(_chunk_logp_entropy, lm_head, h, y, temperature, with_entropy, head_fp32, use_reentrant=False)
+            lp, ent = checkpoint(
+                _chunk_logp_entropy, lm_head, h, y, temperature, with_entropy, head_fp32, use_reentrant=False
+            )
         else:
             lp, ent = _chunk_logp_entropy(lm_head, h, y, temperature, with_entropy, head_fp32)
         logps.append(lp)
@@ -180,9 +197,17 @@ def _last_hidden(model: nn.Module, backbone: nn.Module, input_ids: Tensor, atten
     return captured[0]
 
 
-def model_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor] = None, *,
-                   temperature: float = 1.0, chunk_size: int = 256, with_entropy: bool = True,
-                   head_fp32: bool = False, positions: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+def model_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor] = None,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    with_entropy: bool = True,
+    head_fp32: bool = False,
+    positions: Optional[Tensor] = None,
+) -> tuple[Tensor, Optional[Tensor]]:
     """Causal LM -> (logp [B,T-1], entropy [B,T-1] | None), float32 (head_fp32: see token_logprobs_and_entropy).
 
     Position t holds log p(input_ids[t+1] | input_ids[:t+1]) and the entropy of that

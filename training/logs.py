@@ -5,6 +5,7 @@ stdout and warnings to stderr (the lines the commands have always printed), and 
 rank 0 prints below WARNING. A library user gets the same lines by calling it too, or routes the
 `eprl` records wherever any other logging goes (`logging.basicConfig(level=logging.INFO)`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,6 +21,7 @@ class RankZeroFilter(logging.Filter):
         if record.levelno >= logging.WARNING:
             return True
         from .distributed import process_rank  # torch: imported when the first record arrives, not at CLI start
+
         return process_rank() == 0
 
 

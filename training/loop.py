@@ -14,11 +14,11 @@ the sharded update. Rank 0's engine samples from a plain full copy of the policy
 the gathered weights after every update: one more model copy in rank 0's CPU memory and one
 all-gather of the weights per iteration.
 """
+
 from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import time
 from pathlib import Path
@@ -32,12 +32,10 @@ from .builders import build_engine, build_learner, build_policy, build_runners
 from .checkpoint import (
     CheckpointError,
     atomic_write_text,
-    checkpoint_problem,
-    clean_partial_writes,
     latest_checkpoint,
-    list_checkpoints,
     load_trainer_state,
     resolve_checkpoint,
+    resumable_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
@@ -60,9 +58,22 @@ class Trainer:
     On ranks other than 0 (torchrun) there is no engine, runner or rollout copy: those are None.
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, *, model, tokenizer, rollout_model, engine, train_runner,
-                 eval_runner, num_train_tasks: int | None, num_eval_tasks: int | None, learner: Learner,
-                 meta: dict):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        *,
+        model,
+        tokenizer,
+        rollout_model,
+        engine,
+        train_runner,
+        eval_runner,
+        num_train_tasks: int | None,
+        num_eval_tasks: int | None,
+        learner: Learner,
+        meta: dict,
+    ):
         self.cfg, self.run_dir, self.meta = cfg, Path(run_dir), meta
         self.main = distributed.is_main()
         self.model, self.tokenizer, self.rollout_model = model, tokenizer, rollout_model
@@ -90,9 +101,20 @@ class Trainer:
                 if runner is not None:
                     runner.close()
             raise
-        trainer = cls(cfg, run_dir, model=model, tokenizer=tokenizer, rollout_model=rollout_model, engine=engine,
-                      train_runner=train_runner, eval_runner=eval_runner, num_train_tasks=num_train_tasks,
-                      num_eval_tasks=num_eval_tasks, learner=learner, meta=meta)
+        trainer = cls(
+            cfg,
+            run_dir,
+            model=model,
+            tokenizer=tokenizer,
+            rollout_model=rollout_model,
+            engine=engine,
+            train_runner=train_runner,
+            eval_runner=eval_runner,
+            num_train_tasks=num_train_tasks,
+            num_eval_tasks=num_eval_tasks,
+            learner=learner,
+            meta=meta,
+        )
         if cfg.run.overlap:
             trainer.overlap = OverlappedSampler(cfg, model_path, rollout_model)
         return trainer
@@ -115,8 +137,14 @@ class Trainer:
         path = None
         if self.main:
             extra = {"overlap": self.overlap.state_dict()} if self.overlap is not None else {}
-            path = save_checkpoint(self.run_dir, self.iteration, self.rollout_model, self.tokenizer,
-                                   {"learner": learner_state, **extra}, {"meta": self.meta})
+            path = save_checkpoint(
+                self.run_dir,
+                self.iteration,
+                self.rollout_model,
+                self.tokenizer,
+                {"learner": learner_state, **extra},
+                {"meta": self.meta},
+            )
         distributed.barrier()
         return path
 
@@ -156,9 +184,11 @@ class Trainer:
         row["time_iteration"] = time.perf_counter() - t0
         row["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; peak so far
         self.metrics.append(row)
-        log.info(f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
-                 f"entropy {row.get('entropy', float('nan')):.3f} rollout {row['time_rollout']:.1f}s "
-                 f"learn {row.get('time_learn', 0.0):.1f}s")
+        log.info(
+            f"[iter {row['iteration']:3d}] reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
+            f"entropy {row.get('entropy', float('nan')):.3f} rollout {row['time_rollout']:.1f}s "
+            f"learn {row.get('time_learn', 0.0):.1f}s"
+        )
         return row
 
     def rollouts(self):
@@ -168,12 +198,20 @@ class Trainer:
     def batch_from(self, trajectories, stats, rounds):
         """Collected episodes -> (metrics row, collated batch, or None if nothing to learn from)."""
         rewards = np.array([t.reward for t in trajectories])
-        row = {"iteration": self.iteration, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-               "success_rate": float(np.mean([t.success for t in trajectories])), "episodes": len(trajectories),
-               "resample_rounds": rounds, "turns_mean": float(np.mean([t.num_turns for t in trajectories])),
-               "episode_tokens_mean": float(np.mean([len(t.token_ids) for t in trajectories])),
-               "time_rollout": sum(s.wall_seconds for s in stats), "failed_episodes": sum(s.failed_episodes for s in stats),
-               "rollout_tokens_per_s": sum(s.generated_tokens for s in stats) / max(sum(s.wall_seconds for s in stats), 1e-9)}
+        row = {
+            "iteration": self.iteration,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()),
+            "success_rate": float(np.mean([t.success for t in trajectories])),
+            "episodes": len(trajectories),
+            "resample_rounds": rounds,
+            "turns_mean": float(np.mean([t.num_turns for t in trajectories])),
+            "episode_tokens_mean": float(np.mean([len(t.token_ids) for t in trajectories])),
+            "time_rollout": sum(s.wall_seconds for s in stats),
+            "failed_episodes": sum(s.failed_episodes for s in stats),
+            "rollout_tokens_per_s": sum(s.generated_tokens for s in stats)
+            / max(sum(s.wall_seconds for s in stats), 1e-9),
+        }
         for reason in sorted({t.termination for t in trajectories}):
             row[f"end_{reason}"] = sum(t.termination == reason for t in trajectories)
         trajectories = select_groups(trajectories, self.cfg.learner, self.cfg.task.tasks_per_iteration)
@@ -213,14 +251,21 @@ class Trainer:
 
     def summarize(self, final_eval: dict) -> dict:
         from .plot import plot_runs
+
         plots = plot_runs([self.run_dir], self.run_dir / "plots")
         rows = self.metrics.rows()
-        summary = {"run_dir": str(self.run_dir), "checkpoint": str(latest_checkpoint(self.run_dir)),
-                   "metrics": str(self.metrics.path), "eval": str(self.evals.path), "plots": [str(p) for p in plots],
-                   "iterations": self.iteration, "eval_success_start": self.evals.rows()[0]["eval_success"],
-                   "eval_success_final": final_eval["eval_success"],
-                   "time_rollout_mean": float(np.mean([r["time_rollout"] for r in rows])) if rows else None,
-                   "time_learn_mean": float(np.mean([r.get("time_learn", 0.0) for r in rows])) if rows else None}
+        summary = {
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(latest_checkpoint(self.run_dir)),
+            "metrics": str(self.metrics.path),
+            "eval": str(self.evals.path),
+            "plots": [str(p) for p in plots],
+            "iterations": self.iteration,
+            "eval_success_start": self.evals.rows()[0]["eval_success"],
+            "eval_success_final": final_eval["eval_success"],
+            "time_rollout_mean": float(np.mean([r["time_rollout"] for r in rows])) if rows else None,
+            "time_learn_mean": float(np.mean([r.get("time_learn", 0.0) for r in rows])) if rows else None,
+        }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
 
@@ -259,41 +304,6 @@ def saved_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: not a run directory (no config.json)")
     return RunConfig.model_validate_json(path.read_text())
-
-
-def resumable_checkpoint(run_dir: Path) -> Path | None:
-    """The newest intact checkpoint of a run, or None if the run never wrote one.
-
-    Removes partial writes of a killed run; newer checkpoints that fail `checkpoint_problem` are
-    moved aside to `iter_N.corrupt` (kept, never deleted) and the `latest` pointer is set to the one
-    chosen. Raises CheckpointError, changing nothing, when checkpoints were written but none is intact.
-    """
-    root = run_dir / "checkpoints"
-    skipped, chosen = [], None
-    for ckpt in list_checkpoints(run_dir):
-        problem = checkpoint_problem(ckpt)
-        if problem is None:
-            chosen = ckpt
-            break
-        skipped.append((ckpt, problem))
-    written_before = (root / "latest").is_file() or any(root.glob("iter_*.corrupt*"))
-    if chosen is None and (skipped or written_before):
-        found = "; ".join(f"{c.name}: {p}" for c, p in skipped) or "checkpoints/latest names a missing directory"
-        raise CheckpointError(f"--resume {run_dir}: no intact checkpoint ({found}); nothing was changed: restore a "
-                              "checkpoint directory or start a new run with another run.name")
-    for name in clean_partial_writes(run_dir):
-        log.info(f"removed {name}: the partial write of a killed run")
-    for ckpt, problem in skipped:
-        aside, n = ckpt.with_name(f"{ckpt.name}.corrupt"), 1
-        while aside.exists():
-            n += 1
-            aside = ckpt.with_name(f"{ckpt.name}.corrupt{n}")
-        os.replace(ckpt, aside)
-        log.info(f"skipping {ckpt.name} ({problem}): kept as {aside.name}")
-    pointer = root / "latest"
-    if chosen is not None and (not pointer.is_file() or pointer.read_text().strip() != chosen.name):
-        atomic_write_text(pointer, chosen.name)  # continue/eval of this run dir see the checkpoint resumed from
-    return chosen
 
 
 def resume(run_dir: str | Path, iterations: int | None = None) -> dict:
@@ -345,8 +355,12 @@ def continue_from(checkpoint: str | Path, cfg: RunConfig) -> dict:
     source = "remeasured" if ec.target_entropy == "remeasure" else "set" if ec.target_entropy is not None else "parent"
     if ec.target_entropy is None and parent_target is not None:
         cfg = updated(cfg, {"learner.entropy_control.target_entropy": parent_target})  # the caller's cfg is kept
-    meta = {"model": str(ckpt / "model"), "parent": str(ckpt.resolve()),
-            "parent_run": str(ckpt.parent.parent.resolve()), "parent_target_entropy": parent_target,
-            "target_entropy_source": source,
-            "inherited_target_entropy": None if source == "remeasured" else cfg.learner.entropy_control.target_entropy}
+    meta = {
+        "model": str(ckpt / "model"),
+        "parent": str(ckpt.resolve()),
+        "parent_run": str(ckpt.parent.parent.resolve()),
+        "parent_target_entropy": parent_target,
+        "target_entropy_source": source,
+        "inherited_target_entropy": None if source == "remeasured" else cfg.learner.entropy_control.target_entropy,
+    }
     return _start(cfg, str(ckpt / "model"), meta).fit()

@@ -18,6 +18,7 @@ Everything is computed in float32 (float64 inputs stay float64, for gradcheck). 
 gradients. Every log-ratio is clamped to [-20, 20] before exp (gradient 0 outside), so one stale
 token cannot make the loss e^25.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,31 +39,32 @@ GSPO_SEQ_LOG_RATIO_MAX = 10.0  # GSPO's sequence log-ratio is capped at 10 (as v
 
 @dataclass
 class LossInputs:
-    logp: Tensor                          # [B,T] current policy log p(a_t), requires grad
-    old_logp: Tensor                      # [B,T] behaviour policy log-prob (logp_old)
-    advantages: Tensor                    # [B,T] per-token advantage (broadcast, entropy-shaped)
-    mask: Tensor                          # [B,T] 1 = action token
-    entropy: Optional[Tensor] = None      # [B,T] exact H(s_t) (differentiable if entropy_coef != 0)
-    ref_logp: Optional[Tensor] = None     # [B,T] reference policy log-prob (kl_coef > 0)
+    logp: Tensor  # [B,T] current policy log p(a_t), requires grad
+    old_logp: Tensor  # [B,T] behaviour policy log-prob (logp_old)
+    advantages: Tensor  # [B,T] per-token advantage (broadcast, entropy-shaped)
+    mask: Tensor  # [B,T] 1 = action token
+    entropy: Optional[Tensor] = None  # [B,T] exact H(s_t) (differentiable if entropy_coef != 0)
+    ref_logp: Optional[Tensor] = None  # [B,T] reference policy log-prob (kl_coef > 0)
     inference_logp: Optional[Tensor] = None  # [B,T] inference engine log-prob (tis_cap set)
 
 
 @dataclass
 class PolicyTerms:
-    loss: Tensor       # [B,T] per-token policy loss, before aggregation
-    ratio: Tensor      # ratios for metrics: [B,T] (token losses) or [B] (gspo: sequence ratio)
+    loss: Tensor  # [B,T] per-token policy loss, before aggregation
+    ratio: Tensor  # ratios for metrics: [B,T] (token losses) or [B] (gspo: sequence ratio)
     clip_high: Tensor  # bool, like ratio: clipped branch active at the upper bound
-    clip_low: Tensor   # bool, like ratio: clipped branch active at the lower bound (A < 0, r < lo)
+    clip_low: Tensor  # bool, like ratio: clipped branch active at the lower bound (A < 0, r < lo)
     clip_dual: Tensor  # bool, like ratio: dual-clip bound active (A < 0, loss capped at c|A|)
-    units: Tensor      # bool, like ratio: which entries count for the metrics
-    no_grad: Tensor    # bool [B,T]: action tokens whose gradient the loss already zeroes (a clipped branch)
+    units: Tensor  # bool, like ratio: which entries count for the metrics
+    no_grad: Tensor  # bool [B,T]: action tokens whose gradient the loss already zeroes (a clipped branch)
 
 
 @dataclass(frozen=True)
 class AggNorm:
     """Denominators of the aggregations over a whole minibatch (each clamped to >= 1)."""
+
     tokens: float  # action tokens (token_mean)
-    seqs: float    # sequences with at least one action token (the seq_mean_* modes)
+    seqs: float  # sequences with at least one action token (the seq_mean_* modes)
 
     @classmethod
     def of(cls, mask: Tensor) -> "AggNorm":
@@ -97,8 +99,9 @@ def _log_ratio(batch: LossInputs, m: Tensor) -> Tensor:
     return _masked(batch.logp.to(dt) - batch.old_logp.to(dt), m).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX)
 
 
-def _clipped_objective(ratio: Tensor, adv: Tensor, lo: float, hi: float,
-                       c: Optional[float] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _clipped_objective(
+    ratio: Tensor, adv: Tensor, lo: float, hi: float, c: Optional[float] = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-min(r A, clip(r, lo, hi) A), and with dual-clip c (Ye et al. 2020), for A < 0:
     min(that, -c A) = min(max(-r A, -clip(r) A), c |A|). Returns (loss, high, low, dual): where the
     upper, lower and dual bounds are the active branch."""
@@ -166,7 +169,7 @@ def gspo_loss(batch: LossInputs, cfg: LearnerConfig) -> PolicyTerms:
     dt = _dtype(batch.logp)
     n_tok = m.sum(-1)
     seq_log_ratio = (_log_ratio(batch, m).sum(-1) / n_tok.clamp_min(1)).clamp(max=GSPO_SEQ_LOG_RATIO_MAX)
-    s = torch.exp(seq_log_ratio)                                        # [B]
+    s = torch.exp(seq_log_ratio)  # [B]
     logp = batch.logp.to(dt)
     s_tok = s.detach()[:, None] * torch.exp(_masked(logp - logp.detach(), m))
     lo, hi = 1.0 - cfg.gspo_eps_low, 1.0 + cfg.gspo_eps_high
@@ -223,7 +226,9 @@ def seq_mean_token_sum(x: Tensor, m: Tensor, max_len_norm: Optional[int], norm: 
 
 
 @register_aggregation("seq_mean_token_sum_norm")
-def seq_mean_token_sum_norm(x: Tensor, m: Tensor, max_len_norm: Optional[int], norm: Optional[AggNorm] = None) -> Tensor:
+def seq_mean_token_sum_norm(
+    x: Tensor, m: Tensor, max_len_norm: Optional[int], norm: Optional[AggNorm] = None
+) -> Tensor:
     """Dr.GRPO: mean over sequences of (sum over action tokens / max_len_norm), a constant."""
     if max_len_norm is None or max_len_norm <= 0:
         raise ValueError("loss_agg seq_mean_token_sum_norm needs a positive max_len_norm")
@@ -231,9 +236,15 @@ def seq_mean_token_sum_norm(x: Tensor, m: Tensor, max_len_norm: Optional[int], n
 
 
 # ----------------------------------------------------------------------------- total loss
-def compute_policy_loss(cfg: LearnerConfig, batch: LossInputs, *, overrides: Mapping[str, Any] | None = None,
-                        max_len_norm: int | None = None, norm: AggNorm | None = None,
-                        modifier: TokenModifier | None = None) -> tuple[Tensor, dict[str, float]]:
+def compute_policy_loss(
+    cfg: LearnerConfig,
+    batch: LossInputs,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    max_len_norm: int | None = None,
+    norm: AggNorm | None = None,
+    modifier: TokenModifier | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """loss = agg( w_t * modifier(policy_loss)_t + kl_coef * KL_t - entropy_coef * H_t ).
 
     overrides: learner fields the entropy controller moves (its loss_overrides(), e.g. ADAPO's eps_high),
@@ -276,7 +287,9 @@ def compute_policy_loss(cfg: LearnerConfig, batch: LossInputs, *, overrides: Map
         if batch.ref_logp is None:
             raise ValueError("kl_coef > 0 but LossInputs.ref_logp is None")
         zero = torch.zeros_like(batch.logp, dtype=dt)
-        kl = _masked(kl_estimate(cfg.kl_estimator, _masked(batch.logp.to(dt), m), torch.where(m, batch.ref_logp.to(dt), zero)), m)
+        kl = _masked(
+            kl_estimate(cfg.kl_estimator, _masked(batch.logp.to(dt), m), torch.where(m, batch.ref_logp.to(dt), zero)), m
+        )
         per_token = per_token + cfg.kl_coef * kl
         metrics["kl_ref"] = _mean(kl.detach(), m)
 
@@ -294,10 +307,10 @@ def compute_policy_loss(cfg: LearnerConfig, batch: LossInputs, *, overrides: Map
         metrics.update(
             loss=loss.item(),
             clip_frac_high=((terms.clip_high & units).sum() / n_units).item(),  # upper PPO bound (A > 0)
-            clip_frac_low=((terms.clip_low & units).sum() / n_units).item(),    # lower PPO bound (A < 0)
+            clip_frac_low=((terms.clip_low & units).sum() / n_units).item(),  # lower PPO bound (A < 0)
             clip_frac_dual=((terms.clip_dual & units).sum() / n_units).item(),  # dual-clip cap (A < 0, r > c)
-            approx_kl=_mean(-log_r, m),                          # mean(logp_old - logp)
-            kl_k3=_mean(torch.exp(log_r) - 1.0 - log_r, m),       # k3 of KL(old || new)
+            approx_kl=_mean(-log_r, m),  # mean(logp_old - logp)
+            kl_k3=_mean(torch.exp(log_r) - 1.0 - log_r, m),  # k3 of KL(old || new)
             ratio_mean=_mean(terms.ratio, units),
             ratio_max=(terms.ratio[units].max().item() if bool(units.any()) else 1.0),
         )

@@ -5,6 +5,7 @@ record a run reads back (resume, the final eval, summary.json, `eprl plot`). Oth
 A sink is built by `factory(run_dir, stream)` (stream: "metrics" or "eval") and has `append(row)`,
 `truncate_after(iteration)` (resume: rows of a killed run after its checkpoint never happened) and `close()`.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,9 @@ class MetricStream:
     def __init__(self, run_dir: Path, stream: str, sinks: list[str] | tuple[str, ...] = ("jsonl",)):
         self.jsonl = jsonl_sink(run_dir, stream)
         self.path = self.jsonl.path
-        self.sinks = [self.jsonl if name == "jsonl" else METRIC_SINKS.get(name)(Path(run_dir), stream) for name in sinks]
+        self.sinks = [
+            self.jsonl if name == "jsonl" else METRIC_SINKS.get(name)(Path(run_dir), stream) for name in sinks
+        ]
         if self.jsonl not in self.sinks:
             self.sinks.insert(0, self.jsonl)
 

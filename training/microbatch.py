@@ -23,6 +23,7 @@ of a run) must not depend on what else runs, or `resume` would not be bit-exact.
 budget exceeds any batch it trains on, so it keeps one pass. Our choice, measured in
 bench/results/smollm2_cost.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,23 +39,29 @@ from .batch import PolicyBatch
 
 @dataclass
 class MicroBatch:
-    rows: Tensor         # [b] long: rows of the full batch
-    width: int           # input tokens kept per row (the longest row's length)
+    rows: Tensor  # [b] long: rows of the full batch
+    width: int  # input tokens kept per row (the longest row's length)
     dummy: bool = False  # zero-weight stand-in (see module docstring)
 
     def take(self, batch: PolicyBatch) -> PolicyBatch:
         """These rows of `batch`, cut to `width` (action mask zeroed for a dummy)."""
         sub = batch.select(self.rows)
         w = self.width
-        sub = PolicyBatch(sub.input_ids[:, :w], sub.attention_mask[:, :w], sub.action_mask[:, :w - 1],
-                          sub.inference_logp[:, :w - 1], sub.rewards, sub.group_ids)
+        sub = PolicyBatch(
+            sub.input_ids[:, :w],
+            sub.attention_mask[:, :w],
+            sub.action_mask[:, : w - 1],
+            sub.inference_logp[:, : w - 1],
+            sub.rewards,
+            sub.group_ids,
+        )
         if self.dummy:
             sub.action_mask = torch.zeros_like(sub.action_mask)
         return sub
 
     def cut(self, per_token: Optional[Tensor]) -> Optional[Tensor]:
         """A [B, T-1] tensor of the full batch (log-probs, entropies, ...) cut to this micro-batch."""
-        return None if per_token is None else per_token[self.rows, :self.width - 1]
+        return None if per_token is None else per_token[self.rows, : self.width - 1]
 
 
 MEMORY_FRACTION = 16  # a micro-batch's activations may take 1/16 of the device's memory

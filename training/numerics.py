@@ -4,6 +4,7 @@ docs/algorithms.md, "Numerics": log-probs, ratios, advantages and entropies are 
 never subtract two 16-bit log-probs (rounding a ratio near 1 to bf16 biases it upward and makes
 the upper clip bound bite more often). fp16 compute needs loss scaling (GradScaler).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -25,6 +26,7 @@ def make_grad_scaler(dtype_name: str, device: Optional[str] = None, sharded: boo
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if sharded:
         from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
         return ShardedGradScaler(device, enabled=(dtype_name == "fp16"))
     return torch.amp.GradScaler(device, enabled=(dtype_name == "fp16"))
 
@@ -40,9 +42,9 @@ def _masked_max(x: Tensor, m: Tensor) -> float:
 @torch.no_grad()
 def mismatch_stats(learner_logp: Tensor, inference_logp: Tensor, mask: Tensor) -> dict[str, float]:
     """Inference-vs-learner mismatch over action tokens (float32):
-        mismatch_dp_mean / mismatch_dp_max: mean / max |exp(logp_infer) - exp(logp_learner)|
-        mismatch_iw_max:                    max exp(logp_learner - logp_infer)
-        mismatch_logp_abs_mean:             mean |logp_infer - logp_learner| (run.overlap: the staleness)
+    mismatch_dp_mean / mismatch_dp_max: mean / max |exp(logp_infer) - exp(logp_learner)|
+    mismatch_iw_max:                    max exp(logp_learner - logp_infer)
+    mismatch_logp_abs_mean:             mean |logp_infer - logp_learner| (run.overlap: the staleness)
     """
     m = mask > 0
     zero = torch.zeros_like(learner_logp, dtype=torch.float32)
@@ -50,8 +52,12 @@ def mismatch_stats(learner_logp: Tensor, inference_logp: Tensor, mask: Tensor) -
     ip = torch.where(m, inference_logp.float(), zero)
     dp = (ip.exp() - lp.exp()).abs()
     iw = (lp - ip).exp()
-    return {"mismatch_dp_mean": _masked_mean(dp, m), "mismatch_dp_max": _masked_max(dp, m),
-            "mismatch_iw_max": _masked_max(iw, m), "mismatch_logp_abs_mean": _masked_mean((lp - ip).abs(), m)}
+    return {
+        "mismatch_dp_mean": _masked_mean(dp, m),
+        "mismatch_dp_max": _masked_max(dp, m),
+        "mismatch_iw_max": _masked_max(iw, m),
+        "mismatch_logp_abs_mean": _masked_mean((lp - ip).abs(), m),
+    }
 
 
 @torch.no_grad()

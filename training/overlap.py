@@ -46,6 +46,7 @@ extended with `--resume --iterations N` continues as an N-iteration run would ha
 Not supported (refused in one line): torchrun (rank 0 samples from a gathered copy in step with the
 sharded update), engines other than `hf`.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -66,8 +67,10 @@ from .config import ConfigError, RunConfig
 def check_overlap(cfg: RunConfig) -> None:
     """Refuse run.overlap where it is not supported (the config itself refuses the rest)."""
     if cfg.run.overlap and distributed.active():
-        raise ConfigError("run.overlap under torchrun: not supported (rank 0 samples from a gathered copy in step "
-                          "with the sharded update); drop run.overlap or run in one process")
+        raise ConfigError(
+            "run.overlap under torchrun: not supported (rank 0 samples from a gathered copy in step "
+            "with the sharded update); drop run.overlap or run in one process"
+        )
 
 
 def overlap_threads(cfg: RunConfig) -> int:
@@ -89,13 +92,16 @@ def _sampler_main(conn, cfg_json: str, model_path: str, shared: dict[str, torch.
     try:
         from .builders import build_engine, build_policy, build_runner
         from .collect import collect_episodes
+
         cfg = RunConfig.model_validate_json(cfg_json)
         torch.set_num_threads(overlap_threads(cfg))
         model, tokenizer, _ = build_policy(cfg, model_path)
         params = _trainable(model)
         if params.keys() != shared.keys():
-            raise RuntimeError(f"overlap sampler: its trainable parameters differ from the learner's "
-                               f"({sorted(params.keys() ^ shared.keys())[:3]}...)")
+            raise RuntimeError(
+                f"overlap sampler: its trainable parameters differ from the learner's "
+                f"({sorted(params.keys() ^ shared.keys())[:3]}...)"
+            )
         runner, num_tasks = build_runner(cfg, "train", build_engine(cfg, model, tokenizer), tokenizer)
     except BaseException as err:  # noqa: BLE001  (reported to the learner, which raises it)
         _send_error(conn, err)
@@ -150,8 +156,11 @@ class OverlappedSampler:
         self.shared = {n: p.detach().to("cpu", copy=True).share_memory_() for n, p in self.params.items()}
         ctx = mp.get_context("spawn")  # not fork: the parent's OpenMP pool and threads do not survive a fork
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_sampler_main, args=(child, cfg.model_dump_json(), model_path, self.shared),
-                                   name="eprl-overlap-sampler")  # not daemonic: envs start processes (math-verify)
+        self.process = ctx.Process(
+            target=_sampler_main,
+            args=(child, cfg.model_dump_json(), model_path, self.shared),
+            name="eprl-overlap-sampler",
+        )  # not daemonic: envs start processes (math-verify)
         self.process.start()
         child.close()
         atexit.register(self.close)  # runs before multiprocessing joins its children: an error path cannot hang

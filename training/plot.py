@@ -1,5 +1,6 @@
 """`eprl plot RUN_DIR...`: entropy, reward and held-out success over iterations, and the pass@k curve
 (k = 1..n) of each run's first and last evaluation; runs overlaid."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,9 @@ PANELS = [  # (file stem, source file, metric key, y label)
 
 def _pass_at_k(row: dict) -> tuple[list[int], list[float]]:
     """(k, pass@k) from an eval row's `eval_pass@k` keys, sorted by k."""
-    pairs = sorted((int(key.split("@")[1]), v) for key, v in row.items()
-                   if key.startswith("eval_pass@") and v is not None)
+    pairs = sorted(
+        (int(key.split("@")[1]), v) for key, v in row.items() if key.startswith("eval_pass@") and v is not None
+    )
     return [k for k, _ in pairs], [v for _, v in pairs]
 
 

@@ -1,6 +1,7 @@
 """Checks a run passes before any model work, each failing in one line naming the field: the env id,
 kwargs and data (by building each split's env once), the eval split's size, unbiased sampling, the
 metric sinks' packages, and a run directory that does not already hold a run."""
+
 from __future__ import annotations
 
 import time
@@ -20,7 +21,9 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 def check_run_dir_free(run_dir: Path) -> None:
     if any((run_dir / name).exists() for name in ("metrics.jsonl", "eval.jsonl", "checkpoints")):
-        raise FileExistsError(f"run directory {run_dir} already holds a run; use `train --resume {run_dir}` or another run.name")
+        raise FileExistsError(
+            f"run directory {run_dir} already holds a run; use `train --resume {run_dir}` or another run.name"
+        )
 
 
 def preflight(cfg: RunConfig, new_run: bool = True) -> None:
@@ -32,8 +35,10 @@ def preflight(cfg: RunConfig, new_run: bool = True) -> None:
         size = env.unwrapped.num_tasks
         env.close()
         if size is None:
-            raise ConfigError(f"task.eval.num_tasks: must be set for {cfg.task.env.id}, a procedural environment "
-                              "(it has no fixed size); e.g. --set task.eval.num_tasks=64")
+            raise ConfigError(
+                f"task.eval.num_tasks: must be set for {cfg.task.env.id}, a procedural environment "
+                "(it has no fixed size); e.g. --set task.eval.num_tasks=64"
+            )
     for field in ("sampling", "eval_sampling"):
         try:
             check_unbiased(getattr(cfg.task, field))

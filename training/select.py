@@ -12,6 +12,7 @@ Overlong shaping (`overlong_buffer`) stays in the learner (Learner.advantages): 
 groups are kept, and is computed from the collated batch; group dropping looks at the unshaped returns.
 Pure: no model, no RNG, the input list is not modified.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -27,8 +28,10 @@ from .config import LearnerConfig
 def _informative(trajectories: Sequence[Trajectory]) -> list[bool]:
     if not trajectories:
         return []
-    return informative_groups(torch.tensor([float(t.reward) for t in trajectories], dtype=torch.float32),
-                              torch.tensor([t.group_id for t in trajectories])).tolist()
+    return informative_groups(
+        torch.tensor([float(t.reward) for t in trajectories], dtype=torch.float32),
+        torch.tensor([t.group_id for t in trajectories]),
+    ).tolist()
 
 
 def informative_group_count(trajectories: Sequence[Trajectory]) -> int:
@@ -36,8 +39,9 @@ def informative_group_count(trajectories: Sequence[Trajectory]) -> int:
     return len({t.group_id for t, k in zip(trajectories, _informative(trajectories)) if k})
 
 
-def select_groups(trajectories: Sequence[Trajectory], learner_cfg: LearnerConfig,
-                  tasks_per_iteration: int) -> list[Trajectory]:
+def select_groups(
+    trajectories: Sequence[Trajectory], learner_cfg: LearnerConfig, tasks_per_iteration: int
+) -> list[Trajectory]:
     """The trajectories to train on, in their original order (see the module docstring)."""
     kept = list(trajectories)
     if not (learner_cfg.drop_zero_advantage or learner_cfg.dynamic_sampling):

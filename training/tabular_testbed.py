@@ -8,6 +8,7 @@ Bernoulli(q[s, a]), advantages come from `compute_advantages`, the controller sh
 pre-update mean entropy H (exact, over all states), as in the learner. Here Theorem 1's first-order
 picture holds per state, so the controllers' levers act as docs/algorithms.md describes.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,17 @@ from eprl.training.entropy_control import make_controller
 from eprl.training.losses import LossInputs, compute_policy_loss
 
 
-def run_tabular(cfg: LearnerConfig, *, iterations: int = 60, states: int = 64, actions: int = 8, group: int = 8,
-        lr: float = 1.0, init_scale: float = 1.0, seed: int = 0) -> dict[str, list[float]]:
+def run_tabular(
+    cfg: LearnerConfig,
+    *,
+    iterations: int = 60,
+    states: int = 64,
+    actions: int = 8,
+    group: int = 8,
+    lr: float = 1.0,
+    init_scale: float = 1.0,
+    seed: int = 0,
+) -> dict[str, list[float]]:
     gen = torch.Generator().manual_seed(seed)
     theta = torch.nn.Parameter(init_scale * torch.randn(states, actions, generator=gen, dtype=torch.float64))
     q = torch.rand(states, actions, generator=gen, dtype=torch.float64)  # success probability per (s, a)
@@ -45,9 +55,13 @@ def run_tabular(cfg: LearnerConfig, *, iterations: int = 60, states: int = 64, a
                 ent = -(logp_all_now.exp() * logp_all_now).sum(-1)[rows[mb]][:, None]
                 mask = torch.ones_like(logp)
                 shaped = ctl.shape_advantages(adv[mb, None].to(logp.dtype), logp.detach(), ent.detach(), mask)
-                loss, _ = compute_policy_loss(cfg, LossInputs(logp=logp, old_logp=old_logp[mb], advantages=shaped,
-                                                              mask=mask, entropy=ent), overrides=ctl.loss_overrides(),
-                                              max_len_norm=1, modifier=ctl.token_modifier)
+                loss, _ = compute_policy_loss(
+                    cfg,
+                    LossInputs(logp=logp, old_logp=old_logp[mb], advantages=shaped, mask=mask, entropy=ent),
+                    overrides=ctl.loss_overrides(),
+                    max_len_norm=1,
+                    modifier=ctl.token_modifier,
+                )
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -68,15 +82,24 @@ def tail_rel(entropy: list[float], window: int = 10) -> float:
 STARTS = {"flat": dict(init_scale=1.0, lr=30.0), "peaked": dict(init_scale=3.0, lr=30.0)}  # H0 ~ 1.7 / ~ 0.8 nats
 
 
-def entropy_check(cfg: LearnerConfig, *, seeds: list[int], iterations: int = 60, start: str = "peaked",
-                  band: float = 0.10, window: int = 10) -> dict:
+def entropy_check(
+    cfg: LearnerConfig,
+    *,
+    seeds: list[int],
+    iterations: int = 60,
+    start: str = "peaked",
+    band: float = 0.10,
+    window: int = 10,
+) -> dict:
     """`cfg` and the same learner without entropy control, side by side on the testbed: per seed, the mean
     entropy of the last `window` iterations relative to iteration 0's, and whether it is within +-band.
     The testbed's SGD step size is its own (tabular logits); every other learner field is `cfg`'s."""
     if start not in STARTS:
         raise ConfigError(f"entropy-check: --start {start!r} is unknown; choose one of {sorted(STARTS)}")
     if window >= iterations:
-        raise ConfigError(f"entropy-check: --iterations ({iterations}) must be larger than the averaging window ({window})")
+        raise ConfigError(
+            f"entropy-check: --iterations ({iterations}) must be larger than the averaging window ({window})"
+        )
     baseline = cfg.model_copy(update={"entropy_control": cfg.entropy_control.model_copy(update={"type": "none"})})
     out = {}
     for name, c in (("configured", cfg), ("without_control", baseline)):
@@ -84,11 +107,25 @@ def entropy_check(cfg: LearnerConfig, *, seeds: list[int], iterations: int = 60,
         for seed in seeds:
             run = run_tabular(c, iterations=iterations, seed=seed, **STARTS[start])
             rel = tail_rel(run["entropy"], window)
-            per_seed.append({"seed": seed, "entropy_first": run["entropy"][0], "tail_rel": rel, "in_band": abs(rel) <= band,
-                             "reward_first": run["reward"][0], "reward_last": sum(run["reward"][-window:]) / window,
-                             # None where the controller has no zeta (JSON has no NaN)
-                             "zeta_last": None if math.isnan(run["zeta"][-1]) else run["zeta"][-1],
-                             "eps_high_last": run["eps_high"][-1]})
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "entropy_first": run["entropy"][0],
+                    "tail_rel": rel,
+                    "in_band": abs(rel) <= band,
+                    "reward_first": run["reward"][0],
+                    "reward_last": sum(run["reward"][-window:]) / window,
+                    # None where the controller has no zeta (JSON has no NaN)
+                    "zeta_last": None if math.isnan(run["zeta"][-1]) else run["zeta"][-1],
+                    "eps_high_last": run["eps_high"][-1],
+                }
+            )
         out[name] = {"seeds_in_band": sum(s["in_band"] for s in per_seed), "runs": per_seed}
-    return {"start": start, "iterations": iterations, "band": band, "window": window,
-            "entropy_control": cfg.entropy_control.type, **out}
+    return {
+        "start": start,
+        "iterations": iterations,
+        "band": band,
+        "window": window,
+        "entropy_control": cfg.entropy_control.type,
+        **out,
+    }

@@ -1,5 +1,6 @@
 """The `tensorboard` metric sink: each row's numbers as scalars at step = its iteration, under
 RUN_DIR/tensorboard/<stream>/ (`tensorboard --logdir RUN_DIR/tensorboard`). Needs the tensorboard package."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,9 @@ from typing import Optional
 try:
     from torch.utils.tensorboard import SummaryWriter
 except ImportError:  # torch's own message asks for a version; say what to install
-    raise ImportError("run.metric_sinks=tensorboard needs the tensorboard package: pip install tensorboard "
-                      "(or eprl[tensorboard])") from None
+    raise ImportError(
+        "run.metric_sinks=tensorboard needs the tensorboard package: pip install tensorboard (or eprl[tensorboard])"
+    ) from None
 
 
 class TensorBoardSink:

@@ -7,6 +7,7 @@ No weights can be downloaded here, so the default run builds its own policy:
 3. build a Qwen3ForCausalLM of ~2M parameters and fit it on the episodes' action tokens;
 4. cache the result under a key of every setting above, written atomically.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,10 +29,20 @@ log = logging.getLogger("eprl.training.tiny_default")
 
 CHAT_TEMPLATE = (
     "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{%- endif %}")
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{%- endif %}"
+)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-MODEL_SHAPE = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=48,
-                   intermediate_size=512, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=10000.0)
+MODEL_SHAPE = dict(
+    hidden_size=192,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=48,
+    intermediate_size=512,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+    rope_theta=10000.0,
+)
 CACHE_VERSION = 1
 WARM_START_ENV = "eprl/ArithmeticTool-v0"
 
@@ -73,27 +84,40 @@ def demonstration_messages(env, task_index: int, rng: random.Random, noise: floa
 def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     # Digits split one by one: numbers are copied digit by digit, which a tiny model learns fast.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, clean_up_tokenization_spaces=False)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        clean_up_tokenization_spaces=False,
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
 def build_model(tokenizer, seed: int) -> Qwen3ForCausalLM:
     torch.manual_seed(seed)
-    config = Qwen3Config(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **MODEL_SHAPE)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **MODEL_SHAPE,
+    )
     return Qwen3ForCausalLM(config)
 
 
-def supervised_warm_start(model, tokenizer, conversations, steps: int, seed: int, batch_size: int = 16,
-                          lr: float = 2e-3) -> list[float]:
+def supervised_warm_start(
+    model, tokenizer, conversations, steps: int, seed: int, batch_size: int = 16, lr: float = 2e-3
+) -> list[float]:
     """Cross-entropy on action tokens only (the same masks the RL learner uses)."""
     agent = ChatAgent(tokenizer)
     examples = []
@@ -119,7 +143,11 @@ def supervised_warm_start(model, tokenizer, conversations, steps: int, seed: int
         attn = torch.zeros((batch_size, width), dtype=torch.long)
         for row, i in enumerate(pick):
             toks, m = examples[i]
-            ids[row, :len(toks)], mask[row, :len(toks)], attn[row, :len(toks)] = torch.tensor(toks), torch.tensor(m, dtype=torch.float), 1
+            ids[row, : len(toks)], mask[row, : len(toks)], attn[row, : len(toks)] = (
+                torch.tensor(toks),
+                torch.tensor(m, dtype=torch.float),
+                1,
+            )
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         loss = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
@@ -138,14 +166,26 @@ def supervised_warm_start(model, tokenizer, conversations, steps: int, seed: int
 # ----------------------------------------------------------------------------- cached entry point
 def _cache_root(cache_dir: str | None) -> Path:
     from .model_source import cache_root  # one definition of $EPRL_CACHE's default
+
     return Path(cache_dir) if cache_dir else cache_root()
 
 
-def build_default_policy(make_env, env_key: dict, *, sft_steps: int, noise: float, seed: int = 0,
-                         num_demos: int = 2000, cache_dir: str | None = None) -> Path:
+def build_default_policy(
+    make_env,
+    env_key: dict,
+    *,
+    sft_steps: int,
+    noise: float,
+    seed: int = 0,
+    num_demos: int = 2000,
+    cache_dir: str | None = None,
+) -> Path:
     """Return the directory of the warm-started tiny model for this env, building it if needed."""
-    key = json.dumps(dict(v=CACHE_VERSION, shape=MODEL_SHAPE, env=env_key, steps=sft_steps, noise=noise,
-                          seed=seed, demos=num_demos), sort_keys=True, default=str)
+    key = json.dumps(
+        dict(v=CACHE_VERSION, shape=MODEL_SHAPE, env=env_key, steps=sft_steps, noise=noise, seed=seed, demos=num_demos),
+        sort_keys=True,
+        default=str,
+    )
     target = _cache_root(cache_dir) / "tiny" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (target / "config.json").is_file():
         return target
@@ -156,7 +196,9 @@ def build_default_policy(make_env, env_key: dict, *, sft_steps: int, noise: floa
     conversations = [demonstration_messages(env, 10_000_000 + i, rng, noise) for i in range(num_demos)]
     tokenizer = train_tokenizer([CHAT_TEMPLATE] + [m["content"] for c in conversations for m in c])
     model = build_model(tokenizer, seed)
-    log.info(f"  tiny Qwen3: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    log.info(
+        f"  tiny Qwen3: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}"
+    )
     supervised_warm_start(model, tokenizer, conversations, sft_steps, seed)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

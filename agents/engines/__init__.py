@@ -4,6 +4,7 @@ ENGINES is a Registry (eprl/registry.py) of factories `(model, tokenizer, engine
 ones are named by "module:attr" and imported on first use (the vllm package only when that engine is built);
 installed packages add theirs through the entry-point group `eprl.engines`.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -23,4 +24,13 @@ def make_engine(name: str, model, tokenizer, cfg) -> Engine:
     return ENGINES.get(name)(model, tokenizer, cfg)
 
 
-__all__ = ["ENGINES", "Engine", "Generation", "SamplingError", "ScriptedEngine", "check_unbiased", "make_engine", "register_engine"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "Generation",
+    "SamplingError",
+    "ScriptedEngine",
+    "check_unbiased",
+    "make_engine",
+    "register_engine",
+]

@@ -1,4 +1,5 @@
 """The engine contract: token ids in, token ids + float32 log-probs out."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,14 +17,15 @@ class SamplingError(ConfigError):
 
 @dataclass
 class Generation:
-    token_ids: list[int]     # generated tokens, verbatim, including the stop token if one was hit
-    logprobs: list[float]    # sampler log-prob of each generated token (float32, at the sampling temperature)
-    finish_reason: str       # "stop" | "length"
+    token_ids: list[int]  # generated tokens, verbatim, including the stop token if one was hit
+    logprobs: list[float]  # sampler log-prob of each generated token (float32, at the sampling temperature)
+    finish_reason: str  # "stop" | "length"
 
 
 class Engine(Protocol):
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                 stop_token_ids: Sequence[int]) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, stop_token_ids: Sequence[int]
+    ) -> list[Generation]:
         """Continue each prompt once."""
 
     def sync_weights(self, model) -> None:
@@ -36,4 +38,5 @@ def check_unbiased(sampling: SamplingConfig) -> None:
     if biased and not sampling.allow_biased_sampling:
         raise SamplingError(
             f"sampling.{biased[0]}={getattr(sampling, biased[0])} makes the sampler's distribution differ from the "
-            "learner's; remove it or set sampling.allow_biased_sampling=true to accept biased importance ratios")
+            "learner's; remove it or set sampling.allow_biased_sampling=true to accept biased importance ratios"
+        )

@@ -6,6 +6,7 @@ at a time by a logits processor (`_SampledLogprobs`), not from `output_logits=Tr
 step's [batch x vocab] logits until the end (64 x 64 x 49,152 floats = 805 MB for SmolLM2) and then
 normalised them all at once.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
@@ -41,7 +42,11 @@ class _SampledLogprobs(LogitsProcessor):
         """[B, steps] log-probs of the generated tokens (the last column of `sequences` is the last step's)."""
         self._gather(sequences[:, -1])
         self.prev = None
-        return torch.stack(self.steps, dim=1) if self.steps else sequences.new_zeros((len(sequences), 0), dtype=torch.float32)
+        return (
+            torch.stack(self.steps, dim=1)
+            if self.steps
+            else sequences.new_zeros((len(sequences), 0), dtype=torch.float32)
+        )
 
 
 class HFEngine:
@@ -55,11 +60,13 @@ class HFEngine:
         self.model = model
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, stop_token_ids: Sequence[int]) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, stop_token_ids: Sequence[int]
+    ) -> list[Generation]:
         check_unbiased(sampling)
         out: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
-            out.extend(self._generate_batch(prompts[start:start + self.batch_size], sampling, list(stop_token_ids)))
+            out.extend(self._generate_batch(prompts[start : start + self.batch_size], sampling, list(stop_token_ids)))
         return out
 
     def _generate_batch(self, prompts, sampling, stop_ids: list[int]) -> list[Generation]:
@@ -68,18 +75,27 @@ class HFEngine:
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):  # left padding: every prompt ends at the same column
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            attention[row, width - len(prompt):] = 1
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention[row, width - len(prompt) :] = 1
         temperature = 1.0 if sampling.greedy else sampling.temperature
         config = GenerationConfig(
-            do_sample=not sampling.greedy, temperature=temperature if not sampling.greedy else None,
-            top_k=sampling.top_k or None, top_p=sampling.top_p if sampling.top_p < 1.0 else None,
-            max_new_tokens=sampling.max_new_tokens, eos_token_id=stop_ids, pad_token_id=self.pad_id)
+            do_sample=not sampling.greedy,
+            temperature=temperature if not sampling.greedy else None,
+            top_k=sampling.top_k or None,
+            top_p=sampling.top_p if sampling.top_p < 1.0 else None,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=stop_ids,
+            pad_token_id=self.pad_id,
+        )
         was_training = self.model.training
         self.model.eval()
         recorder = _SampledLogprobs(temperature)
-        sequences = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                        generation_config=config, logits_processor=LogitsProcessorList([recorder]))
+        sequences = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([recorder]),
+        )
         self.model.train(was_training)
         new_tokens = sequences[:, width:].cpu()
         logprobs = recorder.finish(sequences).cpu()

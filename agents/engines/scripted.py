@@ -9,6 +9,7 @@ A token-id answer finishes with "stop" when its last token is one of the call's 
 "length"; each of its tokens gets the log-prob `logprob`. With `prompt_lengths` (one list per turn, as
 recorded), a call whose prompt lengths differ raises: the replayed episodes diverged from the recording.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,8 +18,14 @@ from .base import Generation
 
 
 class ScriptedEngine:
-    def __init__(self, script: Sequence, *, logprob: float = -0.5, repeat_last: bool = False,
-                 prompt_lengths: Sequence[Sequence[int]] | None = None):
+    def __init__(
+        self,
+        script: Sequence,
+        *,
+        logprob: float = -0.5,
+        repeat_last: bool = False,
+        prompt_lengths: Sequence[Sequence[int]] | None = None,
+    ):
         if not script:
             raise ValueError("ScriptedEngine: the script needs at least one turn")
         self.script, self.logprob, self.repeat_last = list(script), logprob, repeat_last
@@ -43,8 +50,11 @@ class ScriptedEngine:
         if i >= len(self.script) and not self.repeat_last:
             raise RuntimeError(f"ScriptedEngine: call {i + 1}, but the script has {len(self.script)} turns")
         turn = self.script[min(i, len(self.script) - 1)]
-        if self.prompt_lengths is not None and i < len(self.prompt_lengths) and \
-                list(self.prompt_lengths[i]) != [len(p) for p in prompts]:
+        if (
+            self.prompt_lengths is not None
+            and i < len(self.prompt_lengths)
+            and list(self.prompt_lengths[i]) != [len(p) for p in prompts]
+        ):
             raise RuntimeError("replay diverged from the recorded run (prompt lengths differ)")
         self.calls += 1
         if turn and isinstance(turn[0], Generation):

@@ -38,6 +38,7 @@ vllm_server.py). The previous adapter is dropped from vLLM and its directory del
 
 vLLM is imported lazily, so `import eprl.agents` works without it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,11 +77,20 @@ def request_fields(sampling: SamplingConfig, stop_token_ids: Sequence[int]) -> d
     """SamplingConfig -> the vLLM sampling fields shared by `SamplingParams` and /v1/completions."""
     check_unbiased(sampling)
     return dict(
-        n=1, temperature=0.0 if sampling.greedy else float(sampling.temperature),
-        top_p=float(sampling.top_p), top_k=int(sampling.top_k), min_p=0.0,
-        repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
-        max_tokens=int(sampling.max_new_tokens), stop_token_ids=[int(t) for t in stop_token_ids],
-        ignore_eos=True, skip_special_tokens=False, logprobs=0)
+        n=1,
+        temperature=0.0 if sampling.greedy else float(sampling.temperature),
+        top_p=float(sampling.top_p),
+        top_k=int(sampling.top_k),
+        min_p=0.0,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        max_tokens=int(sampling.max_new_tokens),
+        stop_token_ids=[int(t) for t in stop_token_ids],
+        ignore_eos=True,
+        skip_special_tokens=False,
+        logprobs=0,
+    )
 
 
 def engine_dtype(model, cfg) -> str:
@@ -125,8 +135,10 @@ def base_state_dict(model) -> dict:
     state = {}
     for name, tensor in model.get_base_model().state_dict().items():
         if "modules_to_save" in name or "original_module" in name:
-            raise NotImplementedError("vllm engine: LoRA with modules_to_save cannot be served by vLLM "
-                                      "(it serves only lora_A/lora_B on the base weights)")
+            raise NotImplementedError(
+                "vllm engine: LoRA with modules_to_save cannot be served by vLLM "
+                "(it serves only lora_A/lora_B on the base weights)"
+            )
         if ".lora_" in name:
             continue
         state[name.replace(".base_layer.", ".")] = tensor
@@ -162,10 +174,19 @@ class LocalLLM:
 
     def _build(self):
         from vllm import LLM
-        kwargs = dict(model=str(self.path), dtype=self.dtype, seed=self.seed,
-                      gpu_memory_utilization=self.cfg.gpu_memory_utilization, enforce_eager=self.cfg.enforce_eager,
-                      max_num_seqs=self.cfg.batch_size, logprobs_mode="processed_logprobs", generation_config="vllm",
-                      disable_log_stats=True, worker_extension_cls=WORKER_EXTENSION)
+
+        kwargs = dict(
+            model=str(self.path),
+            dtype=self.dtype,
+            seed=self.seed,
+            gpu_memory_utilization=self.cfg.gpu_memory_utilization,
+            enforce_eager=self.cfg.enforce_eager,
+            max_num_seqs=self.cfg.batch_size,
+            logprobs_mode="processed_logprobs",
+            generation_config="vllm",
+            disable_log_stats=True,
+            worker_extension_cls=WORKER_EXTENSION,
+        )
         if self.cfg.max_model_len:
             kwargs["max_model_len"] = self.cfg.max_model_len
         if self.max_lora_rank:
@@ -177,14 +198,20 @@ class LocalLLM:
         if adapter is None:
             return None
         from vllm.lora.request import LoRARequest
+
         return LoRARequest(adapter.name, adapter.int_id, str(adapter.path))
 
     def generate(self, prompts, fields: dict, adapter: Adapter | None = None) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
         params = SamplingParams(detokenize=False, **fields)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts], params,
-                                 use_tqdm=False, lora_request=self.lora_request(adapter))
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts],
+            params,
+            use_tqdm=False,
+            lora_request=self.lora_request(adapter),
+        )
         gens = []
         for out in outs:
             c = out.outputs[0]
@@ -197,8 +224,12 @@ class LocalLLM:
             self.llm.collective_rpc("eprl_reload_weights", args=(str(path),))
             self.llm.reset_prefix_cache()
         except Exception as err:  # noqa: BLE001 - any failure: fall back to a fresh engine
-            log.warning("vllm engine: in-place reload_weights failed (%r); re-creating the engine from %s "
-                        "(slow: a full engine start per sync)", err, path)
+            log.warning(
+                "vllm engine: in-place reload_weights failed (%r); re-creating the engine from %s "
+                "(slow: a full engine start per sync)",
+                err,
+                path,
+            )
             self.close()
             self.path = path
             self.llm = self._build()
@@ -245,11 +276,13 @@ class VLLMEngine:
         else:
             save_weights(model, tokenizer, self.weights_dir)
         dtype = engine_dtype(model, cfg)
-        seed = int(torch.initial_seed() % (2 ** 31))
+        seed = int(torch.initial_seed() % (2**31))
         if cfg.server_urls or cfg.launch_server:
             from .vllm_server import ServerBackend
-            self.backend = ServerBackend(self.weights_dir, cfg, dtype, seed, max_lora_rank=max_rank,
-                                         adapter=self.adapter)
+
+            self.backend = ServerBackend(
+                self.weights_dir, cfg, dtype, seed, max_lora_rank=max_rank, adapter=self.adapter
+            )
         else:
             self.backend = LocalLLM(self.weights_dir, cfg, dtype, seed, max_lora_rank=max_rank)
         # Runs on close(), garbage collection or interpreter exit: stops the engine / server, removes the temp dir.

@@ -26,6 +26,7 @@ POST /v1/unload_lora_adapter {"lora_name": ...}, and completions ask for "model"
 A server given by URL must have been started with those flags and that variable, and see
 `weights_dir`; otherwise loading fails with an error saying so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,11 +64,34 @@ class LaunchedServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(model_dir).parent / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", SERVER_MODULE, "--model", str(model_dir),
-               "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", MODEL_NAME,
-               "--dtype", dtype, "--seed", str(seed), "--gpu-memory-utilization", str(cfg.gpu_memory_utilization),
-               "--max-num-seqs", str(cfg.batch_size), "--logprobs-mode", "processed_logprobs",
-               "--generation-config", "vllm", "--disable-log-stats", "--worker-extension-cls", WORKER_EXTENSION]
+        cmd = [
+            sys.executable,
+            "-m",
+            SERVER_MODULE,
+            "--model",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--served-model-name",
+            MODEL_NAME,
+            "--dtype",
+            dtype,
+            "--seed",
+            str(seed),
+            "--gpu-memory-utilization",
+            str(cfg.gpu_memory_utilization),
+            "--max-num-seqs",
+            str(cfg.batch_size),
+            "--logprobs-mode",
+            "processed_logprobs",
+            "--generation-config",
+            "vllm",
+            "--disable-log-stats",
+            "--worker-extension-cls",
+            WORKER_EXTENSION,
+        ]
         if cfg.max_model_len:
             cmd += ["--max-model-len", str(cfg.max_model_len)]
         if cfg.enforce_eager:
@@ -77,8 +101,9 @@ class LaunchedServer:
             cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "1"]
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         self._log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         log.info("vllm engine: started `vllm serve` pid %d on %s (log: %s)", self.proc.pid, self.url, self.log_path)
         try:
             self._wait_ready(cfg.server_timeout)
@@ -90,16 +115,20 @@ class LaunchedServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with code {self.proc.returncode} before becoming ready; "
-                                   f"last lines of {self.log_path}:\n{self.tail()}")
+                raise RuntimeError(
+                    f"vllm serve exited with code {self.proc.returncode} before becoming ready; "
+                    f"last lines of {self.log_path}:\n{self.tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"vllm serve not healthy after {timeout:.0f} s (engine.server_timeout); "
-                           f"last lines of {self.log_path}:\n{self.tail()}")
+        raise TimeoutError(
+            f"vllm serve not healthy after {timeout:.0f} s (engine.server_timeout); "
+            f"last lines of {self.log_path}:\n{self.tail()}"
+        )
 
     def tail(self, n: int = 20) -> str:
         try:
@@ -124,8 +153,15 @@ class LaunchedServer:
 class ServerBackend:
     """Round-robin /v1/completions client over one launched server or the given URLs."""
 
-    def __init__(self, model_dir: Path, cfg, dtype: str, seed: int, max_lora_rank: int | None = None,
-                 adapter: Adapter | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        cfg,
+        dtype: str,
+        seed: int,
+        max_lora_rank: int | None = None,
+        adapter: Adapter | None = None,
+    ):
         self.cfg, self.dtype, self.seed, self.max_lora_rank = cfg, dtype, seed, max_lora_rank
         self.server: LaunchedServer | None = None
         if cfg.server_urls:
@@ -145,8 +181,14 @@ class ServerBackend:
         return resp.json()["data"][0]["id"]
 
     def _complete(self, replica: int, prompts: list[list[int]], fields: dict, model: str | None) -> list[Generation]:
-        body = dict(fields, model=model or self.models[replica], prompt=prompts, return_tokens_as_token_ids=True,
-                    return_token_ids=True, stream=False)
+        body = dict(
+            fields,
+            model=model or self.models[replica],
+            prompt=prompts,
+            return_tokens_as_token_ids=True,
+            return_token_ids=True,
+            stream=False,
+        )
         resp = self.client.post(f"{self.urls[replica]}/v1/completions", json=body)
         if resp.status_code != 200:
             raise RuntimeError(f"vllm server {self.urls[replica]} answered {resp.status_code}: {resp.text[:500]}")
@@ -165,13 +207,15 @@ class ServerBackend:
         model = adapter.name if adapter is not None else None
         n = len(self.urls)
         start, self._next = self._next, (self._next + len(prompts)) % n
-        shares: list[list[int]] = [[] for _ in range(n)]       # prompt indices per replica
+        shares: list[list[int]] = [[] for _ in range(n)]  # prompt indices per replica
         for i in range(len(prompts)):
             shares[(start + i) % n].append(i)
         jobs = [(r, idx) for r, idx in enumerate(shares) if idx]
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            futures = [pool.submit(self._complete, r, [[int(t) for t in prompts[i]] for i in idx], fields, model)
-                       for r, idx in jobs]
+            futures = [
+                pool.submit(self._complete, r, [[int(t) for t in prompts[i]] for i in idx], fields, model)
+                for r, idx in jobs
+            ]
             out: list[Generation | None] = [None] * len(prompts)
             for (_, idx), fut in zip(jobs, futures):
                 for i, gen in zip(idx, fut.result()):
@@ -185,8 +229,12 @@ class ServerBackend:
         kwargs = {"weights_path": str(path)}
         resp = self._post(f"{url}/collective_rpc", {"method": "eprl_reload_weights", "kwargs": kwargs})
         if resp.status_code != 200 and self.server is None:  # a server started without our worker extension
-            log.warning("vllm engine: %s has no eprl_reload_weights (start it with --worker-extension-cls %s); "
-                        "using reload_weights (a tied lm_head stays stale on vLLM CPU)", url, WORKER_EXTENSION)
+            log.warning(
+                "vllm engine: %s has no eprl_reload_weights (start it with --worker-extension-cls %s); "
+                "using reload_weights (a tied lm_head stays stale on vLLM CPU)",
+                url,
+                WORKER_EXTENSION,
+            )
             resp = self._post(f"{url}/collective_rpc", {"method": "reload_weights", "kwargs": kwargs})
         if resp.status_code == 200:
             resp = self._post(f"{url}/reset_prefix_cache", None)
@@ -199,8 +247,10 @@ class ServerBackend:
                 self._reload_one(url, path)
             except (RuntimeError, httpx.HTTPError) as err:
                 if self.server is None:
-                    raise RuntimeError(f"vllm engine: cannot reload weights on {url} ({err}); start the server with "
-                                       "VLLM_SERVER_DEV_MODE=1 and make engine.weights_dir visible to it") from err
+                    raise RuntimeError(
+                        f"vllm engine: cannot reload weights on {url} ({err}); start the server with "
+                        "VLLM_SERVER_DEV_MODE=1 and make engine.weights_dir visible to it"
+                    ) from err
                 log.warning("vllm engine: reload endpoint failed (%s); restarting the launched server", err)
                 self.server.stop()
                 self.server = LaunchedServer(path, self.cfg, self.dtype, self.seed)
@@ -210,26 +260,40 @@ class ServerBackend:
     # ------------------------------------------------------------------ LoRA
     def _load_adapter(self, url: str, adapter: Adapter) -> None:
         try:
-            resp = self._post(f"{url}/v1/load_lora_adapter", {"lora_name": adapter.name, "lora_path": str(adapter.path)})
+            resp = self._post(
+                f"{url}/v1/load_lora_adapter", {"lora_name": adapter.name, "lora_path": str(adapter.path)}
+            )
         except httpx.HTTPError as err:
             raise RuntimeError(f"vllm engine: cannot reach {url} to load LoRA adapter {adapter.name} ({err})") from err
         if resp.status_code == 200:
             return
-        hint = ("" if self.server is not None else
-                f" A server given by URL must run with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and `--enable-lora "
-                f"--max-lora-rank {self.max_lora_rank} --max-loras 1` (or a larger rank / more LoRAs), and see "
-                f"engine.weights_dir ({adapter.path.parent}) on its filesystem.")
-        what = "no /v1/load_lora_adapter endpoint" if resp.status_code in (404, 405) and "lora" not in resp.text.lower() \
+        hint = (
+            ""
+            if self.server is not None
+            else f" A server given by URL must run with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and `--enable-lora "
+            f"--max-lora-rank {self.max_lora_rank} --max-loras 1` (or a larger rank / more LoRAs), and see "
+            f"engine.weights_dir ({adapter.path.parent}) on its filesystem."
+        )
+        what = (
+            "no /v1/load_lora_adapter endpoint"
+            if resp.status_code in (404, 405) and "lora" not in resp.text.lower()
             else f"{resp.status_code}: {resp.text[:300]}"
-        raise RuntimeError(f"vllm engine: loading LoRA adapter {adapter.name} from {adapter.path} on {url} failed "
-                           f"({what}).{hint}")
+        )
+        raise RuntimeError(
+            f"vllm engine: loading LoRA adapter {adapter.name} from {adapter.path} on {url} failed ({what}).{hint}"
+        )
 
     def _unload_adapter(self, url: str, adapter: Adapter) -> None:
         try:
             resp = self._post(f"{url}/v1/unload_lora_adapter", {"lora_name": adapter.name})
             if resp.status_code != 200:
-                log.warning("vllm engine: unloading LoRA adapter %s on %s answered %d: %s",
-                            adapter.name, url, resp.status_code, resp.text[:200])
+                log.warning(
+                    "vllm engine: unloading LoRA adapter %s on %s answered %d: %s",
+                    adapter.name,
+                    url,
+                    resp.status_code,
+                    resp.text[:200],
+                )
         except httpx.HTTPError as err:
             log.warning("vllm engine: unloading LoRA adapter %s on %s failed: %s", adapter.name, url, err)
 

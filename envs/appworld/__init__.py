@@ -3,6 +3,7 @@
 Nothing here imports appworld (it freezes the clock with freezegun): `setup` builds the venv
 and the world, `server` runs `appworld.serve.environment` with uvicorn, `client` talks httpx.
 """
+
 from eprl.envs.registry import register_env
 
 ENTRY_POINT = "eprl.envs.appworld.env:AppWorldEnv"

@@ -3,6 +3,7 @@
 Every call is a POST with the task id; the server answers ``{"output": ...}``. Connection
 errors, timeouts (a hung server) and non-200 answers raise AppWorldServerError.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,13 +25,18 @@ class AppWorldClient:
         try:
             response = self.http.post(f"/{method}", json=body, timeout=timeout or self.timeout)
         except httpx.TimeoutException as err:
-            raise AppWorldServerError(f"AppWorld server at {self.base_url} timed out on /{method} "
-                                      f"after {timeout or self.timeout:.0f} s (hung?)") from err
+            raise AppWorldServerError(
+                f"AppWorld server at {self.base_url} timed out on /{method} "
+                f"after {timeout or self.timeout:.0f} s (hung?)"
+            ) from err
         except httpx.HTTPError as err:
-            raise AppWorldServerError(f"AppWorld server at {self.base_url} unreachable on /{method}: "
-                                      f"{type(err).__name__}: {err}") from err
+            raise AppWorldServerError(
+                f"AppWorld server at {self.base_url} unreachable on /{method}: {type(err).__name__}: {err}"
+            ) from err
         if response.status_code != 200:
-            raise AppWorldServerError(f"AppWorld /{method} failed with HTTP {response.status_code}: {response.text[:2000]}")
+            raise AppWorldServerError(
+                f"AppWorld /{method} failed with HTTP {response.status_code}: {response.text[:2000]}"
+            )
         return response.json()["output"]
 
     def initialize(self, task_id: str, experiment_name: str, **settings: Any) -> dict:

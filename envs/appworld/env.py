@@ -8,6 +8,7 @@ output (truncated with a note), and ends the episode when the agent calls
 Reward: fraction of the task's tests passed ("dense", as LOOP) or 1/0 success ("success").
 A crashed or hung server ends the episode as failed (info["failure_reason"]) and is restarted.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ from eprl.envs.appworld.setup import world_root
 from eprl.envs.base import TextEnv
 
 SPLITS = ("train", "dev", "test_normal", "test_challenge")
-EMPTY_ACTION = ("Execution failed. No Python code found in your message. Write the code to run in a "
-                "```python\n...\n``` block.")
+EMPTY_ACTION = (
+    "Execution failed. No Python code found in your message. Write the code to run in a ```python\n...\n``` block."
+)
 FIRST_OBSERVATION = """Using these APIs, now generate code to solve the actual task:
 
 My name is: {first_name} {last_name}. My personal email is {email} and phone number is {phone_number}.
@@ -34,8 +36,10 @@ def load_split(root: Path, split: str, difficulty: int | None = None, denylist=(
     """Task ids of a split, as AppWorld's load_task_ids reads them (tags after ':' dropped)."""
     path = root / "data" / "datasets" / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"AppWorld split file not found: {path}; choose a split in {SPLITS} "
-                                "or run `eprl appworld-setup` to build the world")
+        raise FileNotFoundError(
+            f"AppWorld split file not found: {path}; choose a split in {SPLITS} "
+            "or run `eprl appworld-setup` to build the world"
+        )
     ids = [line.split(":")[0].strip() for line in path.read_text().splitlines() if line.strip()]
     if difficulty is not None:
         ids = [t for t in ids if task_metadata(root, t).get("difficulty") == difficulty]
@@ -50,10 +54,21 @@ def task_metadata(root: Path, task_id: str) -> dict:
 class AppWorldEnv(TextEnv):
     """One AppWorld server per env instance (so one per concurrent episode)."""
 
-    def __init__(self, split: str = "train", difficulty: int | None = None, denylist: tuple[str, ...] = (),
-                 reward: str = "dense", max_interactions: int | None = None, max_output_chars: int = 4000,
-                 timeout_seconds: int = 10, request_margin: float = 20.0, root: str | None = None,
-                 venv: str | None = None, server_start_timeout: float = 120.0, keep_outputs: bool = False):
+    def __init__(
+        self,
+        split: str = "train",
+        difficulty: int | None = None,
+        denylist: tuple[str, ...] = (),
+        reward: str = "dense",
+        max_interactions: int | None = None,
+        max_output_chars: int = 4000,
+        timeout_seconds: int = 10,
+        request_margin: float = 20.0,
+        root: str | None = None,
+        venv: str | None = None,
+        server_start_timeout: float = 120.0,
+        keep_outputs: bool = False,
+    ):
         super().__init__()
         if reward not in ("dense", "success"):
             raise ValueError(f"reward must be 'dense' (fraction of tests passed) or 'success', got {reward!r}")
@@ -63,7 +78,9 @@ class AppWorldEnv(TextEnv):
         self.split, self.reward_type = split, reward
         self.task_ids = load_split(self.root, split, difficulty, denylist)
         if not self.task_ids:
-            raise ValueError(f"no AppWorld tasks in split {split!r} (difficulty={difficulty}, denylist={list(denylist)})")
+            raise ValueError(
+                f"no AppWorld tasks in split {split!r} (difficulty={difficulty}, denylist={list(denylist)})"
+            )
         self.max_interactions = max_interactions or (40 if split == "train" else 50)
         self.max_output_chars, self.timeout_seconds = max_output_chars, timeout_seconds
         self.request_timeout = timeout_seconds + request_margin
@@ -86,8 +103,12 @@ class AppWorldEnv(TextEnv):
             self.client = AppWorldClient(self.server.url, timeout=self.request_timeout)
 
     def _initialize(self, task_id: str) -> dict:
-        settings = dict(timeout_seconds=self.timeout_seconds, max_interactions=self.max_interactions + 1,
-                        random_seed=100, raise_on_failure=False)
+        settings = dict(
+            timeout_seconds=self.timeout_seconds,
+            max_interactions=self.max_interactions + 1,
+            random_seed=100,
+            raise_on_failure=False,
+        )
         try:
             self._ensure_server()
             return self.client.initialize(task_id, self.experiment, **settings)
@@ -103,8 +124,14 @@ class AppWorldEnv(TextEnv):
         self._open, self.turns = task_id, 0
         meta = task_metadata(self.root, task_id)
         obs = FIRST_OBSERVATION.format(instruction=task["instruction"], **task["supervisor"])
-        info = {"task_id": task_id, "scenario_id": task_id.split("_")[0], "difficulty": meta.get("difficulty"),
-                "supervisor": task["supervisor"], "instruction": task["instruction"], "datetime": task["datetime"]}
+        info = {
+            "task_id": task_id,
+            "scenario_id": task_id.split("_")[0],
+            "difficulty": meta.get("difficulty"),
+            "supervisor": task["supervisor"],
+            "instruction": task["instruction"],
+            "datetime": task["datetime"],
+        }
         return obs, info
 
     def _step_text(self, action: str) -> tuple[str, float, bool, bool, dict]:
@@ -128,9 +155,15 @@ class AppWorldEnv(TextEnv):
         passed = len(result["passes"])
         success = bool(result["success"])
         reward = passed / n if self.reward_type == "dense" else float(success)
-        info.update(success=success, tests_passed=passed, num_tests=n, difficulty=result.get("difficulty"),
-                    scenario_id=task_id.split("_")[0], failed_tests=[f["requirement"] for f in result["failures"]],
-                    failure_reason=None if success else ("max_interactions" if truncated else "tests_failed"))
+        info.update(
+            success=success,
+            tests_passed=passed,
+            num_tests=n,
+            difficulty=result.get("difficulty"),
+            scenario_id=task_id.split("_")[0],
+            failed_tests=[f["requirement"] for f in result["failures"]],
+            failure_reason=None if success else ("max_interactions" if truncated else "tests_failed"),
+        )
         if truncated:
             obs = f"{obs}\n[maximum number of interactions ({self.max_interactions}) reached]"
         return self._truncate(obs), reward, completed, truncated, info

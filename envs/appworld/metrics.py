@@ -5,6 +5,7 @@ SGC (scenario goal completion): % of scenarios (task id ``<scenario>_<n>``) whos
 With several samples per task, a task's success is the mean over its samples, and a
 scenario's is the min over its tasks (AppWorld's "min of strict scores").
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -20,9 +21,12 @@ def _tgc_sgc(task_success: Mapping[str, float]) -> dict:
     for task_id, s in task_success.items():
         by_scenario[scenario_id(task_id)].append(s)
     n = len(task_success)
-    return {"tgc": round(100 * sum(task_success.values()) / n, 1) if n else None,
-            "sgc": round(100 * sum(min(v) for v in by_scenario.values()) / len(by_scenario), 1) if n else None,
-            "num_tasks": n, "num_scenarios": len(by_scenario)}
+    return {
+        "tgc": round(100 * sum(task_success.values()) / n, 1) if n else None,
+        "sgc": round(100 * sum(min(v) for v in by_scenario.values()) / len(by_scenario), 1) if n else None,
+        "num_tasks": n,
+        "num_scenarios": len(by_scenario),
+    }
 
 
 def summarize(results: Iterable[Mapping]) -> dict:

@@ -3,6 +3,7 @@
 Bound to 127.0.0.1 on a free port, in its own process group; a server holds one world at a
 time, so there is one per concurrent episode. Shutdown: SIGINT, then SIGKILL.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,15 +64,34 @@ class AppWorldServer:
         self._log = tempfile.NamedTemporaryFile("w+", prefix=f"appworld-server-{self.port}-", suffix=".log")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
         env.update(APPWORLD_ROOT=str(self.root), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        cmd = [str(venv_python(self.venv)), "-m", "uvicorn", "appworld.serve.environment:app",
-               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, cwd=str(self.root), env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        cmd = [
+            str(venv_python(self.venv)),
+            "-m",
+            "uvicorn",
+            "appworld.serve.environment:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=str(self.root),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AppWorldServerError(f"AppWorld server exited with code {self.proc.returncode} while starting:\n"
-                                          f"{self.log_tail()}\nFix: check the venv with `eprl appworld-setup`")
+                raise AppWorldServerError(
+                    f"AppWorld server exited with code {self.proc.returncode} while starting:\n"
+                    f"{self.log_tail()}\nFix: check the venv with `eprl appworld-setup`"
+                )
             try:
                 if httpx.get(self.url + "/", timeout=2.0).status_code == 200:
                     return self
@@ -79,8 +99,9 @@ class AppWorldServer:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise AppWorldServerError(f"AppWorld server on port {self.port} not ready after {self.start_timeout:.0f} s:\n"
-                                  f"{self.log_tail()}")
+        raise AppWorldServerError(
+            f"AppWorld server on port {self.port} not ready after {self.start_timeout:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGINT the process group, then SIGKILL after `grace` seconds."""

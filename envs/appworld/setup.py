@@ -7,6 +7,7 @@ imports appworld; it starts that venv's python as an HTTP server (see server.py)
 The world (``APPWORLD_ROOT``) is the official data when ``APPWORLD_ROOT`` is set, otherwise a
 stand-in built here (default ``$EPRL_CACHE/appworld-standin``; override ``EPRL_APPWORLD_STANDIN``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,12 +84,21 @@ def ensure_venv(venv: Path | None = None, force: bool = False) -> Path:
         shutil.rmtree(venv, ignore_errors=True)
     base_python = getattr(sys, "_base_executable", sys.executable)
     if not venv_python(venv).is_file():
-        _run([base_python, "-m", "venv", venv], "creating the AppWorld venv",
-             f"check that {base_python} has the venv module (apt install python3-venv) and {venv.parent} is writable")
-    _run([venv_python(venv), "-m", "pip", "install", "-q", f"appworld=={APPWORLD_VERSION}"],
-         f"pip install appworld=={APPWORLD_VERSION}", "check PyPI access (pip config) and disk space; rerun")
-    _run([venv / "bin" / "appworld", "install"], "appworld install",
-         f"rerun `eprl appworld-setup --force`, or run `{venv / 'bin' / 'appworld'} install` by hand to see the error")
+        _run(
+            [base_python, "-m", "venv", venv],
+            "creating the AppWorld venv",
+            f"check that {base_python} has the venv module (apt install python3-venv) and {venv.parent} is writable",
+        )
+    _run(
+        [venv_python(venv), "-m", "pip", "install", "-q", f"appworld=={APPWORLD_VERSION}"],
+        f"pip install appworld=={APPWORLD_VERSION}",
+        "check PyPI access (pip config) and disk space; rerun",
+    )
+    _run(
+        [venv / "bin" / "appworld", "install"],
+        "appworld install",
+        f"rerun `eprl appworld-setup --force`, or run `{venv / 'bin' / 'appworld'} install` by hand to see the error",
+    )
     (venv / MARKER).write_text(APPWORLD_VERSION + "\n")
     return venv
 
@@ -97,13 +107,19 @@ def build_world(root: Path | None = None, venv: Path | None = None, force: bool 
     """Build the stand-in world at ROOT/data with the venv's python (about 30 s)."""
     root, venv = root or world_root(), venv or venv_dir()
     cmd = [venv_python(venv), BUILDER, "--root", root] + (["--force"] if force else [])
-    _run(cmd, "building the stand-in AppWorld world", "see the error above; rebuild with `eprl appworld-setup --force-world`",
-         cwd=str(BUILDER.parent))
+    _run(
+        cmd,
+        "building the stand-in AppWorld world",
+        "see the error above; rebuild with `eprl appworld-setup --force-world`",
+        cwd=str(BUILDER.parent),
+    )
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="eprl appworld-setup", description="Create AppWorld's own venv and the stand-in world.")
+    p = argparse.ArgumentParser(
+        prog="eprl appworld-setup", description="Create AppWorld's own venv and the stand-in world."
+    )
     p.add_argument("--venv", type=Path, default=None, help=f"venv path (default {venv_dir()}; env EPRL_APPWORLD_VENV)")
     p.add_argument("--root", type=Path, default=None, help=f"world root (default {world_root()})")
     p.add_argument("--force", action="store_true", help="recreate the venv from scratch")
@@ -117,12 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_world:
             if os.environ.get("APPWORLD_ROOT") and args.root is None:
                 if not world_ready(root):
-                    raise AppWorldSetupError(f"APPWORLD_ROOT={root} has no data/ with tasks, datasets and base_dbs; "
-                                             "unset APPWORLD_ROOT to build the stand-in world")
+                    raise AppWorldSetupError(
+                        f"APPWORLD_ROOT={root} has no data/ with tasks, datasets and base_dbs; "
+                        "unset APPWORLD_ROOT to build the stand-in world"
+                    )
                 print(f"[appworld-setup] using the world at APPWORLD_ROOT={root}")
             else:
                 build_world(root, venv, force=args.force_world)
-                print(f"[appworld-setup] stand-in world at {root / 'data'} (a stand-in, NOT the official AppWorld data)")
+                print(
+                    f"[appworld-setup] stand-in world at {root / 'data'} (a stand-in, NOT the official AppWorld data)"
+                )
     except AppWorldSetupError as err:
         print(f"eprl appworld-setup: error: {err}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ generator id (7 hex chars, as in AppWorld), a difficulty, a split, and three fun
 ``solution(private_data) -> code`` is a correct REPL solution, ``EVALUATION`` is the
 evaluation.py source judged by AppWorld's own evaluator. These are NOT AppWorld's tasks.
 """
+
 from __future__ import annotations
 
 APPS = ("simple_note", "venmo", "todoist")
@@ -43,7 +44,7 @@ passwords = {{p["account_name"]: p["password"] for p in apis.supervisor.show_acc
 {app}_token = apis.{app}.login(username=profile["email"], password=passwords["{app}"])["access_token"]
 """
 
-_EVAL_HEAD = '''import json
+_EVAL_HEAD = """import json
 
 
 def _answer(models):
@@ -56,12 +57,15 @@ def _answer(models):
 
 def evaluate(test, public_data, private_data, main_user, models, ground_truth_answer):
     ignored = __IGNORED__
-'''
+"""
 
 
 # ----------------------------------------------------------------------------- 1. create a note
 def create_note_setup(models, sup, k):
-    title, content = ["Packing list", "Book club picks", "Quarterly goals"][k], ["passport, charger", "Dune; Emma", "ship v2"][k]
+    title, content = (
+        ["Packing list", "Book club picks", "Quarterly goals"][k],
+        ["passport, charger", "Dune; Emma", "ship v2"][k],
+    )
     tag = NOTE_TAGS[k]
     instruction = f'Create a note in Simple Note titled "{title}" with the content "{content}" and the tag "{tag}".'
     return instruction, {"title": title, "content": content, "tag": tag}, None
@@ -69,11 +73,14 @@ def create_note_setup(models, sup, k):
 
 def create_note_solution(d):
     return LOGIN.format(app="simple_note") + (
-        f'apis.simple_note.create_note(access_token=simple_note_token, title={d["title"]!r}, '
-        f'content={d["content"]!r}, tags=[{d["tag"]!r}])\n' + _answer_code())
+        f"apis.simple_note.create_note(access_token=simple_note_token, title={d['title']!r}, "
+        f"content={d['content']!r}, tags=[{d['tag']!r}])\n" + _answer_code()
+    )
 
 
-CREATE_NOTE_EVAL = _EVAL_HEAD + '''
+CREATE_NOTE_EVAL = (
+    _EVAL_HEAD
+    + """
     with test("exactly one simple_note.Note was added and none updated or removed"):
         added, updated, removed = models.changed_records("simple_note.Note")
         test.case(len(added), "==", 1)
@@ -89,7 +96,8 @@ CREATE_NOTE_EVAL = _EVAL_HEAD + '''
         test.case(models.changed_model_names(ignore=ignored), "==", {"simple_note.Note"})
     with test("the task was marked complete with no answer"):
         test.answer(_answer(models), ground_truth_answer)
-'''
+"""
+)
 
 
 # ----------------------------------------------------------------------------- 2. count notes by tag
@@ -102,40 +110,52 @@ def count_notes_setup(models, sup, k):
 
 
 def count_notes_solution(d):
-    return LOGIN.format(app="simple_note") + f'''count, page = 0, 0
+    return (
+        LOGIN.format(app="simple_note")
+        + f"""count, page = 0, 0
 while True:
     notes = apis.simple_note.search_notes(access_token=simple_note_token, tags=[{d["tag"]!r}], page_index=page, page_limit=20)
     if not notes:
         break
     count += len(notes)
     page += 1
-''' + _answer_code("count")
+"""
+        + _answer_code("count")
+    )
 
 
-COUNT_NOTES_EVAL = _EVAL_HEAD + '''
+COUNT_NOTES_EVAL = (
+    _EVAL_HEAD
+    + """
     with test("the answer is the number of notes with the tag"):
         test.answer(_answer(models), ground_truth_answer)
     with test("no app data was changed"):
         test.case(models.changed_model_names(ignore=ignored), "==", set())
-'''
+"""
+)
 
 
 # ----------------------------------------------------------------------------- 3. send money on venmo
 def send_money_setup(models, sup, k):
     friend = PEOPLE[3 + k]
     amount, note = [12.5, 40.0, 7.25][k], ["lunch", "concert tickets", "coffee"][k]
-    instruction = (f"Send ${amount:.2f} to {friend[0]} {friend[1]} ({friend[2]}) on Venmo "
-                   f'with the note "{note}", paid from my Venmo balance.')
+    instruction = (
+        f"Send ${amount:.2f} to {friend[0]} {friend[1]} ({friend[2]}) on Venmo "
+        f'with the note "{note}", paid from my Venmo balance.'
+    )
     return instruction, {"email": friend[2], "amount": amount, "note": note}, None
 
 
 def send_money_solution(d):
     return LOGIN.format(app="venmo") + (
-        f'apis.venmo.create_transaction(access_token=venmo_token, receiver_email={d["email"]!r}, '
-        f'amount={d["amount"]!r}, description={d["note"]!r})\n' + _answer_code())
+        f"apis.venmo.create_transaction(access_token=venmo_token, receiver_email={d['email']!r}, "
+        f"amount={d['amount']!r}, description={d['note']!r})\n" + _answer_code()
+    )
 
 
-SEND_MONEY_EVAL = _EVAL_HEAD + '''
+SEND_MONEY_EVAL = (
+    _EVAL_HEAD
+    + """
     with test("exactly one venmo.Transaction was added"):
         added, updated, removed = models.changed_records("venmo.Transaction")
         test.case(len(added), "==", 1)
@@ -151,7 +171,8 @@ SEND_MONEY_EVAL = _EVAL_HEAD + '''
         test.case(t.description.strip().lower(), "==", private_data.note)
     with test("the task was marked complete with no answer"):
         test.answer(_answer(models), ground_truth_answer)
-'''
+"""
+)
 
 
 # ----------------------------------------------------------------------------- 4. venmo balance
@@ -162,15 +183,19 @@ def balance_setup(models, sup, k):
 
 def balance_solution(d):
     return LOGIN.format(app="venmo") + (
-        'balance = apis.venmo.show_venmo_balance(access_token=venmo_token)["venmo_balance"]\n' + _answer_code("balance"))
+        'balance = apis.venmo.show_venmo_balance(access_token=venmo_token)["venmo_balance"]\n' + _answer_code("balance")
+    )
 
 
-BALANCE_EVAL = _EVAL_HEAD + '''
+BALANCE_EVAL = (
+    _EVAL_HEAD
+    + """
     with test("the answer is the venmo balance"):
         test.answer(_answer(models), ground_truth_answer)
     with test("no app data was changed"):
         test.case(models.changed_model_names(ignore=ignored), "==", set())
-'''
+"""
+)
 
 
 # ----------------------------------------------------------------------------- 5. todoist project
@@ -182,11 +207,14 @@ def project_setup(models, sup, k):
 
 def project_solution(d):
     return LOGIN.format(app="todoist") + (
-        f'apis.todoist.create_project(access_token=todoist_token, name={d["name"]!r}, color={d["color"]!r})\n'
-        + _answer_code())
+        f"apis.todoist.create_project(access_token=todoist_token, name={d['name']!r}, color={d['color']!r})\n"
+        + _answer_code()
+    )
 
 
-PROJECT_EVAL = _EVAL_HEAD + '''
+PROJECT_EVAL = (
+    _EVAL_HEAD
+    + """
     with test("exactly one todoist.Project was added for the supervisor"):
         added, updated, removed = models.changed_records("todoist.Project")
         test.case(len(added), "==", 1)
@@ -197,7 +225,8 @@ PROJECT_EVAL = _EVAL_HEAD + '''
         test.case(added[0].color, "==", private_data.color)
     with test("the task was marked complete with no answer"):
         test.answer(_answer(models), ground_truth_answer)
-'''
+"""
+)
 
 
 # ----------------------------------------------------------------------------- 6. note -> venmo (2 apps)
@@ -206,21 +235,32 @@ def pay_debt_setup(models, sup, k):
     amount = [18.0, 33.5, 9.75][k]
     user = models.simple_note.User.find_one(email=sup.email)
     title = f"IOU {friend[0]}"
-    models.simple_note.Note.create_save(user_id=user.id, title=title, tags=["money"],
-                                        content=f"I owe {friend[0]} {friend[1]} ${amount:.2f} ({friend[2]}).")
-    instruction = (f'My Simple Note note titled "{title}" says how much I owe and to whom. '
-                   'Pay that amount on Venmo from my Venmo balance with the note "settled".')
+    models.simple_note.Note.create_save(
+        user_id=user.id,
+        title=title,
+        tags=["money"],
+        content=f"I owe {friend[0]} {friend[1]} ${amount:.2f} ({friend[2]}).",
+    )
+    instruction = (
+        f'My Simple Note note titled "{title}" says how much I owe and to whom. '
+        'Pay that amount on Venmo from my Venmo balance with the note "settled".'
+    )
     return instruction, {"email": friend[2], "amount": amount, "note": "settled", "title": title}, None
 
 
 def pay_debt_solution(d):
-    return LOGIN.format(app="simple_note") + LOGIN.format(app="venmo").split("\n", 2)[2] + f'''import re
+    return (
+        LOGIN.format(app="simple_note")
+        + LOGIN.format(app="venmo").split("\n", 2)[2]
+        + f"""import re
 hits = apis.simple_note.search_notes(access_token=simple_note_token, query={d["title"]!r})
 note = apis.simple_note.show_note(access_token=simple_note_token, note_id=hits[0]["note_id"])
 amount = float(re.search(r"\\$([0-9.]+)", note["content"]).group(1))
 email = re.search(r"\\(([^)]+@[^)]+)\\)", note["content"]).group(1)
 apis.venmo.create_transaction(access_token=venmo_token, receiver_email=email, amount=amount, description="settled")
-''' + _answer_code()
+"""
+        + _answer_code()
+    )
 
 
 SCENARIOS = [  # (generator id, difficulty, split, setup, solution, evaluation, required apps)

@@ -9,6 +9,7 @@ validated by the real engine: its solution must pass all tests, a no-op must fai
 labels become test_data.json (as AppWorld's TestTracker.prepare_test_data does). The world
 is a small stand-in for the official data bundle, which cannot be downloaded here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,16 +70,27 @@ def _build_base_dbs(data: Path, docs, S) -> None:
     from appworld.apps import get_all_apps
     from appworld.collections.models import ModelCollection
 
-    mc = ModelCollection.load(to_db_home_path=":memory:standin-base", from_db_home_path=":memory:standin-base",
-                              load_apps=get_all_apps(), create_db=True)
+    mc = ModelCollection.load(
+        to_db_home_path=":memory:standin-base",
+        from_db_home_path=":memory:standin-base",
+        load_apps=get_all_apps(),
+        create_db=True,
+    )
     for app_name, api_docs in docs.items():
         for doc in api_docs.values():
-            mc.api_docs.ApiDoc.create_save(app_name_=app_name, api_name=doc["api_name"], path=doc["path"],
-                                           method=doc["method"], description=doc["description"],
-                                           parameters=doc["parameters"], response_schemas=doc["response_schemas"])
+            mc.api_docs.ApiDoc.create_save(
+                app_name_=app_name,
+                api_name=doc["api_name"],
+                path=doc["path"],
+                method=doc["method"],
+                description=doc["description"],
+                parameters=doc["parameters"],
+                response_schemas=doc["response_schemas"],
+            )
     for i, (first, last, email, phone, birthday, sex) in enumerate(S.PEOPLE):
-        user = mc.admin.MainUser.create_save(first_name=first, last_name=last, email=email, phone_number=phone,
-                                             birthday=birthday, sex=sex)
+        user = mc.admin.MainUser.create_save(
+            first_name=first, last_name=last, email=email, phone_number=phone, birthday=birthday, sex=sex
+        )
         names = dict(first_name=first, last_name=last, email=email, verified=True)
         for app in S.APPS:
             mc.admin.AccountPassword.create_save(main_user_id=user.id, account_name=app, password=S.password(i, app))
@@ -105,15 +117,23 @@ def _build_task(data: Path, task_id: str, k: int, difficulty: int, setup, soluti
 
     first, last, email, phone, birthday, sex = S.PEOPLE[k]
     sup = Munch(first_name=first, last_name=last, email=email, phone_number=phone)
-    mc = ModelCollection.load(from_db_home_path=str(data / "base_dbs"), to_db_home_path=f":memory:standin-{task_id}",
-                              load_apps=get_all_apps())
+    mc = ModelCollection.load(
+        from_db_home_path=str(data / "base_dbs"), to_db_home_path=f":memory:standin-{task_id}", load_apps=get_all_apps()
+    )
     instruction, private, answer = setup(mc, sup, k)
     s = mc.supervisor.Supervisor.create_save(birthday=birthday, sex=sex, **sup)
     for app in S.APPS:
         mc.supervisor.AccountPassword.create_save(supervisor_id=s.id, account_name=app, password=S.password(k, app))
     mc.supervisor.Task.create_save(supervisor_id=s.id, instruction=instruction)
-    task = Task(id=task_id, instruction=instruction, supervisor=sup, datetime=DateTime.fromisoformat(DATETIME),
-                allowed_apps=get_all_apps(skip_admin=True), db_version=DB_VERSION, model_collection=mc)
+    task = Task(
+        id=task_id,
+        instruction=instruction,
+        supervisor=sup,
+        datetime=DateTime.fromisoformat(DATETIME),
+        allowed_apps=get_all_apps(skip_admin=True),
+        db_version=DB_VERSION,
+        model_collection=mc,
+    )
     task_dir = data / "tasks" / task_id
     shutil.rmtree(task_dir, ignore_errors=True)
     task.save(save_ground_truth=False, model_collection_format="changes")
@@ -122,10 +142,18 @@ def _build_task(data: Path, task_id: str, k: int, difficulty: int, setup, soluti
     gt.mkdir(parents=True)
     code = solution(private)
     files = {
-        "metadata.json": {"difficulty": difficulty, "mode": "full", "num_apps": len(apps),
-                         "num_solution_code_lines": len(code.splitlines()), "standin": True},
-        "required_apps.json": apps, "public_data.json": {}, "private_data.json": private,
-        "test_data.json": None, "api_calls.json": [],
+        "metadata.json": {
+            "difficulty": difficulty,
+            "mode": "full",
+            "num_apps": len(apps),
+            "num_solution_code_lines": len(code.splitlines()),
+            "standin": True,
+        },
+        "required_apps.json": apps,
+        "public_data.json": {},
+        "private_data.json": private,
+        "test_data.json": None,
+        "api_calls.json": [],
     }
     for name, value in files.items():
         (gt / name).write_text(json.dumps(value, indent=2))
@@ -150,8 +178,10 @@ def _validate(task_id: str, data: Path) -> None:
         output = world.execute(code)
         solved = world.evaluate(suppress_errors=True)
     if not solved.success:
-        raise RuntimeError(f"stand-in task {task_id}: the reference solution fails its own tests.\n"
-                           f"REPL output: {output}\nfailures: {solved.failures}")
+        raise RuntimeError(
+            f"stand-in task {task_id}: the reference solution fails its own tests.\n"
+            f"REPL output: {output}\nfailures: {solved.failures}"
+        )
     if noop.success:
         raise RuntimeError(f"stand-in task {task_id}: doing nothing passes every test; the evaluation is too weak")
     test_data = TestTracker.prepare_test_data([dict(p) for p in solved.passes], [dict(p) for p in noop.passes])
@@ -172,11 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(root / "data", ignore_errors=True)
     shutil.rmtree(root / "experiments" / "outputs" / "standin-validation", ignore_errors=True)
     splits = build(root)
-    info = {"standin": True, "note": "stand-in world, not the official AppWorld data; never report as AppWorld scores",
-            "splits": splits, "build_seconds": round(time.time() - t0, 1)}
+    info = {
+        "standin": True,
+        "note": "stand-in world, not the official AppWorld data; never report as AppWorld scores",
+        "splits": splits,
+        "build_seconds": round(time.time() - t0, 1),
+    }
     (root / "data" / MARKER).write_text(json.dumps(info, indent=2))
-    print(f"stand-in AppWorld world: {sum(map(len, splits.values()))} tasks "
-          f"({', '.join(f'{k}: {len(v)}' for k, v in splits.items())}) at {root / 'data'} in {info['build_seconds']} s")
+    print(
+        f"stand-in AppWorld world: {sum(map(len, splits.values()))} tasks "
+        f"({', '.join(f'{k}: {len(v)}' for k, v in splits.items())}) at {root / 'data'} in {info['build_seconds']} s"
+    )
     return 0
 
 

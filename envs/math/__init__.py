@@ -1,4 +1,5 @@
 """Math environments: datasets checked with math-verify, procedural arithmetic and countdown."""
+
 from eprl.envs.registry import register_env
 
 ENTRY_POINT = "eprl.envs.math.env:MathEnv"

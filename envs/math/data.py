@@ -1,4 +1,5 @@
 """Math problems from local JSONL files or Hugging Face datasets."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,8 @@ def load_problems(source: str, split: str | None = None, limit: int | None = Non
         return _load_hf(source, split, limit)
     raise FileNotFoundError(
         f"math problems not found: {source!r} (split={split!r}); give a JSONL path, a file name in "
-        f"${DATA_ENV_VAR} (now {default_data_dir()}), or a dataset id like 'hf:openai/gsm8k'")
+        f"${DATA_ENV_VAR} (now {default_data_dir()}), or a dataset id like 'hf:openai/gsm8k'"
+    )
 
 
 def _resolve_local(source: str, split: str | None) -> Path | None:
@@ -83,27 +85,42 @@ def _load_jsonl(path: Path, limit: int | None) -> list[Problem]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DatasetError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                                   "save the file as UTF-8") from None
+                raise DatasetError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
                 question, answer = row["question"], row["answer"]
             except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                                   "each line must be one object with 'question' and 'answer'") from None
+                raise DatasetError(
+                    f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                    "each line must be one object with 'question' and 'answer'"
+                ) from None
             except (KeyError, TypeError) as e:
                 what = f"no {e}" if isinstance(e, KeyError) else f"a {type(row).__name__}, not an object"
-                raise DatasetError(f"{path}:{lineno}: malformed row ({what}); each line must be one JSON object "
-                                   "with 'question' and 'answer'") from None
+                raise DatasetError(
+                    f"{path}:{lineno}: malformed row ({what}); each line must be one JSON object "
+                    "with 'question' and 'answer'"
+                ) from None
             src = str(row.get("source", path.stem))
             numbers = tuple(row["numbers"]) if "numbers" in row else countdown_numbers(src)
-            problems.append(Problem(id=str(row.get("id", f"{path.stem}-{lineno}")), question=str(question),
-                                    answer=str(answer), source=src, numbers=numbers))
+            problems.append(
+                Problem(
+                    id=str(row.get("id", f"{path.stem}-{lineno}")),
+                    question=str(question),
+                    answer=str(answer),
+                    source=src,
+                    numbers=numbers,
+                )
+            )
     if not problems and limit != 0:
-        raise DatasetError(f"{path}: no problems (the file is empty); give a JSONL file with one "
-                           '{"question": ..., "answer": ...} object per line')
+        raise DatasetError(
+            f"{path}: no problems (the file is empty); give a JSONL file with one "
+            '{"question": ..., "answer": ...} object per line'
+        )
     return problems
 
 
@@ -111,7 +128,9 @@ def _load_hf(name: str, split: str | None, limit: int | None) -> list[Problem]:
     try:
         import datasets
     except ImportError as e:
-        raise ImportError(f"loading the Hugging Face dataset {name!r} needs `datasets`: pip install eprl[datasets]") from e
+        raise ImportError(
+            f"loading the Hugging Face dataset {name!r} needs `datasets`: pip install eprl[datasets]"
+        ) from e
     config = None
     if ":" in name:  # 'org/name:config'
         name, config = name.split(":", 1)
@@ -125,8 +144,14 @@ def _load_hf(name: str, split: str | None, limit: int | None) -> list[Problem]:
     for i, row in enumerate(rows):
         if limit is not None and i >= limit:
             break
-        problems.append(Problem(id=str(row.get("id", f"{name}/{split or 'train'}/{i}")), question=str(row[q_col]),
-                                answer=_final_answer(str(row[a_col])), source=name))
+        problems.append(
+            Problem(
+                id=str(row.get("id", f"{name}/{split or 'train'}/{i}")),
+                question=str(row[q_col]),
+                answer=_final_answer(str(row[a_col])),
+                source=name,
+            )
+        )
     return problems
 
 

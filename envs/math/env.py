@@ -1,4 +1,5 @@
 """MathEnv: answer a math problem in one turn, with retries, or with a calculator/python tool."""
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,10 @@ CHECKERS: dict[str, Callable[[str, Problem], bool]] = {
     "math": lambda answer, p: check_math(f"\\boxed{{{answer}}}", p.answer),
     "countdown": lambda answer, p: check_countdown(answer, p.numbers, p.answer),
 }
-ANSWER_HINT = {"math": "Give the final answer as \\boxed{ANSWER}.",
-               "countdown": "Give the equation as \\boxed{EXPRESSION}."}
+ANSWER_HINT = {
+    "math": "Give the final answer as \\boxed{ANSWER}.",
+    "countdown": "Give the equation as \\boxed{EXPRESSION}.",
+}
 INCORRECT = "Incorrect, try again."
 # How the answer is read from a reply: the last \\boxed{} (default) or, leniently, the last number.
 ANSWER_RULES: dict[str, Callable[[str], str | None]] = {"boxed": extract_boxed, "last_number": extract_last_number}
@@ -55,14 +58,13 @@ def _calls(text: str, tool: str) -> tuple[list[str], bool]:
         end = text.find(closing, start + len(opening))
         if end == -1:
             break
-        bodies.append(text[start + len(opening):end])
+        bodies.append(text[start + len(opening) : end])
         pos = end + len(closing)
     return bodies, text.count(opening) != len(bodies) or text.count(closing) != len(bodies)
 
 
 @functools.lru_cache(maxsize=8192)
-def _generated(source: str, index: int, split: str, seed: int, difficulty: int | None,
-               extra: tuple = ()) -> Problem:
+def _generated(source: str, index: int, split: str, seed: int, difficulty: int | None, extra: tuple = ()) -> Problem:
     """A procedural problem; cached because a group's K episodes reset to the same task (generators are pure)."""
     kwargs = {**({} if difficulty is None else {"difficulty": difficulty}), **dict(extra)}
     return GENERATORS[source](index, split=split, seed=seed, **kwargs)
@@ -78,11 +80,24 @@ class MathEnv(TextEnv):
     "none" (limits only; an explicit opt-out, warned about). python_timeout_s: wall clock per call.
     """
 
-    def __init__(self, source: str | None = None, split: str = "train", difficulty: int = 1,
-                 mode: str = "single", max_turns: int | None = None, max_attempts: int = 3,
-                 checker: str | None = None, tools: tuple[str, ...] = ("calc",), seed: int = 0,
-                 num_tasks: int | None = None, limit: int | None = None, sandbox: str = "bwrap",
-                 python_timeout_s: float = 5.0, answer: str = "boxed", generator_kwargs: dict | None = None):
+    def __init__(
+        self,
+        source: str | None = None,
+        split: str = "train",
+        difficulty: int = 1,
+        mode: str = "single",
+        max_turns: int | None = None,
+        max_attempts: int = 3,
+        checker: str | None = None,
+        tools: tuple[str, ...] = ("calc",),
+        seed: int = 0,
+        num_tasks: int | None = None,
+        limit: int | None = None,
+        sandbox: str = "bwrap",
+        python_timeout_s: float = 5.0,
+        answer: str = "boxed",
+        generator_kwargs: dict | None = None,
+    ):
         super().__init__()
         if source is None:
             raise ValueError("MathEnv needs source=: 'arithmetic', 'countdown', a JSONL path or a dataset id")
@@ -124,8 +139,14 @@ class MathEnv(TextEnv):
     def problem_at(self, index: int) -> Problem:
         if self._problems is not None:
             return self._problems[index]
-        return _generated(self.source, index, self.split, self.seed,
-                          self.difficulty if self.source == "arithmetic" else None, self.generator_kwargs)
+        return _generated(
+            self.source,
+            index,
+            self.split,
+            self.seed,
+            self.difficulty if self.source == "arithmetic" else None,
+            self.generator_kwargs,
+        )
 
     def instructions(self) -> str:
         hints = [ANSWER_HINT[self.checker] if self.answer == "boxed" else LAST_NUMBER_HINT]
@@ -180,6 +201,11 @@ class MathEnv(TextEnv):
         return "\n".join(results)
 
     def _end(self, obs: str, success: bool, info: dict, terminated: bool):
-        info = {**info, **self.stats, "success": bool(success), "answer": info.get("answer"),
-                "gold": self.problem.answer}
+        info = {
+            **info,
+            **self.stats,
+            "success": bool(success),
+            "answer": info.get("answer"),
+            "gold": self.problem.answer,
+        }
         return obs, float(success), terminated, not terminated, info

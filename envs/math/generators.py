@@ -3,6 +3,7 @@
 Splits never overlap: every candidate problem belongs to exactly one split by a
 hash of its question text, and a generator redraws until it hits its own split.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,7 @@ from eprl.envs.math.data import Problem
 
 SPLIT_STREAMS = {"train": 0, "test": 1}
 TEST_FRACTION_PER_256 = 32  # 1/8 of the problem space belongs to the test split
-COUNTDOWN_SUFFIX = ("You can use basic arithmetic operations (+, -, *, /) "
-                    "and each number can only be used once.")
+COUNTDOWN_SUFFIX = "You can use basic arithmetic operations (+, -, *, /) and each number can only be used once."
 
 
 def split_of(question: str) -> str:
@@ -65,13 +65,19 @@ def _evaluate(text: str) -> Fraction:
 
 def arithmetic(index: int, split: str = "train", difficulty: int = 1, seed: int = 0) -> Problem:
     """'Compute 37*48+19.' with an integer gold answer."""
+
     def make_one(rng):
         drawn = _arithmetic_expression(rng, difficulty)
         return None if drawn is None else (f"Compute {drawn[0]}.", drawn)
 
     question, (text, value) = _draw(make_one, seed, split, index)
-    return Problem(id=f"arithmetic-d{difficulty}-s{seed}-{split}-{index}", question=question, answer=str(value),
-                   source=f"arithmetic/d{difficulty}", solution=text)
+    return Problem(
+        id=f"arithmetic-d{difficulty}-s{seed}-{split}-{index}",
+        question=question,
+        answer=str(value),
+        source=f"arithmetic/d{difficulty}",
+        solution=text,
+    )
 
 
 def _countdown_instance(rng: np.random.Generator, count: int) -> tuple[list[int], str, int] | None:
@@ -93,6 +99,7 @@ def _countdown_instance(rng: np.random.Generator, count: int) -> tuple[list[int]
 
 def countdown(index: int, split: str = "train", seed: int = 0, count: int | None = None) -> Problem:
     """'Using the numbers [3, 7, 25], create an equation that equals 46. ...' (3 or 4 numbers)."""
+
     def make_one(rng):
         drawn = _countdown_instance(rng, count or int(rng.choice([3, 4])))
         if drawn is None:
@@ -101,22 +108,30 @@ def countdown(index: int, split: str = "train", seed: int = 0, count: int | None
         return f"Using the numbers {numbers}, create an equation that equals {target}. {COUNTDOWN_SUFFIX}", drawn
 
     question, (numbers, expr, target) = _draw(make_one, seed, split, index)
-    return Problem(id=f"countdown-s{seed}-{split}-{index}", question=question, answer=str(target),
-                   source=f"countdown/gen{len(numbers)}:{','.join(map(str, numbers))}",
-                   numbers=tuple(numbers), solution=expr)
+    return Problem(
+        id=f"countdown-s{seed}-{split}-{index}",
+        question=question,
+        answer=str(target),
+        source=f"countdown/gen{len(numbers)}:{','.join(map(str, numbers))}",
+        numbers=tuple(numbers),
+        solution=expr,
+    )
 
 
 SMALL_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
-def small_arithmetic(index: int, split: str = "train", seed: int = 0, ops: str = "+", low: int = 1,
-                     high: int = 9) -> Problem:
+def small_arithmetic(
+    index: int, split: str = "train", seed: int = 0, ops: str = "+", low: int = 1, high: int = 9
+) -> Problem:
     """'What is 7 + 5?': two operands in [low, high] and one of `ops` ("+", "-", "*"); differences are
     never negative. Meets a small pretrained model where it is (one short answer, no format to learn)."""
     unknown = set(ops) - set(SMALL_OPS)
     if not ops or unknown or not 0 <= low <= high:
-        raise ValueError(f"small_arithmetic: ops must be a non-empty string of {''.join(SMALL_OPS)} (got {ops!r}) "
-                         f"and 0 <= low <= high (got {low}, {high})")
+        raise ValueError(
+            f"small_arithmetic: ops must be a non-empty string of {''.join(SMALL_OPS)} (got {ops!r}) "
+            f"and 0 <= low <= high (got {low}, {high})"
+        )
 
     def make_one(rng):
         a, b = (int(x) for x in rng.integers(low, high + 1, size=2))
@@ -126,9 +141,17 @@ def small_arithmetic(index: int, split: str = "train", seed: int = 0, ops: str =
         return f"What is {a} {op} {b}?", (f"{a}{op}{b}", SMALL_OPS[op](a, b))
 
     question, (text, value) = _draw(make_one, seed, split, index)
-    return Problem(id=f"small-{ops}-{low}-{high}-s{seed}-{split}-{index}", question=question, answer=str(value),
-                   source=f"small_arithmetic/{ops}/{low}-{high}", solution=text)
+    return Problem(
+        id=f"small-{ops}-{low}-{high}-s{seed}-{split}-{index}",
+        question=question,
+        answer=str(value),
+        source=f"small_arithmetic/{ops}/{low}-{high}",
+        solution=text,
+    )
 
 
-GENERATORS: dict[str, Callable[..., Problem]] = {"arithmetic": arithmetic, "countdown": countdown,
-                                                 "small_arithmetic": small_arithmetic}
+GENERATORS: dict[str, Callable[..., Problem]] = {
+    "arithmetic": arithmetic,
+    "countdown": countdown,
+    "small_arithmetic": small_arithmetic,
+}

@@ -1,4 +1,5 @@
 """A safe calculator tool: arithmetic over an AST, never eval."""
+
 from __future__ import annotations
 
 import ast
@@ -9,8 +10,15 @@ MAX_ABS_VALUE = 10**30
 MAX_EXPONENT = 100
 MAX_EXPRESSION_CHARS = 500
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _SYMBOLS = {"×": "*", "÷": "/", "−": "-"}
 

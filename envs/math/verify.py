@@ -1,4 +1,5 @@
 """Answer extraction and checking: math-verify for math, an AST checker for countdown."""
+
 from __future__ import annotations
 
 import ast
@@ -36,7 +37,7 @@ def extract_boxed(text: str) -> str | None:
             start = stack.pop()
             if start in box_opens and (best is None or start > best[0]):
                 best = (start, i)
-    return None if best is None else text[best[0] + 1:best[1]].strip()
+    return None if best is None else text[best[0] + 1 : best[1]].strip()
 
 
 def _answer_line(text: str) -> str | None:
@@ -77,7 +78,9 @@ def _verify(pred_answer: str, gold: str) -> bool:
 
     gold_parsed = parse(f"${gold}$", parsing_timeout=_MATH_VERIFY_TIMEOUT_S)
     pred_parsed = parse(f"\\boxed{{{pred_answer}}}", parsing_timeout=_MATH_VERIFY_TIMEOUT_S)
-    return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=_MATH_VERIFY_TIMEOUT_S))
+    return bool(
+        gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=_MATH_VERIFY_TIMEOUT_S)
+    )
 
 
 def _serve(conn) -> None:
@@ -87,6 +90,7 @@ def _serve(conn) -> None:
 
     resource.setrlimit(resource.RLIMIT_AS, (_WORKER_MEMORY_BYTES, _WORKER_MEMORY_BYTES))
     import math_verify  # noqa: F401  (import before saying ready: the first check's clock excludes it)
+
     conn.send("ready")
     while True:
         try:
@@ -162,10 +166,24 @@ def check_math(pred_text: str, gold: str, timeout_s: float | None = None) -> boo
     return _bounded_verify(answer, str(gold), CHECK_TIMEOUT_S if timeout_s is None else timeout_s)
 
 
-_ALLOWED_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
-                ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
-_LATEX_OPS = {"\\times": "*", "\\cdot": "*", "\\div": "/", "×": "*", "÷": "/", "−": "-",
-              "\\left": "", "\\right": "", "{": "(", "}": ")"}
+_ALLOWED_OPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+}
+_LATEX_OPS = {
+    "\\times": "*",
+    "\\cdot": "*",
+    "\\div": "/",
+    "×": "*",
+    "÷": "/",
+    "−": "-",
+    "\\left": "",
+    "\\right": "",
+    "{": "(",
+    "}": ")",
+}
 
 
 def _countdown_eval(node: ast.AST, used: list[int]) -> Fraction:
