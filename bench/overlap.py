@@ -9,7 +9,7 @@ SmolLM2-135M with LoRA on tasks/smollm2_add.yaml):
    in a *thread* (its own copy of the policy) and once in the overlap *process* (training/overlap.py's
    OverlappedSampler). Variants alternate in every repetition; medians. `both / (rollout + learn)` = 1 is no
    overlap at all, `both / max(rollout, learn)` = 1 is perfect overlap.
-2. runs: real `python -m eprl.training train` runs, `sync` (1 torch thread), `sync, 2 threads` and `overlap`
+2. runs: real `python -m eprl.training train` runs, `sync` (1 torch thread), `sync 2 threads` and `overlap`
    (1 torch thread each side), alternating in every round, same seed; the figure is the median
    `time_iteration` over iterations 1.. (iteration 0 includes the sampler's start and is left out), then the
    ratio to `sync`. Entropy and success of the sync and overlapped runs are printed side by side (the runs
@@ -41,7 +41,7 @@ MODELS = {
 }
 RUNS = {
     "sync": ["run.threads=1"],
-    "sync, 2 threads": ["run.threads=2"],
+    "sync 2 threads": ["run.threads=2"],
     "overlap": ["run.threads=1", "run.overlap=true"],
 }
 
