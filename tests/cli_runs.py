@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,3 +86,17 @@ def torchrun_ok(*args: str, nproc: int = 2, timeout: int = 600) -> subprocess.Co
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def kill_at_checkpoint(proc: subprocess.Popen, run_dir: Path, checkpoint: str, timeout: float = 300) -> None:
+    """SIGKILL a training process as soon as `run_dir`'s latest checkpoint is `checkpoint` (e.g. iter_000002);
+    fails if the process exits first or no such checkpoint appears in time. The run must not have finished."""
+    latest = run_dir / "checkpoints" / "latest"
+    deadline = time.time() + timeout
+    while not (latest.exists() and latest.read_text().strip() == checkpoint):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else "the run exited"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import SMALL
+from cli_runs import SMALL, kill_at_checkpoint
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -170,8 +170,6 @@ def test_resume_from_a_checkpoint_is_bit_exact(overlapped, tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(overlapped, tmp_path, eprl_cache):
     # a real kill: the learner process dies (its sampler with it), `--resume` continues from iter_000001
-    import os
-    import signal
     import subprocess
     import time
 
@@ -190,16 +188,8 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(overlapped, t
         ]
     )
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not (latest.exists() and latest.read_text().strip() == "iter_000001"):
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     killed = tmp_path / "killed"
-    assert not (killed / "summary.json").exists(), "the run finished before it was killed"
+    kill_at_checkpoint(proc, killed, "iter_000001")
     deadline = time.time() + 60  # the orphaned sampler notices the closed pipe and exits
     while subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).returncode == 0:
         assert time.time() < deadline, "the sampler process outlived the killed learner"

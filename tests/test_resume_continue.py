@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import SMALL, continue_cmd, run_ok, train_cmd
+from cli_runs import SMALL, continue_cmd, kill_at_checkpoint, run_ok, train_cmd
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,16 +45,8 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, eprl_cache):
     proc = subprocess.Popen(
         _cmd(eprl_cache, tmp_path, "killed", *iters), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not (latest.exists() and latest.read_text().strip() == "iter_000002"):
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     killed = tmp_path / "killed"
-    assert not (killed / "summary.json").exists(), "the run finished before it was killed"
+    kill_at_checkpoint(proc, killed, "iter_000002")
     run_ok([sys.executable, "-m", "eprl.training", "train", "--resume", str(killed)])
     a, b = _weights(full), _weights(killed)
     assert a.keys() == b.keys()
