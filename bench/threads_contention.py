@@ -75,7 +75,9 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--competitors", default="0,1,2")
     p.add_argument("--settings", default=",".join(SETTINGS))
+    p.add_argument("--note", default="", help="what else ran on the machine (recorded in the result)")
     args = p.parse_args()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     levels = [int(k) for k in args.competitors.split(",")]
     names = args.settings.split(",")
     times = {k: {n: [] for n in names} for k in levels}
@@ -97,9 +99,9 @@ def main() -> None:
         "# The default job under CPU contention: threads and OpenMP wait policy (issue #14)",
         "",
         f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}; {info['date']}. "
-        f"`python bench/threads_contention.py --rounds {args.rounds} --iterations {args.iterations}` (run at nice 10).",
-        "The machine was shared: two other training processes (nice 0) ran on the two cores throughout, so "
-        "`0 competitors` is already contended; the k added competitors are Python busy loops at the job's nice level. "
+        f"`python bench/threads_contention.py --rounds {args.rounds} --iterations {args.iterations}`; load average "
+        f"{load_before} before, {[round(x, 2) for x in os.getloadavg()]} after. {args.note}",
+        "The k competitors are Python busy loops at the job's nice level. "
         f"Median seconds per iteration of the default job (tasks/default.yaml), {args.rounds} rounds x "
         f"{args.iterations - 1} iterations (warm-up left out); settings alternate within each round.",
         "",
