@@ -18,19 +18,16 @@ min(pi_theta_k / pi_theta_{k-1}, tis_cap). Logged per iteration: `policy_lag` an
 `mismatch_logp_abs_mean` = mean |logp_sampler - logp_theta_k| over action tokens (with `approx_kl`,
 `ratio_mean`, `ratio_max` of the loss).
 
-Why a process and not a thread: the `hf` engine spends most of a tiny model's generation in per-token
-Python (logits processors, stopping criteria, cache bookkeeping) that holds the GIL, so a sampler
-thread next to a learner thread serialises on it; and both would draw from the one global torch
-generator (the sampler's multinomial, the learner's randperm) in an order set by the OS scheduler,
-which breaks bit-exact resume (HF's sampling takes no generator). The GIL is the smaller issue:
-torch.profiler puts 89% (tiny default) / 94% (SmolLM2-135M) of a rollout's and 99% of a learner step's
-wall time inside torch ops (GIL released; an upper bound, the profiler's own per-op cost counts as op
-time). Measured side by side on the 2-core machine while two other training runs held both cores
-(bench/results/overlap.md, overlap_smollm2.md; contended, so no side had a free core): tiny, rollout
-0.72 s and learn 1.44 s alone, both at once 2.28 s in a thread and 2.52 s in the process (1.06x / 1.17x
-the sum); SmolLM2 LoRA 9.6 s and 14.9 s, both 25.1 s / 25.2 s (1.02x / 1.03x): neither overlaps without
-a free core, and whole runs came to 0.93x (tiny) and 0.94x (SmolLM2) the synchronous seconds per
-iteration with the process. The uncontended figures come from the same script. The process holds its own copy of the policy, built like the learner's from the same
+Why a process and not a thread: determinism. A sampler thread and the learner would draw from the one
+global torch generator (the sampler's multinomial, the learner's randperm) in an order set by the OS
+scheduler, which breaks bit-exact resume (HF's sampling takes no generator). Speed does not decide it:
+torch.profiler puts 89% (tiny default) / 95% (SmolLM2-135M) of a rollout's and 99% of a learner step's
+wall time inside torch ops, which release the GIL. Measured on the idle 2-core machine
+(bench/results/overlap.md, overlap_smollm2.md), one rollout and one learner step at once: tiny 1.42 s in
+a thread and 1.47 s in the process against max(rollout, learn) = 1.48 s; SmolLM2 LoRA 13.3 s / 13.5 s
+against 13.1 s. Whole runs: 0.62x (tiny) and 0.60x (SmolLM2) the synchronous seconds per iteration.
+
+The process holds its own copy of the policy, built like the learner's from the same
 path; after each update the learner copies its *trainable* parameters (LoRA: the adapter alone) into
 shared-memory tensors that the sampler loads before its next rollout (a few MB; no pickling). The
 sampler reseeds torch, numpy and random from (run.seed, iteration) before every rollout, so its
