@@ -222,7 +222,8 @@ def claims(runs: list[dict]) -> list[tuple[str, str, str, str]]:
         )
     prec = {m: rs for m, rs in a.items() if m.endswith("_bf16")}
     for name, rs in sorted(prec.items()):
-        base = a.get(name[: -len("_bf16")], [])
+        paired = {r["seed"] for r in rs}  # the fp32 runs of the same seeds (the same data, the same start)
+        base = [r for r in a.get(name[: -len("_bf16")], []) if r["seed"] in paired]
         clip = lambda runs_: (
             float(
                 np.mean(

@@ -177,3 +177,20 @@ def test_parent_entropy_claim_pairs_each_b_run_with_its_own_parent():
     assert not [
         r for r in study_report.claims(runs[:4]) if r[0].startswith("Higher entropy kept on A")
     ]  # 2 pairs: no row
+
+
+def test_precision_claim_pairs_bf16_runs_with_fp32_runs_of_the_same_seeds():
+    def clipped(method, seed, frac):
+        run = _run(method, seed, [2.0, 1.0], [0.2, 0.5])
+        for m in run["metrics"]:
+            m["clip_frac_low"] = frac
+        return run
+
+    runs = [
+        clipped("dapo", 0, 0.001),
+        clipped("dapo", 1, 0.010),
+        clipped("dapo", 2, 0.010),
+        clipped("dapo_bf16", 0, 0.003),
+    ]
+    row = next(r for r in study_report.claims(runs) if r[0] == "bf16 ratios bias clipping (dapo)")
+    assert row[2] == "bf16 0.0030 vs fp32 0.0010" and row[3] == "reproduced"  # against seed 0 only, not the mean 0.007
