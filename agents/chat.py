@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from eprl.errors import ConfigError
+
 
 class TemplatePrefixError(RuntimeError):
     """Re-rendering the conversation would not reproduce the token history."""
@@ -35,8 +37,9 @@ class ChatAgent:
 
     def __init__(self, tokenizer, system_prompt: str | None = None):
         if tokenizer.chat_template is None:
-            raise ValueError(
-                "the tokenizer has no chat_template; use an instruct/chat model or set tokenizer.chat_template"
+            raise ConfigError(
+                "model.name_or_path: the tokenizer has no chat_template; use an instruct/chat model or set "
+                "tokenizer.chat_template"
             )
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt

@@ -19,6 +19,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+from eprl.errors import EprlError
+
 INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install -y bubblewrap; Fedora: dnf install bubblewrap), "
     "or opt out of isolation with the env kwarg sandbox: none"
@@ -35,7 +37,7 @@ SANDBOX_ENV = {
 UID_BASE = 3_000_000  # uids of concurrent root-mode sandboxes: UID_BASE + slot; no host account owns them
 
 
-class SandboxUnavailableError(ValueError):
+class SandboxUnavailableError(EprlError, ValueError):
     """bwrap (or, as root, setpriv) is missing: a setting this host cannot honour (the CLI prints it as one line)."""
 
 

@@ -191,3 +191,14 @@ def test_hf_logprobs_per_step_equal_the_stacked_raw_logits(tiny_model, tiny_toke
         n = len(gen.token_ids)
         assert gen.token_ids == new[row, :n].tolist()
         assert torch.equal(torch.tensor(gen.logprobs), ref[row, :n])
+
+
+def test_a_tokenizer_without_chat_template_is_a_config_error(tiny_tokenizer):
+    import copy
+
+    from eprl.errors import ConfigError
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
+    with pytest.raises(ConfigError, match=r"^model\.name_or_path: the tokenizer has no chat_template"):
+        ChatAgent(tok)

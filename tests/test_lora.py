@@ -139,9 +139,10 @@ def test_lora_continue_and_resume(tmp_path, eprl_cache):
 # ----------------------------------------------------------------------------- vllm engine helpers (no vllm)
 def test_vllm_lora_rank_choice():
     from eprl.agents.engines.vllm import vllm_max_lora_rank
+    from eprl.errors import ConfigError
 
     assert [vllm_max_lora_rank(r) for r in (1, 2, 8, 9, 16, 17, 64, 300, 512)] == [1, 8, 8, 16, 16, 32, 64, 320, 512]
-    with pytest.raises(ValueError, match="above vLLM's largest"):
+    with pytest.raises(ConfigError, match="^model.lora_rank: .* above vLLM.s largest"):
         vllm_max_lora_rank(513)
 
 

@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from eprl.errors import ConfigError
+
 from .base import Generation, check_unbiased
 
 # shared with vllm_server.py (which this module imports lazily): in their own module, so no cycle
@@ -127,7 +129,9 @@ def vllm_max_lora_rank(rank: int) -> int:
     for allowed in VLLM_LORA_RANKS:
         if allowed >= rank:
             return allowed
-    raise ValueError(f"vllm engine: LoRA rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+    raise ConfigError(
+        f"model.lora_rank: {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}; lower it or use engine.type=hf"
+    )
 
 
 def base_state_dict(model) -> dict:
