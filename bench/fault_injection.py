@@ -71,7 +71,7 @@ def fingerprint(run: Path) -> dict:
     from safetensors.torch import load_file
 
     ckpt = run / "checkpoints" / "iter_000004"
-    trainer = torch.load(ckpt / "trainer.pt", weights_only=False)
+    trainer = torch.load(ckpt / "trainer.pt", weights_only=True)  # plain data (training/checkpoint.py)
     return {
         "metrics": _rows(run / "metrics.jsonl"),
         "eval": _rows(run / "eval.jsonl"),

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli_runs import SMALL, kill_at_checkpoint
@@ -16,10 +17,11 @@ from transformers import AutoModelForCausalLM
 
 from eprl.training import distributed
 from eprl.training.batch import collate
-from eprl.training.checkpoint import load_trainer_state
+from eprl.training.checkpoint import CheckpointError, load_trainer_state
 from eprl.training.config import ConfigError, load_run_config
 from eprl.training.logprobs import model_logprobs
 from eprl.training.loop import resume, train
+from eprl.training.overlap import pending_from_state
 from eprl.training.preflight import preflight
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,7 +135,7 @@ def test_staleness_is_one_update_and_logged(overlapped):
 def test_the_pending_batch_was_sampled_by_the_previous_weights(overlapped):
     # iter_000002 holds theta_2 and the batch B_2, sampled while theta_1 (iter_000001's weights) turned into theta_2
     ckpt = overlapped / "checkpoints"
-    pending = load_trainer_state(ckpt / "iter_000002")[1]["overlap"]["pending"]
+    pending = pending_from_state(load_trainer_state(ckpt / "iter_000002")[1]["overlap"]["pending"])
     assert pending["iteration"] == 2 and pending["lag"] == 1
     batch = collate(pending["trajectories"], pad_token_id(ckpt / "iter_000002"))
     mask = batch.action_mask > 0
@@ -165,6 +167,33 @@ def test_resume_from_a_checkpoint_is_bit_exact(overlapped, tmp_path):
     a, b = _weights(overlapped, "iter_000003"), _weights(run, "iter_000003")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_trainer_state(run / "checkpoints" / "iter_000003")[1]["overlap"]["pending"]["iteration"] == 3
+
+
+def test_an_older_pickled_checkpoint_needs_trust_then_resumes_bit_exact(overlapped, tmp_path):
+    # the trainer.pt an eprl from before plain-data checkpoints wrote: Trajectory objects, numpy's legacy RNG tuple
+    run = tmp_path / "run"
+    shutil.copytree(overlapped, run)
+    for name in ("iter_000003", "iter_000002"):
+        shutil.rmtree(run / "checkpoints" / name)
+    (run / "checkpoints" / "latest").write_text("iter_000001")
+    (run / "summary.json").unlink()
+    ckpt = run / "checkpoints" / "iter_000001"
+    state = load_trainer_state(ckpt)[1]
+    state["overlap"]["pending"] = pending_from_state(state["overlap"]["pending"])
+    numpy = state["rng"]["numpy"]
+    key = numpy["state"]["key"].numpy().astype(np.uint32)
+    state["rng"]["numpy"] = ("MT19937", key, numpy["state"]["pos"], numpy["has_gauss"], numpy["gauss"])
+    torch.save(state, ckpt / "trainer.pt")
+    manifest = json.loads((ckpt / "state.json").read_text())
+    manifest["files"]["trainer.pt"] = (ckpt / "trainer.pt").stat().st_size
+    (ckpt / "state.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        resume(run)
+    resume(run, trust_checkpoint=True)
+    assert _rows(run) == _rows(overlapped)
+    a, b = _weights(overlapped, "iter_000003"), _weights(run, "iter_000003")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    load_trainer_state(run / "checkpoints" / "iter_000003")  # the run's next checkpoints are plain again
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ import torch
 from cli_runs import SMALL, continue_cmd, kill_at_checkpoint, run_ok, train_cmd
 from safetensors.torch import load_file
 
+from eprl.training.checkpoint import load_trainer_state
+
 REPO = Path(__file__).resolve().parent.parent
 # ADAPO moves eps_high, which only the dapo loss reads (config refuses adapo with ppo)
 SETTINGS = SMALL + ["learner.loss=dapo", "learner.entropy_control.type=adapo"]
@@ -61,7 +63,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, eprl_cache):
 def test_continue_on_a_second_suite(tmp_path, eprl_cache):
     run_ok(_cmd(eprl_cache, tmp_path, "parent", "run.iterations=2", "run.checkpoint_every=1"))
     parent = tmp_path / "parent"
-    parent_state = torch.load(parent / "checkpoints" / "iter_000002" / "trainer.pt", weights_only=False)
+    parent_state = load_trainer_state(parent / "checkpoints" / "iter_000002")[1]
     target = parent_state["learner"]["controller"]["target_entropy"]
     assert target is not None and target > 0
     run_ok(continue_cmd(parent, SMALL, tmp_path, iterations=2))
@@ -72,7 +74,7 @@ def test_continue_on_a_second_suite(tmp_path, eprl_cache):
     rows = [json.loads(l) for l in (child / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1]  # fresh iteration counter
     assert json.loads((child / "config.json").read_text())["task"]["name"] == "arith-hard"
-    child_state = torch.load(child / "checkpoints" / "iter_000002" / "trainer.pt", weights_only=False)
+    child_state = load_trainer_state(child / "checkpoints" / "iter_000002")[1]
     steps = [s["step"] for s in child_state["learner"]["optimizer"]["state"].values()]
     assert steps and max(float(s) for s in steps) == 2  # a fresh optimizer made exactly 2 steps
     assert child_state["learner"]["controller"]["target_entropy"] == pytest.approx(target)
@@ -109,9 +111,7 @@ def test_continue_on_a_second_suite(tmp_path, eprl_cache):
 def test_continue_can_remeasure_the_target_on_the_new_domain(tmp_path, eprl_cache):
     run_ok(_cmd(eprl_cache, tmp_path, "parent", "run.iterations=1", "run.checkpoint_every=1"))
     parent = tmp_path / "parent"
-    target = torch.load(parent / "checkpoints" / "iter_000001" / "trainer.pt", weights_only=False)["learner"][
-        "controller"
-    ]["target_entropy"]
+    target = load_trainer_state(parent / "checkpoints" / "iter_000001")[1]["learner"]["controller"]["target_entropy"]
     run_ok(
         continue_cmd(
             parent, SMALL + ["learner.entropy_control.target_entropy=remeasure"], tmp_path / "re", iterations=1

@@ -1,11 +1,17 @@
 """Atomic checkpoints: everything a run needs to resume bit-exactly, or to be continued.
 
 Layout of RUN_DIR/checkpoints/iter_000010/: model/ (HF save_pretrained, or the LoRA adapter),
-tokenizer files in model/, trainer.pt (optimizer, scaler, controller, RNG states), state.json
+tokenizer files in model/, trainer.pt (optimizer, scaler, controller, RNG states, overlap's pending
+batch), state.json
 (iteration, run metadata, and the size of every file: the manifest). A checkpoint is written to
 a temporary directory, fsynced and renamed into place; RUN_DIR/checkpoints/latest is replaced
 atomically afterwards, so a kill (or a full disk) at any moment leaves the previous checkpoint
 intact. `intact_checkpoints` checks each one against its manifest before a resume trusts it.
+
+trainer.pt holds plain data only (tensors, numbers, strings, and lists/tuples/dicts of them: `plain`) and
+is read with `torch.load(weights_only=True)`: a checkpoint is a file someone may hand you, and unpickling
+any other object can run code. A trainer.pt that needs the full unpickler (written before this rule, or
+tampered with) is refused with a CheckpointError unless the caller trusts it (`--trust-checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -44,8 +51,46 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+SAFE_SCALARS = (str, bytes, bool, int, float, type(None))
+
+
+def plain(obj, where: str = "trainer state", lossy: bool = False):
+    """`obj` as data `torch.load(weights_only=True)` reads back: numpy arrays become tensors, numpy scalars
+    Python numbers. Anything else raises TypeError naming where it sits, or with `lossy` becomes its repr
+    (for env-provided `info`, which the learner never computes with)."""
+    if isinstance(obj, (torch.Tensor, *SAFE_SCALARS)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, list | tuple):
+        items = [plain(v, f"{where}[{i}]", lossy) for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if not isinstance(key, SAFE_SCALARS):
+                key = _not_plain(key, f"{where}: key", lossy)
+            out[key] = plain(value, f"{where}[{key!r}]", lossy)
+        return out
+    return _not_plain(obj, where, lossy)
+
+
+def _not_plain(obj, where: str, lossy: bool) -> str:
+    if lossy:
+        return repr(obj)
+    raise TypeError(f"{where}: {type(obj).__qualname__} is not plain data (tensors, numbers, strings, containers)")
+
+
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every generator a run draws from, as tensors and numbers (numpy's MT19937 key as an int64 tensor)."""
+    np_state = np.random.get_state(legacy=False)
+    numpy = {
+        **np_state,
+        "state": {**np_state["state"], "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64))},
+    }
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy}
     if torch.cuda.is_available():  # sampling on a GPU draws from the CUDA generators
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -54,7 +99,11 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):  # the plain form; a trusted older checkpoint holds numpy's legacy tuple
+        key = numpy["state"]["key"].numpy().astype(np.uint32)
+        numpy = {**numpy, "state": {**numpy["state"], "key": key}}
+    np.random.set_state(numpy)
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -82,7 +131,7 @@ def save_checkpoint(run_dir: Path, iteration: int, model, tokenizer, trainer_sta
     try:
         model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
-        torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
+        torch.save(plain({**trainer_state, "rng": rng_state()}), tmp / "trainer.pt")
         state = {"iteration": iteration, **meta, "files": _files(tmp)}
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
         _fsync_tree(tmp)
@@ -208,9 +257,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no intact checkpoint in {path} ({'; '.join(problems)})")
 
 
-def load_trainer_state(ckpt: Path) -> tuple[dict, dict]:
+def load_trainer_state(ckpt: Path, trust: bool = False) -> tuple[dict, dict]:
+    """state.json and trainer.pt, the latter as plain data only unless `trust` (the full unpickler runs code)."""
     state = json.loads((ckpt / "state.json").read_text())
-    trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)  # GPU-saved runs load anywhere
+    path = ckpt / "trainer.pt"
+    try:  # map_location: GPU-saved runs load anywhere
+        trainer = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        global_name = re.search(r"Unsupported global: (GLOBAL \S+)", str(err))
+        found = global_name.group(1) if global_name else str(err).strip().splitlines()[-1][:120]
+        raise CheckpointError(
+            f"{path} holds pickled Python objects, not only tensors and numbers ({found}): it was written by an "
+            "eprl from before plain-data checkpoints, or it was tampered with, and unpickling it could run code, "
+            "so it was not loaded. If you wrote this checkpoint yourself, pass --trust-checkpoint (the next "
+            "checkpoint of the run is written in the plain form)"
+        ) from None
     return state, trainer
 
 

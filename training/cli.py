@@ -34,6 +34,15 @@ def _config_args(p: argparse.ArgumentParser, task_default=None) -> None:
     )
 
 
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="also load a trainer.pt holding pickled Python objects (from an older eprl); it can run code: "
+        "only for checkpoints you wrote yourself",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eprl", description="Entropy-preserving RL for multi-turn LLM agents")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,9 +50,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _config_args(p)  # --task defaults to tasks/default.yaml later: --resume must see whether it was given
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly from its latest checkpoint")
     p.add_argument("--iterations", type=int, help="with --resume: extend the run to this many iterations")
+    _trust_arg(p)
     p = sub.add_parser("continue", help="start a new run on another task suite from a checkpoint's weights")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     _config_args(p)
+    _trust_arg(p)
     p = sub.add_parser("eval", help="evaluate a checkpoint (or the configured model) on a suite's eval split")
     p.add_argument("checkpoint", nargs="?", help="checkpoint or run directory (default: the configured model)")
     _config_args(p, str(DEFAULT_TASK))
@@ -165,6 +176,8 @@ def run(argv=None) -> int:
         args.task = args.task or str(DEFAULT_TASK)
         if args.iterations is not None:
             raise ConfigError("--iterations goes with --resume; for a new run use --set run.iterations=N")
+        if args.trust_checkpoint:
+            raise ConfigError("--trust-checkpoint goes with --resume (or `continue`): a new run loads no trainer.pt")
     if args.command == "continue" and not args.task:
         raise ConfigError("continue: --task is required (the new domain's task suite)")
     cfg = loop.saved_config(args.resume) if resuming else load_run_config(args.task, args.config, args.overrides)
@@ -172,11 +185,11 @@ def run(argv=None) -> int:
     main = distributed.is_main()
     try:
         if resuming:
-            summary = loop.resume(args.resume, iterations=args.iterations)
+            summary = loop.resume(args.resume, iterations=args.iterations, trust_checkpoint=args.trust_checkpoint)
         elif args.command == "train":
             summary = loop.train(cfg)
         else:
-            summary = loop.continue_from(args.checkpoint, cfg)
+            summary = loop.continue_from(args.checkpoint, cfg, trust_checkpoint=args.trust_checkpoint)
     finally:
         distributed.close_distributed()
     if main:  # the other ranks' summary is empty

@@ -120,8 +120,9 @@ class Trainer:
         return trainer
 
     # ------------------------------------------------------------------ state
-    def restore(self, ckpt: Path) -> None:
-        state, trainer = load_trainer_state(ckpt)
+    def restore(self, loaded: tuple[dict, dict]) -> None:
+        """From `load_trainer_state(ckpt)`: (state.json, trainer.pt)."""
+        state, trainer = loaded
         self.learner.load_state_dict(trainer["learner"])
         set_rng_state(trainer["rng"])
         self.iteration = state["iteration"]
@@ -306,8 +307,9 @@ def saved_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.model_validate_json(path.read_text())
 
 
-def resume(run_dir: str | Path, iterations: int | None = None) -> dict:
-    """Continue the same run exactly where its newest intact checkpoint left it."""
+def resume(run_dir: str | Path, iterations: int | None = None, trust_checkpoint: bool = False) -> dict:
+    """Continue the same run exactly where its newest intact checkpoint left it (`trust_checkpoint`: also
+    from a trainer.pt that needs the full unpickler, see checkpoint.py)."""
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir)
     if iterations is not None:
@@ -338,18 +340,19 @@ def resume(run_dir: str | Path, iterations: int | None = None) -> dict:
             trainer.evals.truncate_after(0)
         log.info(f"resumed {run_dir} at iteration 0: no checkpoint was written yet")
     else:
+        loaded = load_trainer_state(ckpt, trust_checkpoint)  # before building anything: a refused file costs nothing
         trainer = Trainer.from_config(cfg, run_dir, str(ckpt / "model"), meta)
-        trainer.restore(ckpt)
+        trainer.restore(loaded)
         log.info(f"resumed {run_dir} at iteration {trainer.iteration} from {ckpt.name}")
     return trainer.fit()
 
 
-def continue_from(checkpoint: str | Path, cfg: RunConfig) -> dict:
+def continue_from(checkpoint: str | Path, cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
     """A new run on `cfg.task` from a checkpoint's weights. The entropy target H*: the parent's (default),
     the one set in `target_entropy`, or, with `target_entropy: remeasure`, measured again on the new domain."""
     preflight(cfg)
     ckpt = resolve_checkpoint(checkpoint)
-    _, trainer_state = load_trainer_state(ckpt)
+    _, trainer_state = load_trainer_state(ckpt, trust_checkpoint)
     parent_target = trainer_state["learner"]["controller"].get("target_entropy")
     ec = cfg.learner.entropy_control
     source = "remeasured" if ec.target_entropy == "remeasure" else "set" if ec.target_entropy is not None else "parent"

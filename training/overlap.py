@@ -52,13 +52,45 @@ import pickle
 import random
 import time
 import traceback
+from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
 
+from eprl.agents.rollout import RolloutStats
+from eprl.agents.trajectory import Trajectory
+
 from . import distributed
+from .checkpoint import plain
 from .config import ConfigError, RunConfig
+
+
+def pending_state(pending: dict | None) -> dict | None:
+    """The pending batch as plain data for trainer.pt (dataclasses as dicts; env `info` values that are
+    not plain data as their repr: the learner reads only token ids, masks, log-probs and rewards)."""
+    if pending is None:
+        return None
+    trajectories = [
+        {
+            **plain({k: v for k, v in asdict(t).items() if k != "info"}, "pending trajectory"),
+            "info": plain(t.info, "trajectory info", lossy=True),
+        }
+        for t in pending["trajectories"]
+    ]
+    stats = [plain(asdict(s), "pending rollout stats", lossy=True) for s in pending["stats"]]
+    return {**pending, "trajectories": trajectories, "stats": stats}
+
+
+def pending_from_state(state: dict | None) -> dict | None:
+    if state is None:
+        return None
+    trajectories = [
+        t if isinstance(t, Trajectory) else Trajectory(**{**t, "turn_spans": [tuple(s) for s in t["turn_spans"]]})
+        for t in state["trajectories"]
+    ]  # Trajectory objects: a trusted checkpoint written before plain-data checkpoints
+    stats = [s if isinstance(s, RolloutStats) else RolloutStats(**s) for s in state["stats"]]
+    return {**state, "trajectories": trajectories, "stats": stats}
 
 
 def check_overlap(cfg: RunConfig) -> None:
@@ -215,10 +247,10 @@ class OverlappedSampler:
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
-        return {"pending": self.pending}
+        return {"pending": pending_state(self.pending)}
 
     def load_state_dict(self, state: dict | None) -> None:
-        self.pending = (state or {}).get("pending")
+        self.pending = pending_from_state((state or {}).get("pending"))
 
     def close(self) -> None:
         """Stop the sampler: asked to when idle; mid-rollout, its next send finds the pipe closed."""
