@@ -50,10 +50,12 @@ def require_bwrap() -> str:
     """Path of ``bwrap`` (and ``setpriv`` when root), or SandboxUnavailableError saying how to install it."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        raise SandboxUnavailableError(f"the python tool needs bwrap, which is not on PATH: {INSTALL_HINT}")
+        raise SandboxUnavailableError(
+            f"model-written code (the python tool, AppWorld) runs in bwrap, which is not on PATH: {INSTALL_HINT}"
+        )
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         raise SandboxUnavailableError(
-            "the python tool run as root needs setpriv to drop root inside the sandbox: "
+            "the sandbox (python tool, AppWorld) run as root needs setpriv to drop root inside it: "
             "install util-linux (apt-get install -y util-linux), or run as a normal user"
         )
     return bwrap
@@ -105,8 +107,13 @@ def bwrap_argv(
     tmpfs_bytes: int,
     uid_slot: int | None = None,
     info_fd: int | None = None,
+    rw_binds: list[tuple[str, str]] = (),
+    env: dict[str, str] | None = None,
+    chdir: str = "/tmp",
 ) -> list[str]:
-    """The full argv that runs ``command`` (absolute path) isolated, with cwd and HOME the empty /tmp."""
+    """The full argv that runs ``command`` (absolute path) isolated, with HOME the empty /tmp and cwd
+    ``chdir``. ``rw_binds`` (host dir, sandbox path) are the only writable host paths, mounted over the
+    read-only ones (so the sandbox path must exist on the host); ``env`` adds to the sandbox's environment."""
     bwrap = require_bwrap()
     root = os.geteuid() == 0
     args = [
@@ -124,7 +131,7 @@ def bwrap_argv(
         args += (
             ["--unshare-user", "--disable-userns"] if "--disable-userns" in _bwrap_help(bwrap) else ["--unshare-user"]
         )
-    for key, value in SANDBOX_ENV.items():
+    for key, value in {**SANDBOX_ENV, **(env or {})}.items():
         args += ["--setenv", key, value]
     # Root keeps only what setpriv needs to switch uid; setpriv then drops those too.
     args += ["--cap-drop", "ALL"] + (
@@ -133,7 +140,10 @@ def bwrap_argv(
     args += _ro_binds([*SYSTEM_RO_PATHS, *ro_paths])
     if "--size" in _bwrap_help(bwrap):  # bwrap >= 0.5; older: RLIMIT_FSIZE and the file count bound /tmp
         args += ["--size", str(tmpfs_bytes)]
-    args += ["--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp"]
+    args += ["--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+    for host, inside in rw_binds:
+        args += ["--bind", host, inside]
+    args += ["--chdir", chdir]
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
     if root:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from eprl import envs
 from eprl.envs.appworld.setup import build_world, missing_reason, venv_dir, venv_ready, world_ready, world_root
 
 pytestmark = pytest.mark.appworld
+REPO = Path(__file__).resolve().parent.parent
 
 CREATE_NOTE = """profile = apis.supervisor.show_profile()
 passwords = {p["account_name"]: p["password"] for p in apis.supervisor.show_account_passwords()}
@@ -122,14 +125,14 @@ def test_max_interactions_truncates_and_evaluates(world):
 
 def test_killed_server_fails_the_episode_and_is_restarted(env):
     env.reset(options={"task_index": 0})
-    old_pid, old_port = env.server.proc.pid, env.server.port
+    old_pid, old_socket = env.server.proc.pid, env.server.socket
     os.killpg(old_pid, signal.SIGKILL)
     env.server.proc.wait(timeout=10)
     obs, reward, terminated, truncated, info = env.step("print(1)")
     assert terminated and reward == 0.0 and not info["success"]
     assert info["failure_reason"].startswith("server_error") and "Environment error" in obs
     assert env.server.alive() and env.server.proc.pid != old_pid and env.server.restarts >= 1
-    assert env.server.port != old_port
+    assert env.server.socket != old_socket
     env.reset(options={"task_index": 0})  # the restarted server serves the next episode
     assert env.step(CREATE_NOTE.replace("TITLE", '"Packing list"'))[4]["success"]
 
@@ -142,7 +145,7 @@ def test_four_concurrent_episodes_on_four_servers(world):
         e = pool[i]
         obs, info = e.reset(options={"task_index": i})  # reference solutions written by the world builder
         code = (world / "data" / "tasks" / info["task_id"] / "ground_truth" / "solution_code.txt").read_text()
-        results[i] = e.step(code)[1:] + (e.server.port, e.experiment)
+        results[i] = e.step(code)[1:] + (e.server.socket, e.experiment)
 
     try:
         threads = [threading.Thread(target=play, args=(i,)) for i in range(4)]
@@ -199,3 +202,72 @@ def test_episode_metrics_report_tgc_sgc_and_mark_the_standin(env):
     assert m["appworld_standin"] == 1.0
     assert m["tgc"] == 75.0 and m["sgc"] == 50.0  # scenario aaa fails one of its tasks
     assert m["difficulty_1_tgc"] == 100.0 and m["difficulty_2_tgc"] == 50.0
+
+
+# AppWorld's own guard refuses `import socket` or `open(...)` by name; these spellings get past it, so what
+# stops them is the sandbox around the server (envs/appworld/server.py).
+GUARD_BYPASS = "b = __builtins__ if isinstance(__builtins__, dict) else vars(__builtins__)\n"
+
+
+def posix(fn: str) -> str:
+    """posix.<fn> spelled so that AppWorld's guard, which reads names, sees neither the module nor the function."""
+    return f"getattr(__import__('pos' + 'ix'), {fn[:2]!r} + {fn[2:]!r})"
+
+
+def test_code_past_appworlds_guard_has_no_network_and_no_host_files(env, world):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(0.5)
+    env.reset(options={"task_index": 0})
+    try:
+        obs, *_ = env.step(
+            f"s = __import__('so' + 'cket').socket()\ns.settimeout(3)\ns.connect(('127.0.0.1', {port}))\nprint('in')"
+        )
+        assert "Network is unreachable" in obs or "Connection refused" in obs, obs
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing reached the host's loopback
+    finally:
+        listener.close()
+    obs, *_ = env.step(GUARD_BYPASS + f"print(b['op' + 'en']({str(REPO / 'README.md')!r}).read()[:40])")
+    assert "No such file or directory" in obs, obs  # the checkout is not in the sandbox
+    target = world / "data" / "pwned"
+    # AppWorld's guard replaces os.open (and os.listdir, os.fork...) with no-ops; posix's own are the real calls
+    obs, *_ = env.step(f"{posix('open')}({str(target)!r}, {os.O_WRONLY | os.O_CREAT})")
+    assert "Read-only file system" in obs and not target.exists(), obs  # the world is read-only
+    obs, *_ = env.step(f"print('README.md' in {posix('listdir')}({str(REPO)!r}))")
+    assert obs.strip() == "False" or "No such file" in obs, obs  # of the checkout, at most the world's dir
+    obs, *_ = env.step("x = bytearray(8 * 2**30)")
+    assert "MemoryError" in obs  # RLIMIT_AS
+    obs, *_ = env.step("print(len(bytearray(2**20)))")
+    assert obs.strip() == "1048576"  # and the server lives on
+
+
+def _processes_with(marker: bytes) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_process_started_by_the_agent_dies_with_the_server(world):
+    e = _make(world)
+    marker = b"sleep\x004242"
+    try:
+        e.reset(options={"task_index": 0})
+        e.step(
+            f"if {posix('fork')}() == 0:\n    {posix('execv')}('/usr/bin/sleep', ['sleep', '4242'])\nprint('forked')"
+        )
+        deadline = time.monotonic() + 10
+        while not _processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_with(marker), "the agent's child did not start (the check would see nothing)"
+    finally:
+        e.close()
+    deadline = time.monotonic() + 10
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_with(marker), "a process the agent started outlived its server"

@@ -16,10 +16,8 @@ from eprl.envs.appworld.server import AppWorldServerError
 class AppWorldClient:
     """initialize / execute / task_completed / evaluate / close for one task world."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0):
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, trust_env=False)
+    def __init__(self, http: httpx.Client, address: str, timeout: float = 30.0):
+        self.http, self.base_url, self.timeout = http, address, timeout  # base_url: the server's socket, for messages
 
     def _post(self, method: str, timeout: float | None = None, **body: Any) -> Any:
         try:

@@ -7,6 +7,7 @@ output (truncated with a note), and ends the episode when the agent calls
 ``apis.supervisor.complete_task`` (terminated) or the interaction budget is spent (truncated).
 Reward: fraction of the task's tests passed ("dense", as LOOP) or 1/0 success ("success").
 A crashed or hung server ends the episode as failed (info["failure_reason"]) and is restarted.
+The server runs the agent's code, so it is sandboxed (``sandbox: bwrap``, the default; see server.py).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class AppWorldEnv(TextEnv):
         venv: str | None = None,
         server_start_timeout: float = 120.0,
         keep_outputs: bool = False,
+        sandbox: str = "bwrap",
     ):
         super().__init__()
         if reward not in ("dense", "success"):
@@ -85,7 +87,7 @@ class AppWorldEnv(TextEnv):
         self.max_output_chars, self.timeout_seconds = max_output_chars, timeout_seconds
         self.request_timeout = timeout_seconds + request_margin
         self.keep_outputs = keep_outputs
-        self.server = AppWorldServer(venv=venv, root=self.root, start_timeout=server_start_timeout)
+        self.server = AppWorldServer(venv=venv, root=self.root, start_timeout=server_start_timeout, sandbox=sandbox)
         self.client: AppWorldClient | None = None
         self.experiment = f"eprl-{uuid.uuid4().hex[:12]}"  # distinct output dir per env/server
         self._open: str | None = None
@@ -100,7 +102,9 @@ class AppWorldEnv(TextEnv):
             self.server.restart() if self.server.proc is not None or restart else self.server.start()
             if self.client is not None:
                 self.client.shutdown()
-            self.client = AppWorldClient(self.server.url, timeout=self.request_timeout)
+            self.client = AppWorldClient(
+                self.server.http(self.request_timeout), self.server.socket, timeout=self.request_timeout
+            )
 
     def _initialize(self, task_id: str) -> dict:
         settings = dict(
@@ -192,8 +196,12 @@ class AppWorldEnv(TextEnv):
             except AppWorldServerError:
                 pass
         self._open = None
-        if not self.keep_outputs:
-            shutil.rmtree(self.root / "experiments" / "outputs" / self.experiment, ignore_errors=True)
+        if self.server.run_dir is None:
+            return
+        written = self.server.outputs / self.experiment  # the sandbox's experiments/outputs, on the host
+        if self.keep_outputs and written.is_dir():
+            shutil.copytree(written, self.root / "experiments" / "outputs" / self.experiment, dirs_exist_ok=True)
+        shutil.rmtree(written, ignore_errors=True)
 
     def episode_metrics(self, infos: list[dict]) -> dict[str, float]:
         """TGC / SGC (percent), overall and per difficulty; `appworld_standin` = 1 marks stand-in results."""
