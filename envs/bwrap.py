@@ -100,6 +100,11 @@ def _ro_binds(paths: list[str]) -> list[str]:
     return args
 
 
+def sandbox_uid(uid_slot: int | None) -> int | None:
+    """The uid a root-mode sandbox runs as (setpriv), or None when not root (the user namespace keeps ours)."""
+    return UID_BASE + (uid_slot or 0) if os.geteuid() == 0 else None
+
+
 def bwrap_argv(
     command: list[str],
     ro_paths: list[str],
@@ -147,7 +152,7 @@ def bwrap_argv(
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
     if root:
-        uid = str(UID_BASE + (uid_slot or 0))
+        uid = str(sandbox_uid(uid_slot))
         args += [
             shutil.which("setpriv"),
             f"--reuid={uid}",

@@ -100,3 +100,16 @@ def kill_at_checkpoint(proc: subprocess.Popen, run_dir: Path, checkpoint: str, t
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
+
+
+def write_trainer_pt(ckpt: Path, state: dict) -> None:
+    """Replace a checkpoint's trainer.pt with a full pickle of `state` and fix the manifest to match, as an older
+    eprl (or an attacker rewriting both) would leave it: every size check passes, only the loader can refuse."""
+    import json
+
+    import torch
+
+    torch.save(state, ckpt / "trainer.pt")
+    manifest = json.loads((ckpt / "state.json").read_text())
+    manifest["files"]["trainer.pt"] = (ckpt / "trainer.pt").stat().st_size
+    (ckpt / "state.json").write_text(json.dumps(manifest))

@@ -3,7 +3,6 @@ run code on `--resume` or `continue` unless you say you trust it (`--trust-check
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_runs import REPO
+from cli_runs import REPO, write_trainer_pt
 
 from eprl.training.checkpoint import (
     CheckpointError,
@@ -39,10 +38,7 @@ def _tampered_checkpoint(tmp_path, tiny_model, tiny_tokenizer, marker: Path) -> 
     ckpt = save_checkpoint(tmp_path / "run", 1, tiny_model, tiny_tokenizer, {"learner": {}}, {"meta": {}})
     state = load_trainer_state(ckpt)[1]
     state["learner"]["controller"] = {"target_entropy": _Touch(marker)}
-    torch.save(state, ckpt / "trainer.pt")
-    manifest = json.loads((ckpt / "state.json").read_text())  # an attacker rewrites the manifest too
-    manifest["files"]["trainer.pt"] = (ckpt / "trainer.pt").stat().st_size
-    (ckpt / "state.json").write_text(json.dumps(manifest))
+    write_trainer_pt(ckpt, state)  # an attacker rewrites the manifest too
     assert resolve_checkpoint(ckpt) == ckpt  # intact by every size check: only the loader stands in the way
     return ckpt
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_runs import SMALL, kill_at_checkpoint
+from cli_runs import SMALL, kill_at_checkpoint, write_trainer_pt
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -183,10 +183,7 @@ def test_an_older_pickled_checkpoint_needs_trust_then_resumes_bit_exact(overlapp
     numpy = state["rng"]["numpy"]
     key = numpy["state"]["key"].numpy().astype(np.uint32)
     state["rng"]["numpy"] = ("MT19937", key, numpy["state"]["pos"], numpy["has_gauss"], numpy["gauss"])
-    torch.save(state, ckpt / "trainer.pt")
-    manifest = json.loads((ckpt / "state.json").read_text())
-    manifest["files"]["trainer.pt"] = (ckpt / "trainer.pt").stat().st_size
-    (ckpt / "state.json").write_text(json.dumps(manifest))
+    write_trainer_pt(ckpt, state)
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
         resume(run)
     resume(run, trust_checkpoint=True)

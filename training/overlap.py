@@ -86,8 +86,7 @@ def pending_from_state(state: dict | None) -> dict | None:
     if state is None:
         return None
     trajectories = [
-        t if isinstance(t, Trajectory) else Trajectory(**{**t, "turn_spans": [tuple(s) for s in t["turn_spans"]]})
-        for t in state["trajectories"]
+        t if isinstance(t, Trajectory) else Trajectory(**t) for t in state["trajectories"]
     ]  # Trajectory objects: a trusted checkpoint written before plain-data checkpoints
     stats = [s if isinstance(s, RolloutStats) else RolloutStats(**s) for s in state["stats"]]
     return {**state, "trajectories": trajectories, "stats": stats}

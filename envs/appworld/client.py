@@ -17,19 +17,19 @@ class AppWorldClient:
     """initialize / execute / task_completed / evaluate / close for one task world."""
 
     def __init__(self, http: httpx.Client, address: str, timeout: float = 30.0):
-        self.http, self.base_url, self.timeout = http, address, timeout  # base_url: the server's socket, for messages
+        self.http, self.address, self.timeout = http, address, timeout  # address: the server's socket, for messages
 
     def _post(self, method: str, timeout: float | None = None, **body: Any) -> Any:
         try:
             response = self.http.post(f"/{method}", json=body, timeout=timeout or self.timeout)
         except httpx.TimeoutException as err:
             raise AppWorldServerError(
-                f"AppWorld server at {self.base_url} timed out on /{method} "
+                f"AppWorld server at {self.address} timed out on /{method} "
                 f"after {timeout or self.timeout:.0f} s (hung?)"
             ) from err
         except httpx.HTTPError as err:
             raise AppWorldServerError(
-                f"AppWorld server at {self.base_url} unreachable on /{method}: {type(err).__name__}: {err}"
+                f"AppWorld server at {self.address} unreachable on /{method}: {type(err).__name__}: {err}"
             ) from err
         if response.status_code != 200:
             raise AppWorldServerError(

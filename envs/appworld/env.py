@@ -103,7 +103,7 @@ class AppWorldEnv(TextEnv):
             if self.client is not None:
                 self.client.shutdown()
             self.client = AppWorldClient(
-                self.server.http(self.request_timeout), self.server.socket, timeout=self.request_timeout
+                self.server.http(self.request_timeout), self.server.socket, self.request_timeout
             )
 
     def _initialize(self, task_id: str) -> dict:
@@ -200,7 +200,10 @@ class AppWorldEnv(TextEnv):
             return
         written = self.server.outputs / self.experiment  # the sandbox's experiments/outputs, on the host
         if self.keep_outputs and written.is_dir():
-            shutil.copytree(written, self.root / "experiments" / "outputs" / self.experiment, dirs_exist_ok=True)
+            # symlinks=True: a link the agent's code planted stays a link, never the host file it names
+            shutil.copytree(
+                written, self.root / "experiments" / "outputs" / self.experiment, symlinks=True, dirs_exist_ok=True
+            )
         shutil.rmtree(written, ignore_errors=True)
 
     def episode_metrics(self, infos: list[dict]) -> dict[str, float]:

@@ -129,12 +129,12 @@ class AppWorldServer:
         self.run_dir = Path(tempfile.mkdtemp(prefix="eprl-appworld-"))
         self.outputs.mkdir()
         (self.root / "experiments" / "outputs").mkdir(parents=True, exist_ok=True)  # the bind's mount point
-        if self.sandbox == "bwrap":  # written by the sandbox's unprivileged uid
-            for path in (self.run_dir, self.outputs):
-                path.chmod(0o777)
-            self._slot = bwrap.UID_SLOTS.take()
         self._log = tempfile.NamedTemporaryFile("w+", prefix="appworld-server-", suffix=".log")
         if self.sandbox == "bwrap":
+            self._slot = bwrap.UID_SLOTS.take()
+            uid = bwrap.sandbox_uid(self._slot)
+            for path in (self.run_dir, self.outputs) if uid is not None else ():  # root mode: the sandbox's uid
+                os.chown(path, uid, uid)  # writes the socket and outputs (0700: no other local user can)
             env = bwrap.popen_env()
         else:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
