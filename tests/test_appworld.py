@@ -7,6 +7,7 @@ the official data when APPWORLD_ROOT points at it (then only task-agnostic check
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -271,3 +272,19 @@ def test_a_process_started_by_the_agent_dies_with_the_server(world):
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _processes_with(marker), "a process the agent started outlived its server"
+
+
+def test_kept_outputs_copy_a_planted_symlink_as_a_link(world):
+    e = _make(world, keep_outputs=True)
+    kept = world / "experiments" / "outputs" / e.experiment
+    try:
+        e.reset(options={"task_index": 0})
+        inside = str(world.resolve() / "experiments" / "outputs" / e.experiment)  # the sandbox's own outputs
+        e.step(f"try:\n    {posix('mkdir')}({inside!r})\nexcept OSError:\n    pass")  # AppWorld may have made it
+        obs, *_ = e.step(f"{posix('symlink')}('/etc/passwd', {inside + '/leak'!r})\nprint('planted')")
+        assert "planted" in obs, obs
+        e.step(CREATE_NOTE.replace("TITLE", '"Packing list"'))  # ends the episode: the outputs are copied out
+        assert (kept / "leak").is_symlink() and (kept / "leak").readlink() == Path("/etc/passwd")
+    finally:
+        e.close()
+        shutil.rmtree(kept, ignore_errors=True)
