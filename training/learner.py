@@ -135,7 +135,12 @@ class Learner:
                 with_entropy=with_entropy,
                 head_fp32=self.head_fp32,
                 positions=positions,
+                share_prefix=self.cfg.share_prefix,
             )
+
+    def _prompt_groups(self, batch: PolicyBatch) -> torch.Tensor | None:
+        """share_prefix: the rows' group ids, so that micro-batches keep a group's rows (its prompt) together."""
+        return batch.group_ids.cpu() if self.cfg.share_prefix else None
 
     def _zeros(self, batch: PolicyBatch) -> torch.Tensor:
         """A [B, T-1] tensor for log-probs / entropies: float32 (float64 for a float64 model, as model_logprobs)."""
@@ -151,7 +156,8 @@ class Learner:
         comes from exactly one rank."""
         logp = self._zeros(batch)
         ent = self._zeros(batch) if with_entropy else None
-        for mb in plan(torch.arange(len(batch)) if rows is None else rows, lengths, self.micro_batch_tokens):
+        rows = torch.arange(len(batch)) if rows is None else rows
+        for mb in plan(rows, lengths, self.micro_batch_tokens, self._prompt_groups(batch)):
             lp, en = self._logprobs(model, mb.take(batch), with_entropy)
             if not mb.dummy:
                 logp[mb.rows, : mb.width - 1] = lp
@@ -246,7 +252,7 @@ class Learner:
         fill: (logp, H) [B, T-1] zeros; the forward's detached values are written there and, as the
         policy has not moved yet, serve as these rows' logp_old and H (recompute)."""
         cfg, ctl = self.cfg, self.controller
-        mbs = plan(rows, lengths, self.micro_batch_tokens)
+        mbs = plan(rows, lengths, self.micro_batch_tokens, self._prompt_groups(batch))
         norm = AggNorm.of(batch.action_mask[rows])
         overrides = ctl.loss_overrides()  # what the controller moves (ADAPO: eps_high); fixed for this step
         needs_entropy_grad = ctl.needs_entropy or cfg.entropy_coef != 0

@@ -159,6 +159,10 @@ class LearnerConfig(Strict):
         description="gradient accumulation: split each minibatch (each rank's share under torchrun) into micro-batches of at most this many padded tokens (None: one pass; auto: 1/16 of the device memory over the model's activation bytes per token, training/microbatch.py)",
     )
     chunk_size: int = Field(256, ge=1, description="sequence chunk for float32 log-prob/entropy (memory)")
+    share_prefix: bool = Field(
+        False,
+        description="run the prompt shared by a micro-batch's rows once per distinct prompt and continue each row from its key/value cache (training/shared_prefix.py): the same gradient up to float rounding, (group_size - 1) x prompt tokens less compute per group; not under torchrun",
+    )
     fp32_lm_head: Optional[bool] = Field(
         None,
         description="compute the lm_head matmul in float32 when model.dtype is bf16/fp16 (None: on for bf16/fp16; cost in bench/results/learner_rails.md)",

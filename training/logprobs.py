@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import distributed
 from .model_parts import causal_lm_parts
+from .shared_prefix import plan_shared_prefix, shared_prefix_hidden
 
 
 def _linear(h: Tensor, weight: Tensor, bias: Optional[Tensor], fp32: bool) -> Tensor:
@@ -207,6 +208,7 @@ def model_logprobs(
     with_entropy: bool = True,
     head_fp32: bool = False,
     positions: Optional[Tensor] = None,
+    share_prefix: bool = False,
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Causal LM -> (logp [B,T-1], entropy [B,T-1] | None), float32 (head_fp32: see token_logprobs_and_entropy).
 
@@ -215,9 +217,15 @@ def model_logprobs(
     positions: bool [B,T-1]; the lm_head runs only there (the action tokens: prompt and observation
     positions never reach a loss, and the [tokens x vocab] head is most of the cost for a large vocab
     after long prompts), and every other position holds exactly 0.
+    share_prefix: rows starting with the same prompt run it once (training/shared_prefix.py; needs `positions`).
     """
     backbone, head = causal_lm_parts(model)
-    hidden = _last_hidden(model, backbone, input_ids, attention_mask)[:, :-1]
+    plan = plan_shared_prefix(input_ids, positions) if share_prefix and positions is not None else None
+    if plan is not None and not distributed.is_sharded(model):
+        assert attention_mask is not None, "a shared prefix needs the attention mask of the right-padded rows"
+        hidden = shared_prefix_hidden(backbone, input_ids, attention_mask, plan)[:, :-1]
+    else:
+        hidden = _last_hidden(model, backbone, input_ids, attention_mask)[:, :-1]
     targets = input_ids[:, 1:]
     kw = dict(temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy, head_fp32=head_fp32)
     # Nothing selected (a zero-weight dummy micro-batch): all positions, so the backward still reaches

@@ -110,10 +110,37 @@ def split_by_tokens(rows: Tensor, lengths: Tensor, budget: Optional[int]) -> lis
     return out
 
 
-def plan(rows: Tensor, lengths: Tensor, budget: Optional[int]) -> list[MicroBatch]:
+def split_by_groups(rows: Tensor, lengths: Tensor, budget: Optional[int], groups: Tensor) -> list[MicroBatch]:
+    """As split_by_tokens, with the rows ordered by group (stable) and whole groups kept in one micro-batch
+    where they fit, so that rows sharing a prompt share it in one forward (learner.share_prefix). A group
+    longer than the budget alone is cut by split_by_tokens."""
+    rows = rows[torch.sort(groups[rows], stable=True).indices]
+    units = torch.unique_consecutive(groups[rows], return_counts=True)[1].tolist()
+    out: list[MicroBatch] = []
+    group: list[int] = []
+    longest = 0
+    for unit in rows.split(units):
+        n = int(lengths[unit].max())
+        if group and budget is not None and (len(group) + len(unit)) * max(longest, n) > budget:
+            out.append(MicroBatch(torch.tensor(group), max(longest, 2)))
+            group, longest = [], 0
+        if budget is not None and len(unit) * n > budget:
+            out.extend(split_by_tokens(unit, lengths, budget))
+            continue
+        group.extend(unit.tolist())
+        longest = max(longest, n)
+    if group:
+        out.append(MicroBatch(torch.tensor(group), max(longest, 2)))
+    return out
+
+
+def plan(rows: Tensor, lengths: Tensor, budget: Optional[int], groups: Optional[Tensor] = None) -> list[MicroBatch]:
     """This rank's micro-batches of the minibatch `rows` (indices into the batch; `lengths` = each
-    batch row's token count), padded with dummies to the largest count over ranks. Collective."""
+    batch row's token count), padded with dummies to the largest count over ranks. Collective.
+    groups: each batch row's group id; given, a group's rows stay together (split_by_groups)."""
     world, rank = distributed.world_size(), distributed.rank()
+    if groups is not None and world == 1:
+        return split_by_groups(rows, lengths, budget, groups)
     mine = split_by_tokens(rows[rank::world], lengths, budget)
     if world == 1:
         return mine

@@ -1,6 +1,6 @@
 """Checks a run passes before any model work, each failing in one line naming the field: the env id,
 kwargs and data (by building each split's env once), the eval split's size, unbiased sampling, the
-metric sinks' packages, and a run directory that does not already hold a run."""
+metric sinks' packages, what torchrun cannot run (run.overlap, learner.share_prefix), and a run directory that does not already hold a run."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from eprl.agents.engines import SamplingError, check_unbiased
 
+from . import distributed
 from .config import ConfigError, RunConfig
 from .metrics import METRIC_SINKS
 from .overlap import check_overlap
@@ -50,5 +51,10 @@ def preflight(cfg: RunConfig, new_run: bool = True) -> None:
         except ConfigError as err:
             raise ConfigError(f"run.metric_sinks: {err}") from None
     check_overlap(cfg)
+    if cfg.learner.share_prefix and distributed.active():
+        raise ConfigError(
+            "learner.share_prefix under torchrun: not supported (a sharded model runs its own forward, which "
+            "cannot continue from a prefix's cache); drop learner.share_prefix or run in one process"
+        )
     if new_run and cfg.run.name:
         check_run_dir_free(run_dir_for(cfg))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -58,9 +58,22 @@ class EngineConfig(Strict):
     server_timeout: float = Field(
         600.0, gt=0, description="vllm server: seconds to wait for /health at launch and for one request"
     )
+    share_prefix: bool = Field(
+        False,
+        description="hf: rows with the same prompt (a group's samples) prefill it once and decode from copies of its key/value cache; the same samples up to float rounding, group_size x less prefill",
+    )
     weights_dir: Optional[str] = Field(
         None, description="vllm: where synced weights are written (None: a temp dir); servers given by URL must see it"
     )
+
+    @model_validator(mode="after")
+    def _share_prefix_is_hf_only(self) -> "EngineConfig":
+        if self.share_prefix and self.type != "hf":
+            raise ValueError(
+                f"share_prefix with type={self.type}: only the hf engine reads it (vLLM shares cached prompts by its own "
+                "prefix caching)"
+            )
+        return self
 
     @field_validator("type")
     @classmethod

@@ -49,11 +49,31 @@ class _SampledLogprobs(LogitsProcessor):
         )
 
 
+def shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor):
+    """`engine.share_prefix`: the key/value cache of every row's prompt but its last token, each distinct
+    (left-padded) prompt run once and copied to its rows; None when every prompt is distinct. `generate`
+    then runs only the last prompt token and decodes. Position ids as `generate` makes them for left padding
+    (cumsum of the mask - 1, 0 on pads), so the cache equals the plain prefill's up to float rounding."""
+    prompts, rows_to_prompt = torch.unique(input_ids, dim=0, return_inverse=True)
+    if len(prompts) == len(input_ids) or input_ids.shape[1] < 2:
+        return None
+    rows = torch.arange(len(input_ids), device=input_ids.device)
+    first = torch.full((len(prompts),), len(input_ids), dtype=torch.long, device=input_ids.device)
+    first = first.scatter_reduce(0, rows_to_prompt, rows, reduce="amin")  # one row per distinct prompt
+    ids, mask = input_ids[first, :-1], attention[first, :-1]
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_select_indices(rows_to_prompt)
+    return cache
+
+
 class HFEngine:
-    def __init__(self, model, tokenizer, batch_size: int = 64):
+    def __init__(self, model, tokenizer, batch_size: int = 64, share_prefix: bool = False):
         self.model = model
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.batch_size = batch_size
+        self.share_prefix = share_prefix
 
     def sync_weights(self, model) -> None:
         # Colocated: the engine samples from the very module the learner updates.
@@ -90,11 +110,14 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         recorder = _SampledLogprobs(temperature)
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        cache = shared_prompt_cache(self.model, input_ids, attention) if self.share_prefix else None
         sequences = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
+            input_ids=input_ids,
+            attention_mask=attention,
             generation_config=config,
             logits_processor=LogitsProcessorList([recorder]),
+            **({"past_key_values": cache} if cache is not None else {}),
         )
         self.model.train(was_training)
         new_tokens = sequences[:, width:].cpu()
@@ -116,4 +139,4 @@ class HFEngine:
 
 def make_hf_engine(model, tokenizer, cfg: EngineConfig) -> HFEngine:
     """The `hf` entry of the engine registry (agents/engines/__init__.py)."""
-    return HFEngine(model, tokenizer, batch_size=cfg.batch_size)
+    return HFEngine(model, tokenizer, batch_size=cfg.batch_size, share_prefix=cfg.share_prefix)
