@@ -5,8 +5,11 @@
 
 Same prompts (random token ids, equal length: no padding question), temperature 1, no stop token, so every
 row generates exactly --new-tokens tokens. Per round, one after the other:
-- `engine`: agents/engines/hf.py `HFEngine.generate` as it is now (transformers `generate`, log-probs per step);
-- `engine, output_logits`: the engine's path before issue #14 (every step's logits kept, stacked, normalised);
+- `engine`: agents/engines/hf.py `HFEngine.generate` as it is now (its own decode loop: inverse-CDF draw,
+  log-probs per step, finished rows dropped);
+- `engine, output_logits`: transformers `generate` with every step's logits kept, stacked and normalised (the
+  engine's path before issue #14), sampling the full distribution (`top_k=0`: left None, transformers 5 fills
+  in top_k=50, which the engine did until 2026-12-05);
 - `floor`: a bare decode loop: one prefill forward, then per step one forward of the last token with the
   DynamicCache, log_softmax in float32 and torch.multinomial: the model's forward cost per token plus
   the least sampling any engine must do.
@@ -17,6 +20,7 @@ Output: bench/results/rollout_floor.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -64,6 +68,7 @@ def output_logits_path(model, ids: torch.Tensor, new_tokens: int, pad_id: int) -
     cfg = GenerationConfig(
         do_sample=True,
         temperature=1.0,
+        top_k=0,  # None would be filled with transformers' default of 50
         max_new_tokens=new_tokens,
         eos_token_id=[],
         pad_token_id=pad_id,
@@ -128,6 +133,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     results = [bench_model(m, args) for m in args.models.split(",")]
     info = machine()
     md = [
@@ -136,12 +142,12 @@ def main() -> None:
         f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}, {args.threads} torch thread(s); "
         f"{info['date']}. `python bench/rollout_floor.py --rounds {args.rounds} --prompts {args.prompts} "
         f"--prompt-tokens {args.prompt_tokens} --new-tokens {args.new_tokens}`.",
-        "The machine was shared with other jobs (two training processes on the two cores; this bench at `nice -n 10`): "
-        "compare within a row; variants alternate in every round, medians over rounds (warm-up left out).",
+        f"Load average {load_before} before, {[round(x, 2) for x in os.getloadavg()]} after: compare within a row; "
+        "variants alternate in every round, medians over rounds (warm-up left out).",
         "",
         "`floor` = one prefill, then per step one cached forward of the last token + float32 log_softmax + multinomial "
-        "(no padding, no stop check). `engine` = HFEngine.generate now; `engine, output_logits` = its path before "
-        "issue #14 (all steps' logits kept and stacked).",
+        "(no padding, no stop check). `engine` = HFEngine.generate now (own decode loop); `engine, output_logits` = "
+        "transformers `generate` with all steps' logits kept and stacked (its path before issue #14), top_k=0.",
         "",
         "| model | params | floor tokens/s | engine | engine, output_logits |",
         "|---|---|---|---|---|",

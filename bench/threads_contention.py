@@ -7,7 +7,8 @@ evaluation) next to k CPU-bound competitor processes (a Python busy loop each, a
 level). Settings:
 - `before`: the CLI without this change's OpenMP default (OMP_WAIT_POLICY unset: libgomp threads spin
   at every barrier), torch's default thread count (one per core);
-- `after`: `python -m eprl.training` as it is now (OMP_WAIT_POLICY=PASSIVE unless the user set it);
+- `after`: `python -m eprl.training` as it is now (OMP_WAIT_POLICY=PASSIVE unless the user set it, also for the
+  `eprl` console script since cli.main sets it);
 - `threads=1`: one torch thread (the spin question does not arise).
 Settings alternate within each (round, k); the first iteration of each run (warm-up) is left out, the
 figure is the median `time_iteration` over the rest. Output: bench/results/threads_contention.{json,md}.
@@ -38,7 +39,10 @@ COMMON = [
 # how each setting starts the CLI, and extra environment
 SETTINGS = {
     "before": (
-        ["-c", "import os; os.environ.pop('OMP_WAIT_POLICY', None); from eprl.training.cli import main; main()"],
+        [
+            "-c",
+            "import eprl.training.cli as cli; cli.passive_openmp_default = lambda: None; cli.main()",
+        ],
         {},
     ),
     "after": (["-m", "eprl.training"], {}),

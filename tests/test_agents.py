@@ -157,40 +157,26 @@ def test_threaded_env_workers_give_identical_trajectories(tiny_model, tiny_token
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_hf_logprobs_per_step_equal_the_stacked_raw_logits(tiny_model, tiny_tokenizer, temperature):
-    """The engine's per-step recorder (no output_logits) gives exactly log_softmax(raw logits / T) of the
-    sampled tokens, as the stacked-logits path did (issue #14), including rows that stop early."""
+def test_hf_logprobs_equal_a_teacher_forced_forward(tiny_model, tiny_tokenizer, temperature):
+    """The engine's recorded log-prob of every sampled token is log_softmax(logits / T) of the full
+    distribution, as one forward over prompt + sample computes it (the learner's view), including a row that
+    stops early and leaves the batch."""
     import torch.nn.functional as F
-    from transformers import GenerationConfig
 
     engine = make_engine("hf", tiny_model, tiny_tokenizer, EngineConfig())
     prompts = [tiny_tokenizer("Compute 3+4.")["input_ids"], tiny_tokenizer("Compute 12*7+1. Then")["input_ids"]]
     stop = [tiny_tokenizer.eos_token_id, tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")]
     torch.manual_seed(3)
-    gens = engine.generate(prompts, SamplingConfig(max_new_tokens=12, temperature=temperature), stop)
-    # the old path: same seed, same draws, every step's raw logits kept
-    width = max(map(len, prompts))
-    ids = torch.tensor([[engine.pad_id] * (width - len(p)) + p for p in prompts])
-    torch.manual_seed(3)
-    out = tiny_model.generate(
-        input_ids=ids,
-        attention_mask=(torch.arange(width) >= width - torch.tensor([[len(p)] for p in prompts])).long(),
-        generation_config=GenerationConfig(
-            do_sample=True,
-            temperature=temperature,
-            max_new_tokens=12,
-            eos_token_id=stop,
-            pad_token_id=engine.pad_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-        ),
-    )
-    new = out.sequences[:, width:]
-    ref = F.log_softmax(torch.stack(out.logits, 1).float() / temperature, -1).gather(-1, new[..., None]).squeeze(-1)
-    for row, gen in enumerate(gens):
-        n = len(gen.token_ids)
-        assert gen.token_ids == new[row, :n].tolist()
-        assert torch.equal(torch.tensor(gen.logprobs), ref[row, :n])
+    gens = engine.generate(prompts * 4, SamplingConfig(max_new_tokens=12, temperature=temperature), stop)
+    assert {g.finish_reason for g in gens} == {"stop", "length"}  # some rows stopped early, others ran out
+    for prompt, gen in zip(prompts * 4, gens):
+        assert (gen.finish_reason == "stop") == (gen.token_ids[-1] in stop)
+        assert not any(t in stop for t in gen.token_ids[:-1])
+        ids = torch.tensor([prompt + gen.token_ids])
+        with torch.no_grad():
+            logits = tiny_model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        ref = F.log_softmax(logits.float() / temperature, -1).gather(-1, ids[0, len(prompt) :, None]).squeeze(-1)
+        assert torch.allclose(torch.tensor(gen.logprobs), ref, atol=1e-5, rtol=0)
 
 
 def test_a_tokenizer_without_chat_template_is_a_config_error(tiny_tokenizer):

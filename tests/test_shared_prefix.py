@@ -197,7 +197,7 @@ def test_hf_engine_prefills_each_prompt_once_and_samples_the_same(greedy, tiny_m
     finally:
         handle.remove()
     width = 12  # the longest prompt
-    assert calls[0] == (3, width - 1)  # each distinct prompt once, but its last token
+    assert calls[0] == (3, width)  # each distinct prompt once
     assert calls[1] == (12, 1) and all(c == (12, 1) for c in calls[1:])  # then one token per row per step
     assert [g.token_ids for g in shared] == [g.token_ids for g in plain]
     for a, b in zip(shared, plain):

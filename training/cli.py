@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -197,7 +198,20 @@ def run(argv=None) -> int:
     return 0
 
 
+def passive_openmp_default() -> None:
+    """OpenMP (libgomp, torch's CPU backend) threads spin at every barrier by default. Next to other CPU-bound
+    processes a spinning thread burns the time slice its partner needs: the default job's iteration went from
+    ~5 s to ~48 s with two competitors (issue #14; bench/results/threads_contention.md). Passive waiting must be
+    chosen before libgomp loads, i.e. before torch is imported (nothing above imports it); the user's own
+    setting wins. A bounded spin was tried as a middle ground and lost (SmolLM2-135M decode steps at batch 16,
+    2 threads, ms per step): idle, PASSIVE 109-118 against 85-99 for GOMP_SPINCOUNT 3000/10000 and for the
+    unset default; next to one busy process, PASSIVE 173, GOMP_SPINCOUNT=3000 247, 10000 374, unset 370."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv=None) -> None:
+    """The `eprl` console script and `python -m eprl.training`."""
+    passive_openmp_default()
     try:
         code = run(argv)
     except (EprlError, FileNotFoundError, FileExistsError) as err:  # the user's to fix: one line, no traceback

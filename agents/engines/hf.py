@@ -1,10 +1,25 @@
-"""`hf` engine: transformers `generate` on the learner's own model (colocated, CPU-friendly).
+"""`hf` engine: the learner's own transformers model (colocated, CPU-friendly), decoded by our own loop.
 
-Log-probs are recomputed from the raw logits in float32 as log_softmax(logits / T), the same
-formula the learner uses, so sampler and learner agree up to float rounding. They are taken one step
-at a time by a logits processor (`_SampledLogprobs`), not from `output_logits=True`: that kept every
-step's [batch x vocab] logits until the end (64 x 64 x 49,152 floats = 805 MB for SmolLM2) and then
-normalised them all at once.
+Each step, for the rows still running, with z the last position's logits:
+
+    logp = log_softmax(z / T)            float32, the learner's formula (training/logprobs.py)
+    y    ~ Categorical(exp(logp))        inverse CDF: y = min{j : cdf_j > u * cdf_V}, u ~ U[0, 1), float64 sums
+    record logp[y]
+
+then one forward of y against the key/value cache. A row stops at a stop token or the token budget; rows that
+stopped leave the batch (their cache rows are dropped), so the last long sample does not carry the others.
+
+Why not transformers' `generate`: in transformers 5 a GenerationConfig field left None is filled from the
+model's generation_config.json and then from library defaults, which include top_k=50, so `generate` sampled
+from the 50 most likely tokens while the engine recorded log-probs of the full distribution (a silent bias of
+every sample, and the learner's ratios). Here the distribution is the one written above and nothing else.
+Inverse-CDF sampling draws one uniform per row instead of torch.multinomial's one exponential per vocabulary
+entry (16 x 49,152 of them per step for SmolLM2: 15 ms of a ~200 ms step on one core).
+
+`top_k` / `top_p` (refused unless `sampling.allow_biased_sampling`) filter the distribution sampled from;
+the recorded log-prob stays the full distribution's, as the learner recomputes it.
+`share_prefix`: rows with the same prompt (a group's samples) prefill it once; each row decodes from a copy of
+its prompt's key/value cache (the same samples up to float rounding; tests/test_shared_prefix.py).
 """
 
 from __future__ import annotations
@@ -13,7 +28,6 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .base import Generation, check_unbiased
 
@@ -21,51 +35,49 @@ if TYPE_CHECKING:
     from .config import EngineConfig, SamplingConfig
 
 
-class _SampledLogprobs(LogitsProcessor):
-    """Sees each step's scores before the temperature warper (HF runs custom processors first): keeps
-    log_softmax(scores / T) in float32 for ONE step; the next call, whose input_ids end with the token
-    sampled from it, gathers that token's log-prob. `finish` gathers the last step's."""
+def sample_inverse_cdf(logp: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """[B, V] log-probs (rows may be unnormalised, -inf = excluded) -> [B] sampled token ids.
 
-    def __init__(self, temperature: float):
-        self.temperature, self.prev, self.steps = temperature, None, []
-
-    def _gather(self, tokens: torch.Tensor) -> None:
-        if self.prev is not None:
-            self.steps.append(self.prev.gather(-1, tokens[:, None]).squeeze(-1))
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self._gather(input_ids[:, -1])
-        self.prev = F.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
-
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        """[B, steps] log-probs of the generated tokens (the last column of `sequences` is the last step's)."""
-        self._gather(sequences[:, -1])
-        self.prev = None
-        return (
-            torch.stack(self.steps, dim=1)
-            if self.steps
-            else sequences.new_zeros((len(sequences), 0), dtype=torch.float32)
-        )
+    Inverse CDF in two levels, all sums in float64: the block of `block` tokens whose cumulative mass first
+    exceeds u (u ~ U[0, total)), then the token inside it. One uniform per row, and no sequential cumsum over
+    the whole vocabulary (a float64 cumsum of 16 x 49,152 costs ~5 ms, the block sums well under one)."""
+    probs = logp.exp()
+    rows, vocab = probs.shape
+    probs = F.pad(probs, (0, (-vocab) % block))  # zero mass past the vocabulary: never drawn
+    blocks = probs.view(rows, -1, block)
+    mass = blocks.sum(-1, dtype=torch.float64)  # [B, blocks]
+    cdf = mass.cumsum(-1)
+    u = torch.rand((rows, 1), dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    b = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)  # first block with cdf > u: mass > 0
+    inner = blocks[torch.arange(rows, device=probs.device), b.squeeze(1)].double().cumsum(-1)  # [B, block]
+    rest = (u - (cdf.gather(1, b) - mass.gather(1, b))).clamp_(min=0)
+    rest = torch.minimum(rest, inner[:, -1:] * (1 - 2**-40))  # the two sums round differently: stay inside
+    j = torch.searchsorted(inner, rest, right=True).clamp_(max=block - 1)  # first token with cdf > rest: p > 0
+    return (b * block + j).squeeze(1)
 
 
-def shared_prompt_cache(model, input_ids: torch.Tensor, attention: torch.Tensor):
-    """`engine.share_prefix`: the key/value cache of every row's prompt but its last token, each distinct
-    (left-padded) prompt run once and copied to its rows; None when every prompt is distinct. `generate`
-    then runs only the last prompt token and decodes. Position ids as `generate` makes them for left padding
-    (cumsum of the mask - 1, 0 on pads), so the cache equals the plain prefill's up to float rounding."""
+def filter_top_k_top_p(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """The biased filters (opt-in): keep the top_k most likely tokens, then the smallest set whose mass reaches
+    top_p (the most likely token always stays); the others get -inf."""
+    if top_k > 0 and top_k < logp.shape[-1]:
+        kth = logp.topk(top_k, dim=-1).values[:, -1:]
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_lp, order = logp.sort(dim=-1, descending=True)
+        mass_before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()  # mass of the more likely tokens
+        drop = torch.zeros_like(logp, dtype=torch.bool).scatter_(-1, order, mass_before >= top_p)
+        logp = logp.masked_fill(drop, float("-inf"))
+    return logp
+
+
+def shared_prompt_rows(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first row of each distinct prompt [G], each row's prompt index [B]), or None when all are distinct."""
     prompts, rows_to_prompt = torch.unique(input_ids, dim=0, return_inverse=True)
-    if len(prompts) == len(input_ids) or input_ids.shape[1] < 2:
+    if len(prompts) == len(input_ids):
         return None
     rows = torch.arange(len(input_ids), device=input_ids.device)
     first = torch.full((len(prompts),), len(input_ids), dtype=torch.long, device=input_ids.device)
-    first = first.scatter_reduce(0, rows_to_prompt, rows, reduce="amin")  # one row per distinct prompt
-    ids, mask = input_ids[first, :-1], attention[first, :-1]
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    cache.batch_select_indices(rows_to_prompt)
-    return cache
+    return first.scatter_reduce(0, rows_to_prompt, rows, reduce="amin"), rows_to_prompt
 
 
 class HFEngine:
@@ -85,11 +97,33 @@ class HFEngine:
     ) -> list[Generation]:
         check_unbiased(sampling)
         out: list[Generation] = []
-        for start in range(0, len(prompts), self.batch_size):
-            out.extend(self._generate_batch(prompts[start : start + self.batch_size], sampling, list(stop_token_ids)))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(prompts), self.batch_size):
+                out.extend(self._generate_batch(prompts[start : start + self.batch_size], sampling, stop_token_ids))
+        finally:
+            self.model.train(was_training)
         return out
 
-    def _generate_batch(self, prompts, sampling, stop_ids: list[int]) -> list[Generation]:
+    def _prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor):
+        """(last position's logits [B, V], key/value cache of every row); each distinct prompt once if shared."""
+        shared = shared_prompt_rows(input_ids) if self.share_prefix else None
+        rows = shared[0] if shared is not None else slice(None)
+        out = self.model(
+            input_ids=input_ids[rows],
+            attention_mask=attention[rows],
+            position_ids=positions[rows],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits, cache = out.logits[:, -1], out.past_key_values
+        if shared is not None:
+            cache.batch_select_indices(shared[1])
+            logits = logits.index_select(0, shared[1])
+        return logits, cache
+
+    def _generate_batch(self, prompts, sampling: SamplingConfig, stop_token_ids: Sequence[int]) -> list[Generation]:
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -97,44 +131,48 @@ class HFEngine:
         for row, prompt in enumerate(prompts):  # left padding: every prompt ends at the same column
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             attention[row, width - len(prompt) :] = 1
-        temperature = 1.0 if sampling.greedy else sampling.temperature
-        config = GenerationConfig(
-            do_sample=not sampling.greedy,
-            temperature=temperature if not sampling.greedy else None,
-            top_k=sampling.top_k or None,
-            top_p=sampling.top_p if sampling.top_p < 1.0 else None,
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=stop_ids,
-            pad_token_id=self.pad_id,
-        )
-        was_training = self.model.training
-        self.model.eval()
-        recorder = _SampledLogprobs(temperature)
         input_ids, attention = input_ids.to(device), attention.to(device)
-        cache = shared_prompt_cache(self.model, input_ids, attention) if self.share_prefix else None
-        sequences = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            generation_config=config,
-            logits_processor=LogitsProcessorList([recorder]),
-            **({"past_key_values": cache} if cache is not None else {}),
-        )
-        self.model.train(was_training)
-        new_tokens = sequences[:, width:].cpu()
-        logprobs = recorder.finish(sequences).cpu()
-        gens = []
-        stop = set(stop_ids)
-        for row in range(len(prompts)):
-            ids, lps = [], []
-            finish = "length"
-            for tok, lp in zip(new_tokens[row].tolist(), logprobs[row].tolist()):
-                ids.append(tok)
-                lps.append(lp)
-                if tok in stop:
-                    finish = "stop"
-                    break
-            gens.append(Generation(ids, lps, finish))
-        return gens
+        positions = (attention.cumsum(-1) - 1).clamp_(min=0)  # left pads sit at 0; each prompt starts at 0
+        temperature = 1.0 if sampling.greedy else sampling.temperature
+        stop = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
+        logits, cache = self._prefill(input_ids, attention, positions)
+        next_position = positions[:, -1:] + 1
+        tokens: list[list[int]] = [[] for _ in prompts]
+        logprobs: list[list[float]] = [[] for _ in prompts]
+        finish = ["length"] * len(prompts)
+        active = torch.arange(len(prompts), device=device)  # batch rows still running, in cache order
+        for step in range(sampling.max_new_tokens):
+            logits = logits.float()
+            logp = F.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)  # z / 1 is z
+            if sampling.greedy:
+                chosen = logp.argmax(-1)
+            else:
+                chosen = sample_inverse_cdf(filter_top_k_top_p(logp, sampling.top_k, sampling.top_p))
+            chosen_lp = logp.gather(-1, chosen[:, None]).squeeze(-1)
+            for row, tok, lp in zip(active.tolist(), chosen.tolist(), chosen_lp.tolist()):
+                tokens[row].append(tok)
+                logprobs[row].append(lp)
+            stopped = torch.isin(chosen, stop)
+            for row in active[stopped].tolist():
+                finish[row] = "stop"
+            if step + 1 == sampling.max_new_tokens or bool(stopped.all()):
+                break
+            if bool(stopped.any()):  # finished rows leave the batch and the cache
+                keep = (~stopped).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                active, chosen = active[keep], chosen[keep]
+                attention, next_position = attention[keep], next_position[keep]
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+            out = self.model(
+                input_ids=chosen[:, None],
+                attention_mask=attention,
+                position_ids=next_position,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits, next_position = out.logits[:, -1], next_position + 1
+        return [Generation(t, lp, f) for t, lp, f in zip(tokens, logprobs, finish)]
 
 
 def make_hf_engine(model, tokenizer, cfg: EngineConfig) -> HFEngine:

@@ -1,0 +1,112 @@
+"""The hf engine samples from the policy's full distribution (agents/engines/hf.py): every token can come out,
+frequencies follow the probabilities, and top-k / top-p filter only when asked (biased sampling, opt-in)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from eprl.agents.engines.config import SamplingConfig
+from eprl.agents.engines.hf import HFEngine, filter_top_k_top_p, sample_inverse_cdf
+
+torch.set_num_threads(1)
+
+
+def test_inverse_cdf_sampling_follows_the_probabilities():
+    probs = torch.tensor([0.5, 0.3, 0.0, 0.2])
+    logp = probs.log().expand(40_000, -1)  # log 0 = -inf: an excluded token
+    torch.manual_seed(0)
+    counts = torch.bincount(sample_inverse_cdf(logp), minlength=4).double() / 40_000
+    assert counts[2] == 0
+    # binomial standard error at n = 40k is <= 0.0025: 4 sigma
+    assert torch.allclose(counts, probs.double(), atol=0.01), counts
+    # unnormalised rows (a filtered distribution) are renormalised by the cdf's total
+    torch.manual_seed(0)
+    half = sample_inverse_cdf((probs / 2).log().expand(40_000, -1))
+    assert torch.allclose(torch.bincount(half, minlength=4).double() / 40_000, probs.double(), atol=0.01)
+
+
+def test_top_k_and_top_p_filters():
+    logp = torch.tensor([[0.5, 0.3, 0.2]]).log()
+    assert torch.isinf(filter_top_k_top_p(logp, 2, 1.0)).tolist() == [[False, False, True]]
+    assert torch.isinf(filter_top_k_top_p(logp, 0, 0.6)).tolist() == [[False, False, True]]  # 0.5 < 0.6: two
+    assert torch.isinf(filter_top_k_top_p(logp, 0, 0.4)).tolist() == [[False, True, True]]  # 0.5 reaches 0.4
+    assert torch.equal(filter_top_k_top_p(logp, 0, 1.0), logp)  # off: the full distribution, untouched
+
+
+def _uniform_model(tiny_model):
+    """The tiny model with its lm_head zeroed: every next-token distribution is uniform over the vocabulary."""
+    with torch.no_grad():
+        tiny_model.get_output_embeddings().weight.zero_()
+    return tiny_model
+
+
+def test_samples_cover_the_whole_vocabulary_not_a_top_k(tiny_model, tiny_tokenizer):
+    """transformers' generate, given top_k=None, filled in its default top_k=50; the engine must not truncate."""
+    model = _uniform_model(tiny_model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    assert vocab > 200
+    engine = HFEngine(model, tiny_tokenizer)
+    torch.manual_seed(0)
+    gens = engine.generate([[5, 6, 7]] * 32, SamplingConfig(max_new_tokens=8), stop_token_ids=[])
+    drawn = [t for g in gens for t in g.token_ids]
+    assert len(drawn) == 256 and all(g.finish_reason == "length" for g in gens)
+    # 256 uniform draws over V tokens: E[distinct] = V (1 - (1 - 1/V)^256), > 150 for V > 200; a top-50 gives <= 50
+    assert len(set(drawn)) > 120, len(set(drawn))
+    assert all(lp == pytest.approx(-math.log(vocab), abs=1e-5) for g in gens for lp in g.logprobs)
+
+
+def test_top_k_limits_the_samples_only_when_allowed(tiny_model, tiny_tokenizer):
+    import torch.nn.functional as F
+
+    from eprl.agents.engines.base import SamplingError
+
+    engine = HFEngine(tiny_model, tiny_tokenizer)
+    prompt = tiny_tokenizer("Compute 3+4.")["input_ids"]
+    with pytest.raises(SamplingError, match="top_k=5"):
+        engine.generate([prompt], SamplingConfig(max_new_tokens=1, top_k=5), stop_token_ids=[])
+    with torch.no_grad():
+        full = F.log_softmax(tiny_model(input_ids=torch.tensor([prompt])).logits[0, -1].float(), -1)
+    torch.manual_seed(0)
+    sampling = SamplingConfig(max_new_tokens=1, top_k=5, allow_biased_sampling=True)
+    first = [g.token_ids[0] for g in engine.generate([prompt] * 200, sampling, stop_token_ids=[])]
+    torch.manual_seed(0)
+    unfiltered = [g.token_ids[0] for g in engine.generate([prompt] * 200, SamplingConfig(max_new_tokens=1), [])]
+    top5 = set(full.topk(5).indices.tolist())
+    assert set(first) <= top5 and len(set(first)) >= 3
+    assert not set(unfiltered) <= top5  # the same draws without the filter reach beyond the top 5
+    gens = engine.generate([prompt] * 4, sampling, stop_token_ids=[])
+    assert all(g.logprobs[0] == pytest.approx(float(full[g.token_ids[0]]), abs=1e-5) for g in gens)  # full dist.
+
+
+def test_greedy_takes_the_argmax_and_stops_at_a_stop_token(tiny_model, tiny_tokenizer):
+    engine = HFEngine(tiny_model, tiny_tokenizer)
+    prompt = tiny_tokenizer("Compute 3+4.")["input_ids"]
+    gen = engine.generate([prompt], SamplingConfig(max_new_tokens=6, greedy=True), stop_token_ids=[])[0]
+    ids = list(prompt)
+    for tok in gen.token_ids:  # the same tokens from a plain forward, one argmax at a time
+        with torch.no_grad():
+            assert tok == int(tiny_model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        ids.append(tok)
+    stop = gen.token_ids[2]
+    cut = engine.generate([prompt], SamplingConfig(max_new_tokens=6, greedy=True), stop_token_ids=[stop])[0]
+    first = gen.token_ids.index(stop)
+    assert cut.token_ids == gen.token_ids[: first + 1] and cut.finish_reason == "stop"
+
+
+def test_two_level_sampling_over_a_large_vocabulary():
+    """A vocabulary that is not a multiple of the block, mass spread over blocks, excluded tokens never drawn."""
+    torch.manual_seed(1)
+    vocab = 1000
+    logits = torch.randn(vocab) * 2
+    logits[::7] = float("-inf")  # excluded
+    probs = torch.softmax(logits, -1).double()
+    draws = sample_inverse_cdf(torch.log_softmax(logits, -1).expand(50_000, -1), block=64)
+    assert draws.max() < vocab and not bool((draws % 7 == 0).any())
+    freq = torch.bincount(draws, minlength=vocab).double() / 50_000
+    top = probs.topk(20).indices  # the likely tokens: frequency within 5 binomial standard errors
+    err = (probs[top] * (1 - probs[top]) / 50_000).sqrt()
+    assert bool(((freq[top] - probs[top]).abs() <= 5 * err + 1e-4).all())
+    assert abs(float(freq[probs < 1e-3].sum() - probs[probs < 1e-3].sum())) < 0.01  # the tail gets its mass
