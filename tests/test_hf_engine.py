@@ -7,24 +7,26 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from eprl.agents.engines.config import SamplingConfig
-from eprl.agents.engines.hf import HFEngine, filter_top_k_top_p, sample_inverse_cdf
+from eprl.agents.engines.hf import HFEngine, filter_top_k_top_p, sample_full_distribution, sample_inverse_cdf
 
 torch.set_num_threads(1)
 
 
 def test_inverse_cdf_sampling_follows_the_probabilities():
     probs = torch.tensor([0.5, 0.3, 0.0, 0.2])
-    logp = probs.log().expand(40_000, -1)  # log 0 = -inf: an excluded token
+    logp = probs.log().expand(40_000, -1)  # log 0 = -inf, exp(-inf) = 0: an excluded token
     torch.manual_seed(0)
-    counts = torch.bincount(sample_inverse_cdf(logp), minlength=4).double() / 40_000
+    counts = torch.bincount(sample_inverse_cdf(logp.exp())[0], minlength=4).double() / 40_000
     assert counts[2] == 0
     # binomial standard error at n = 40k is <= 0.0025: 4 sigma
     assert torch.allclose(counts, probs.double(), atol=0.01), counts
     # unnormalised rows (a filtered distribution) are renormalised by the cdf's total
     torch.manual_seed(0)
-    half = sample_inverse_cdf((probs / 2).log().expand(40_000, -1))
+    half, total = sample_inverse_cdf((probs / 2).expand(40_000, -1))
+    assert torch.allclose(total, torch.full_like(total, 0.5))
     assert torch.allclose(torch.bincount(half, minlength=4).double() / 40_000, probs.double(), atol=0.01)
 
 
@@ -59,7 +61,6 @@ def test_samples_cover_the_whole_vocabulary_not_a_top_k(tiny_model, tiny_tokeniz
 
 
 def test_top_k_limits_the_samples_only_when_allowed(tiny_model, tiny_tokenizer):
-    import torch.nn.functional as F
 
     from eprl.agents.engines.base import SamplingError
 
@@ -103,10 +104,22 @@ def test_two_level_sampling_over_a_large_vocabulary():
     logits = torch.randn(vocab) * 2
     logits[::7] = float("-inf")  # excluded
     probs = torch.softmax(logits, -1).double()
-    draws = sample_inverse_cdf(torch.log_softmax(logits, -1).expand(50_000, -1), block=64)
+    draws = sample_inverse_cdf(torch.softmax(logits, -1).expand(50_000, -1), block=64)[0]
     assert draws.max() < vocab and not bool((draws % 7 == 0).any())
     freq = torch.bincount(draws, minlength=vocab).double() / 50_000
     top = probs.topk(20).indices  # the likely tokens: frequency within 5 binomial standard errors
     err = (probs[top] * (1 - probs[top]) / 50_000).sqrt()
     assert bool(((freq[top] - probs[top]).abs() <= 5 * err + 1e-4).all())
     assert abs(float(freq[probs < 1e-3].sum() - probs[probs < 1e-3].sum())) < 0.01  # the tail gets its mass
+
+
+def test_one_pass_sampler_records_the_log_softmax_of_the_drawn_token():
+    torch.manual_seed(0)
+    z = torch.randn(64, 3000) * 4
+    chosen, logp = sample_full_distribution(z)
+    assert logp.dtype == torch.float32
+    torch.testing.assert_close(logp, F.log_softmax(z, -1).gather(-1, chosen[:, None]).squeeze(-1), rtol=0, atol=2e-6)
+    # frequencies: the most likely token of a peaked row comes out about as often as its probability
+    row = torch.tensor([[3.0, 1.0, 0.0, -1.0]]).expand(20_000, -1)
+    freq = torch.bincount(sample_full_distribution(row)[0], minlength=4).double() / 20_000
+    assert torch.allclose(freq, torch.softmax(row[0], -1).double(), atol=0.015), freq

@@ -1,10 +1,10 @@
 """`hf` engine: the learner's own transformers model (colocated, CPU-friendly), decoded by our own loop.
 
-Each step, for the rows still running, with z the last position's logits:
+Each step, for the rows still running, with z the last position's logits divided by T (float32):
 
-    logp = log_softmax(z / T)            float32, the learner's formula (training/logprobs.py)
-    y    ~ Categorical(exp(logp))        inverse CDF: y = min{j : cdf_j > u * cdf_V}, u ~ U[0, 1), float64 sums
-    record logp[y]
+    w    = exp(z - max z)                unnormalised probabilities, one pass over the vocabulary
+    y    ~ Categorical(w / sum w)        inverse CDF: y = min{j : cdf_j > u * cdf_V}, u ~ U[0, 1)
+    record log p(y) = z_y - max z - log sum w      (= log_softmax(z)[y], the learner's formula, to float32 rounding)
 
 then one forward of y against the key/value cache. A row stops at a stop token or the token budget; rows that
 stopped leave the batch (their cache rows are dropped), so the last long sample does not carry the others.
@@ -14,10 +14,12 @@ model's generation_config.json and then from library defaults, which include top
 from the 50 most likely tokens while the engine recorded log-probs of the full distribution (a silent bias of
 every sample, and the learner's ratios). Here the distribution is the one written above and nothing else.
 Inverse-CDF sampling draws one uniform per row instead of torch.multinomial's one exponential per vocabulary
-entry (16 x 49,152 of them per step for SmolLM2: 15 ms of a ~200 ms step on one core).
+entry (16 x 49,152 of them per step for SmolLM2: 15 ms of a ~200 ms step on one core), and the one exp pass
+serves both the draw and the recorded log-prob (log_softmax, exp and a float64 copy of the
+weights took 5.5 ms a step at 16 x 49,152 on one core; this takes 1 ms).
 
 `top_k` / `top_p` (refused unless `sampling.allow_biased_sampling`) filter the distribution sampled from;
-the recorded log-prob stays the full distribution's, as the learner recomputes it.
+the recorded log-prob stays the full distribution's, log_softmax(z)[y], as the learner recomputes it.
 `share_prefix`: rows with the same prompt (a group's samples) prefill it once; each row decodes from a copy of
 its prompt's key/value cache (the same samples up to float rounding; tests/test_shared_prefix.py).
 """
@@ -35,25 +37,36 @@ if TYPE_CHECKING:
     from .config import EngineConfig, SamplingConfig
 
 
-def sample_inverse_cdf(logp: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """[B, V] log-probs (rows may be unnormalised, -inf = excluded) -> [B] sampled token ids.
+def sample_inverse_cdf(weights: torch.Tensor, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, V] unnormalised probabilities (>= 0; 0 = excluded) -> ([B] sampled ids, [B] float64 row totals).
 
-    Inverse CDF in two levels, all sums in float64: the block of `block` tokens whose cumulative mass first
-    exceeds u (u ~ U[0, total)), then the token inside it. One uniform per row, and no sequential cumsum over
-    the whole vocabulary (a float64 cumsum of 16 x 49,152 costs ~5 ms, the block sums well under one)."""
-    probs = logp.exp()
-    rows, vocab = probs.shape
-    probs = F.pad(probs, (0, (-vocab) % block))  # zero mass past the vocabulary: never drawn
-    blocks = probs.view(rows, -1, block)
-    mass = blocks.sum(-1, dtype=torch.float64)  # [B, blocks]
+    Inverse CDF in two levels: the block of `block` tokens whose cumulative mass first exceeds u
+    (u ~ U[0, total)), then the token inside it. One uniform per row, and no sequential cumsum over the whole
+    vocabulary. Block sums run in float32 (a sum of 256 terms: relative error ~1e-7, the size of the float32
+    logits' own rounding) and the cumulative sums over blocks and inside the chosen block in float64; a float64
+    copy of all 16 x 49,152 weights cost more than the rest of the draw."""
+    rows, vocab = weights.shape
+    if vocab % block:
+        weights = F.pad(weights, (0, block - vocab % block))  # zero mass past the vocabulary: never drawn
+    blocks = weights.view(rows, -1, block)
+    mass = blocks.sum(-1).double()  # [B, blocks]
     cdf = mass.cumsum(-1)
-    u = torch.rand((rows, 1), dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    u = torch.rand((rows, 1), dtype=torch.float64, device=weights.device) * cdf[:, -1:]
     b = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)  # first block with cdf > u: mass > 0
-    inner = blocks[torch.arange(rows, device=probs.device), b.squeeze(1)].double().cumsum(-1)  # [B, block]
+    inner = blocks[torch.arange(rows, device=weights.device), b.squeeze(1)].double().cumsum(-1)  # [B, block]
     rest = (u - (cdf.gather(1, b) - mass.gather(1, b))).clamp_(min=0)
     rest = torch.minimum(rest, inner[:, -1:] * (1 - 2**-40))  # the two sums round differently: stay inside
     j = torch.searchsorted(inner, rest, right=True).clamp_(max=block - 1)  # first token with cdf > rest: p > 0
-    return (b * block + j).squeeze(1)
+    return (b * block + j).squeeze(1), cdf[:, -1]
+
+
+def sample_full_distribution(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, V] float32 scaled logits -> (sampled ids [B], their log-probs [B] float32): the module docstring's step."""
+    top = z.amax(-1, keepdim=True)
+    weights = (z - top).exp_()
+    chosen, total = sample_inverse_cdf(weights)
+    logp = (z.gather(-1, chosen[:, None]) - top).squeeze(-1).double() - total.log()
+    return chosen, logp.float()
 
 
 def filter_top_k_top_p(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -141,14 +154,18 @@ class HFEngine:
         logprobs: list[list[float]] = [[] for _ in prompts]
         finish = ["length"] * len(prompts)
         active = torch.arange(len(prompts), device=device)  # batch rows still running, in cache order
+        filtered = sampling.top_k > 0 or sampling.top_p < 1.0
         for step in range(sampling.max_new_tokens):
-            logits = logits.float()
-            logp = F.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)  # z / 1 is z
-            if sampling.greedy:
-                chosen = logp.argmax(-1)
+            z = logits.float() / temperature if temperature != 1.0 else logits.float()  # z / 1 is z
+            if sampling.greedy or filtered:
+                logp = F.log_softmax(z, dim=-1)
+                if sampling.greedy:
+                    chosen = logp.argmax(-1)
+                else:
+                    chosen = sample_inverse_cdf(filter_top_k_top_p(logp, sampling.top_k, sampling.top_p).exp())[0]
+                chosen_lp = logp.gather(-1, chosen[:, None]).squeeze(-1)
             else:
-                chosen = sample_inverse_cdf(filter_top_k_top_p(logp, sampling.top_k, sampling.top_p))
-            chosen_lp = logp.gather(-1, chosen[:, None]).squeeze(-1)
+                chosen, chosen_lp = sample_full_distribution(z)
             for row, tok, lp in zip(active.tolist(), chosen.tolist(), chosen_lp.tolist()):
                 tokens[row].append(tok)
                 logprobs[row].append(lp)
