@@ -123,3 +123,29 @@ def test_one_pass_sampler_records_the_log_softmax_of_the_drawn_token():
     row = torch.tensor([[3.0, 1.0, 0.0, -1.0]]).expand(20_000, -1)
     freq = torch.bincount(sample_full_distribution(row)[0], minlength=4).double() / 20_000
     assert torch.allclose(freq, torch.softmax(row[0], -1).double(), atol=0.015), freq
+
+
+def test_bfloat16_sampler_samples_from_a_copy_refreshed_at_each_sync(tiny_model, tiny_tokenizer):
+    """engine.dtype=bfloat16: the learner's float32 weights stay as they are; the engine samples from a bfloat16
+    copy (buffers kept in float32) that follows every update, with log-probs within bfloat16 rounding."""
+    engine = HFEngine(tiny_model, tiny_tokenizer, dtype="bfloat16")
+    assert engine.model is not tiny_model
+    assert {p.dtype for p in engine.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in tiny_model.parameters()} == {torch.float32}
+    assert all(b.dtype == b0.dtype for b, b0 in zip(engine.model.buffers(), tiny_model.buffers()))
+    prompt = tiny_tokenizer("Compute 3+4.")["input_ids"]
+    torch.manual_seed(0)
+    gens = engine.generate([prompt] * 8, SamplingConfig(max_new_tokens=4), stop_token_ids=[])
+    with torch.no_grad():
+        full = F.log_softmax(tiny_model(input_ids=torch.tensor([prompt])).logits[0, -1].float(), -1)
+    gap = max(abs(g.logprobs[0] - float(full[g.token_ids[0]])) for g in gens)
+    assert 0 < gap < 0.1, gap  # differs from the float32 policy, by bfloat16 rounding only
+    head = tiny_model.get_output_embeddings().weight
+    with torch.no_grad():
+        head.add_(1.0)  # an "update" of the learner
+    copy_head = engine.model.get_output_embeddings().weight
+    assert not torch.allclose(copy_head.float(), head, atol=0.5)  # not yet synced
+    engine.sync_weights(tiny_model)
+    torch.testing.assert_close(copy_head.float(), head, rtol=2**-8, atol=0)  # the same weights, bfloat16-rounded
+    assert engine.model.get_output_embeddings().weight is copy_head  # refreshed in place, not copied again
+    assert HFEngine(tiny_model, tiny_tokenizer, dtype="float32").model is tiny_model  # the learner's dtype: no copy

@@ -43,7 +43,8 @@ class EngineConfig(Strict):
         None, gt=0, description="vllm: max prompt + generation tokens per sequence (None: the model's)"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="vllm: weights/compute dtype (auto: the learner model's dtype)"
+        "auto",
+        description="sampler weights/compute dtype (auto: the learner model's dtype); hf: another dtype samples from a copy of the weights in it, refreshed after each update (pair bfloat16 with learner.tis_cap)",
     )
     enforce_eager: bool = Field(
         False, description="vllm: no CUDA graphs / torch.compile (faster start, slower decoding)"

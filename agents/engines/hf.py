@@ -20,12 +20,17 @@ weights took 5.5 ms a step at 16 x 49,152 on one core; this takes 1 ms).
 
 `top_k` / `top_p` (refused unless `sampling.allow_biased_sampling`) filter the distribution sampled from;
 the recorded log-prob stays the full distribution's, log_softmax(z)[y], as the learner recomputes it.
+`dtype` (engine.dtype, default auto = the learner's): a bfloat16 sampler reads half the weight bytes per token
+and runs avx512_bf16 / AMX matrix products where the CPU has them (2x float32's on this machine's Zen 4 cores,
+a 1.3x faster rollout on SmolLM2); its distribution differs from the float32 learner's by bfloat16 rounding,
+which the recorded log-probs expose to the learner (mismatch_* metrics, learner.tis_cap).
 `share_prefix`: rows with the same prompt (a group's samples) prefill it once; each row decodes from a copy of
 its prompt's key/value cache (the same samples up to float rounding; tests/test_shared_prefix.py).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -94,15 +99,30 @@ def shared_prompt_rows(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, batch_size: int = 64, share_prefix: bool = False):
-        self.model = model
+    def __init__(self, model, tokenizer, batch_size: int = 64, share_prefix: bool = False, dtype: str = "auto"):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.batch_size = batch_size
         self.share_prefix = share_prefix
+        self.dtype = None if dtype == "auto" else getattr(torch, dtype)
+        self._copied_from = None
+        self.sync_weights(model)
 
     def sync_weights(self, model) -> None:
-        # Colocated: the engine samples from the very module the learner updates.
-        self.model = model
+        """Colocated: the engine samples from the very module the learner updates, or (dtype set and different
+        from the learner's) from a copy of it in that dtype, refreshed here after every update."""
+        if self.dtype is None or next(model.parameters()).dtype == self.dtype:
+            self.model = model
+            return
+        if self._copied_from is not model:  # first sync (or another module): a copy, parameters only converted
+            self.model, self._copied_from = copy.deepcopy(model), model
+            for p in self.model.parameters():  # buffers (rotary inv_freq) stay in their float32
+                p.requires_grad_(False)
+                p.grad = None
+                p.data = p.data.to(self.dtype)
+            return
+        with torch.no_grad():
+            for dst, src in zip(self.model.parameters(), model.parameters(), strict=True):
+                dst.copy_(src)
 
     @torch.no_grad()
     def generate(
@@ -194,4 +214,4 @@ class HFEngine:
 
 def make_hf_engine(model, tokenizer, cfg: EngineConfig) -> HFEngine:
     """The `hf` entry of the engine registry (agents/engines/__init__.py)."""
-    return HFEngine(model, tokenizer, batch_size=cfg.batch_size, share_prefix=cfg.share_prefix)
+    return HFEngine(model, tokenizer, batch_size=cfg.batch_size, share_prefix=cfg.share_prefix, dtype=cfg.dtype)
