@@ -10,6 +10,7 @@ row generates exactly --new-tokens tokens. Per round, one after the other:
 - `engine, output_logits`: transformers `generate` with every step's logits kept, stacked and normalised (the
   engine's path before issue #14), sampling the full distribution (`top_k=0`: left None, transformers 5 fills
   in top_k=50, which the engine did until 2026-12-05);
+- `engine, bfloat16`: the same with `engine.dtype: bfloat16` (samples from a bfloat16 copy of the weights);
 - `floor`: a bare decode loop: one prefill forward, then per step one forward of the last token with the
   DynamicCache, log_softmax in float32 and torch.multinomial: the model's forward cost per token plus
   the least sampling any engine must do.
@@ -90,14 +91,16 @@ def bench_model(name: str, args) -> dict:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, len(tok), (args.prompts, args.prompt_tokens), generator=g)
     engine = HFEngine(model, tok, batch_size=args.prompts)
+    engine_bf16 = HFEngine(model, tok, batch_size=args.prompts, dtype="bfloat16")
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.new_tokens)
 
-    def run_engine() -> int:
-        gens = engine.generate(ids.tolist(), sampling, stop_token_ids=[])
+    def run_engine(eng) -> int:
+        gens = eng.generate(ids.tolist(), sampling, stop_token_ids=[])
         return sum(len(x.token_ids) for x in gens)
 
     variants = {
-        "engine": run_engine,
+        "engine": lambda: run_engine(engine),
+        "engine, bfloat16": lambda: run_engine(engine_bf16),
         "engine, output_logits": lambda: output_logits_path(model, ids, args.new_tokens, engine.pad_id),
         "floor": lambda: floor(model, ids, args.new_tokens),
     }
@@ -147,16 +150,19 @@ def main() -> None:
         "",
         "`floor` = one prefill, then per step one cached forward of the last token + float32 log_softmax + multinomial "
         "(no padding, no stop check). `engine` = HFEngine.generate now (own decode loop); `engine, output_logits` = "
-        "transformers `generate` with all steps' logits kept and stacked (its path before issue #14), top_k=0.",
+        "transformers `generate` with all steps' logits kept and stacked (its path before issue #14), top_k=0; "
+        "`engine, bfloat16` = the engine with `engine.dtype: bfloat16` (a bf16 copy of the weights; another "
+        "distribution by bf16 rounding, so not a like-for-like speed-up: see README, Speed and memory).",
         "",
-        "| model | params | floor tokens/s | engine | engine, output_logits |",
-        "|---|---|---|---|---|",
+        "| model | params | floor tokens/s | engine | engine, output_logits | engine, bfloat16 |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
         m, q = r["median_tokens_per_s"], r["vs_floor"]
         md.append(
             f"| {r['model']} | {r['params'] / 1e6:.1f}M | {m['floor']:.0f} | {m['engine']:.0f} ({q['engine']:.2f}x) | "
-            f"{m['engine, output_logits']:.0f} ({q['engine, output_logits']:.2f}x) |"
+            f"{m['engine, output_logits']:.0f} ({q['engine, output_logits']:.2f}x) | "
+            f"{m['engine, bfloat16']:.0f} ({q['engine, bfloat16']:.2f}x) |"
         )
     write_results(
         REPO / "bench" / "results" / "rollout_floor",
