@@ -61,7 +61,6 @@ def test_samples_cover_the_whole_vocabulary_not_a_top_k(tiny_model, tiny_tokeniz
 
 
 def test_top_k_limits_the_samples_only_when_allowed(tiny_model, tiny_tokenizer):
-
     from eprl.agents.engines.base import SamplingError
 
     engine = HFEngine(tiny_model, tiny_tokenizer)
