@@ -20,6 +20,8 @@ Output: bench/results/learner_floor.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import statistics
 import sys
 import time
@@ -93,6 +95,7 @@ def bench_model(name: str, rounds: int, threads: int) -> dict:
     from eprl.training.config import LearnerConfig
     from eprl.training.learner import Learner
 
+    load_before = [round(x, 2) for x in os.getloadavg()]
     model, tok, cfg = load(name, threads)
     batch = make_batch(len(tok), tok.pad_token_id, SHAPES[name.split("-")[0]])
     new = Learner(model, LearnerConfig(), temperature=1.0, max_len_norm=320)
@@ -106,8 +109,12 @@ def bench_model(name: str, rounds: int, threads: int) -> dict:
         "learner, before": lambda: old.step(batch),
     }
     times: dict[str, list[float]] = {v: [] for v in variants}
+    order = random.Random(0)
     for r in range(rounds + 1):
-        for v, fn in variants.items():
+        names = list(variants)
+        order.shuffle(names)  # a fresh order each round: no variant always runs first or after the same one
+        for v in names:
+            fn = variants[v]
             t0 = time.perf_counter()
             fn()
             if r > 0:  # round 0 warms up
@@ -127,7 +134,17 @@ def bench_model(name: str, rounds: int, threads: int) -> dict:
         "seconds": times,
         "median_s": med,
         "ratio": {v: med[v] / med["bare fwd+bwd"] for v in med},
+        "date": machine()["date"],
+        "load_before": load_before,  # the 1/5/15-min load averages: another job on the cores shows here
+        "load_after": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def ran(row: dict) -> str:
+    """When a row ran and its 1-min load before -> after (rows older than these fields: as run then)."""
+    if "date" not in row:
+        return "2026-11-29, shared (two training jobs; this bench at nice 10)"
+    return f"{row['date'][:16]} ({row['load_before'][0]} -> {row['load_after'][0]})"
 
 
 def main() -> None:
@@ -154,9 +171,9 @@ def main() -> None:
         "",
         f"Machine: {info['cpu_model']}, {info['cores']} cores, torch {info['torch']}, {args.threads} torch thread(s); "
         f"{info['date']}. `python bench/learner_floor.py --rounds {args.rounds} --models {args.models}`.",
-        "The machine was shared with other jobs (two training processes on the two cores; this bench ran at "
-        "`nice -n 10`): compare ratios within a row, measured side by side in alternating rounds "
-        "(medians over the row's rounds, one warm-up round left out).",
+        "Compare ratios within a row: its variants ran side by side in alternating rounds (medians over the row's "
+        "rounds, one warm-up round left out). Each row names when it ran and the load average (1 min) before and "
+        "after it: above 0 means another job shared the cores.",
         "",
         "`bare fwd+bwd` = `model(input_ids, attention_mask, labels).loss.backward()` (HF: full-vocabulary logits, "
         "cross-entropy over action tokens); `bare + AdamW` adds clip + AdamW step; `learner` = `Learner.step` at the "
@@ -165,8 +182,8 @@ def main() -> None:
         "one pass (the path before issue #14).",
         "",
         "| model | rounds | trainable / all params | rows x padded width (tokens, action tokens) | auto micro-batch | "
-        "bare fwd+bwd s | bare + AdamW | learner | learner, before |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "bare fwd+bwd s | bare + AdamW | learner | learner, before | ran (load before -> after) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         m, q = r["median_s"], r["ratio"]
@@ -174,7 +191,7 @@ def main() -> None:
             f"| {r['model']} | {r['rounds']} | {r['params_trainable'] / 1e6:.2f}M / {r['params'] / 1e6:.1f}M | "
             f"{r['rows']} x {r['padded_tokens'] // r['rows']} ({r['tokens']}, {r['action_tokens']}) | {r['micro_batch_tokens']} | "
             f"{m['bare fwd+bwd']:.3f} | {m['bare + AdamW']:.3f} s ({q['bare + AdamW']:.2f}x) | "
-            f"{m['learner']:.3f} s (**{q['learner']:.2f}x**) | {m['learner, before']:.3f} s ({q['learner, before']:.2f}x) |"
+            f"{m['learner']:.3f} s (**{q['learner']:.2f}x**) | {m['learner, before']:.3f} s ({q['learner, before']:.2f}x) | {ran(r)} |"
         )
     write_results(stem, {"machine": info, "args": vars(args), "results": results}, "\n".join(md) + "\n")
     print("\n".join(md))
