@@ -51,7 +51,8 @@ def floor(model, ids: torch.Tensor, new_tokens: int) -> int:
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    last = torch.tensor([ids.shape[1] - 1])  # by index: a contiguous row for the head (see HFEngine._prefill)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=last)
     tokens = []
     for step in range(new_tokens):
         logp = F.log_softmax(out.logits[:, -1].float(), -1)
