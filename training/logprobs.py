@@ -182,8 +182,8 @@ def _last_hidden(model: nn.Module, backbone: nn.Module, input_ids: Tensor, atten
     Under FSDP2 (training/distributed.py) it is the root module's forward hooks that all-gather the
     root's parameters (embeddings, final norm, lm_head) and schedule their gradient reduction;
     calling the backbone directly would skip them. So a sharded model runs its own forward, with
-    logits for the last position only (`logits_to_keep=1`, negligible), and the backbone's output
-    is captured on the way. FSDP2 keeps the root unsharded after forward (backward needs it at
+    logits for the last position only (kept by index, a contiguous row for the head: see
+    HFEngine._prefill), and the backbone's output is captured on the way. FSDP2 keeps the root unsharded after forward (backward needs it at
     once), so the chunked head below then reads the full lm_head weight, and its gradient lands
     in the unsharded parameter that FSDP reduces after backward.
     """
@@ -192,7 +192,8 @@ def _last_hidden(model: nn.Module, backbone: nn.Module, input_ids: Tensor, atten
     captured: list[Tensor] = []
     handle = backbone.register_forward_hook(lambda _m, _args, out: captured.append(_hidden_of(out)))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+        last = torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=last)
     finally:
         handle.remove()
     return captured[0]
