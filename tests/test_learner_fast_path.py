@@ -7,8 +7,9 @@
   first minibatch's ratio is exactly 1: metrics agree to 1e-6, weights to 1e-5 (AdamW amplifies).
 - `head_on_actions`: the lm_head runs only at action positions. Forward values bit-exact; the
   lm_head weight gradient is a GEMM summed over K = tokens, and leaving out the masked positions'
-  (exactly zero) rows changes MKL's blocking of that sum, so the updated weights agree to rounding
-  (observed <= 2e-7 absolute after one AdamW step at lr 5e-5; asserted <= 1e-6).
+  (exactly zero) rows changes MKL's blocking of that sum, so grad_norm and the updated weights agree to
+  rounding (grad_norm within 1 ulp, weights observed <= 2e-7 absolute after one AdamW step at lr 5e-5;
+  asserted: rel 1e-6 and 1e-6). grad_norm was bit-equal too until transformers 5.25 by chance of blocking.
 """
 
 from __future__ import annotations
@@ -103,7 +104,11 @@ def test_head_on_action_positions_only_matches_the_full_head(name, tiny_model, t
     cfg = LearnerConfig(**CONFIGS[name])
     old_rows, old_w = _run(tiny_model, tiny_tokenizer, cfg, reuse=False, head=False, steps=1)
     new_rows, new_w = _run(tiny_model, tiny_tokenizer, cfg, reuse=True, head=True, steps=1)
-    assert new_rows == old_rows  # every metric of the step (loss, entropies, clip fractions, grad_norm) bit-exact
+    for old, new in zip(old_rows, new_rows, strict=True):
+        assert old.keys() == new.keys()
+        forward = {k: v for k, v in old.items() if k != "grad_norm"}
+        assert {k: new[k] for k in forward} == forward  # loss, entropies, ratios, clip fractions: bit-exact
+        assert new["grad_norm"] == pytest.approx(old["grad_norm"], rel=1e-6)  # the head's weight-gradient GEMM
     worst = max((old_w[k] - new_w[k]).abs().max().item() for k in old_w)
     assert worst <= 1e-6, worst
     moved = max((old_w[k] - tiny_model.state_dict()[k]).abs().max().item() for k in old_w)
