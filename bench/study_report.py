@@ -127,6 +127,14 @@ def _clip_high(runs: list[dict]) -> str:
     return f"{float(np.mean([np.nanmean(series(r, 'clip_frac_high')) for r in runs])):.2%}" if runs else "-"
 
 
+def _at_largest(runs: list[dict], key: str) -> str:
+    """Iterations each run's controller (zeta, eps_high) spent at its largest value: there it had no more to give."""
+    logged = [v for v in (series(r, key) for r in runs) if np.isfinite(v).any()]
+    counts = [(int(np.sum(np.isclose(v, np.nanmax(v)))), len(v), np.nanmax(v)) for v in logged]
+    where = ", ".join(f"{n}/{total} (at {top:g})" for n, total, top in counts)
+    return f"; iterations with {key} at its largest value: {where}" if counts else ""
+
+
 def claims(runs: list[dict]) -> list[tuple[str, str, str, str]]:
     """(claim, rule, numbers, verdict) rows."""
     a = by_method(runs, "A")
@@ -158,7 +166,8 @@ def claims(runs: list[dict]) -> list[tuple[str, str, str, str]]:
                     f"{label} holds entropy within +-{BAND:.0%} of H*",
                     f"every seed: abs(last-{WINDOW} mean / H* - 1) <= {BAND:.0%}",
                     f"{name} {_pct(v)} (seeds {seeds.get(name, [])})"
-                    + (f"; upper clip binds on {_clip_high(a.get(name, []))} of tokens" if "adapo" in name else ""),
+                    + (f"; upper clip binds on {_clip_high(a.get(name, []))} of tokens" if "adapo" in name else "")
+                    + _at_largest(a.get(name, []), "eps_high" if "adapo" in name else "zeta"),
                     _verdict(v, lambda x: abs(x) <= BAND, lambda x: abs(x) > BAND),
                 )
             )

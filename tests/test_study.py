@@ -113,6 +113,20 @@ def test_claims_verdicts():
     ] == "reproduced"
 
 
+def test_claim_says_how_long_the_controller_sat_at_its_largest_value():
+    """A controller pinned at its bound had no more to give: the row says so, per seed."""
+    runs = [_run("repo_r", s, [2.0, 1.5, 1.0, 0.8, 0.5], [0.2, 0.9]) for s in range(2)]
+    for run, zetas in zip(runs, ([0.01, 0.02, 0.05, 0.05, 0.05], [0.01, 0.02, 0.04, 0.05, 0.02]), strict=True):
+        for m, z in zip(run["metrics"], zetas, strict=True):
+            m["zeta"] = z
+    runs.append(_run("adapo", 0, [2.0, 1.0], [0.2, 0.9]))  # no eps_high logged: no note
+    rows = {c: n for c, _, n, _ in study_report.claims(runs)}
+    assert rows["REPO-R (paper's zeta bounds) holds entropy within +-10% of H*"].endswith(
+        "iterations with zeta at its largest value: 3/5 (at 0.05), 1/5 (at 0.05)"
+    )
+    assert "largest value" not in rows["ADAPO holds entropy within +-10% of H*"]
+
+
 def test_correlation_claim_and_pearson():
     x, y = np.arange(10.0), np.arange(10.0) * 0.1
     r, p = study_report.pearson_with_p(x, y, permutations=2000)
