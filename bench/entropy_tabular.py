@@ -1,12 +1,13 @@
 """Entropy controllers in closed loop on the tabular testbed (training/tabular_testbed.py).
 
-    python bench/entropy_tabular.py [--seeds 0,1,2,3,4] [--iterations 60]
+    python bench/entropy_tabular.py [--seeds 0,1,2,3,4] [--iterations 60] [--optimizer adam --lr 0.1]
 
 A tabular softmax policy (64 states x 8 actions, 8 samples per state per iteration, Bernoulli rewards)
 trained by the real advantage / loss / controller code with SGD. Two starting points: a flat policy
 (init logits N(0,1), H0 ~ 1.7 nats) and a peaked one (N(0,3^2), H0 ~ 0.8). For each variant and seed:
 the mean entropy of the last 10 iterations relative to H0 (iteration 0's, the controller's target),
-and whether it stays within +-10%. Medians over seeds. Results (atomic): bench/results/entropy_tabular.{json,md}.
+and whether it stays within +-10%. Medians over seeds. Results (atomic): bench/results/entropy_tabular.{json,md};
+with `--optimizer adam` (the LM learner's optimizer; --lr 0.1 makes GRPO's fall about SGD's), entropy_tabular_adam.
 """
 
 from __future__ import annotations
@@ -49,15 +50,20 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--band", type=float, default=0.10)
+    ap.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    ap.add_argument("--lr", type=float, default=None, help="step size (default: each start's SGD step)")
     args = ap.parse_args()
+    starts = {name: {**kw, **({"lr": args.lr} if args.lr is not None else {})} for name, kw in STARTS.items()}
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, curves = [], {}
-    for start, kw in STARTS.items():
+    for start, kw in starts.items():
         for name, spec in VARIANTS.items():
             rel, reward, held = [], [], 0
             for seed in seeds:
-                out = run_tabular(learner_cfg(spec), iterations=args.iterations, seed=seed, **kw)
+                out = run_tabular(
+                    learner_cfg(spec), iterations=args.iterations, seed=seed, optimizer=args.optimizer, **kw
+                )
                 r = tail_rel(out["entropy"])
                 rel.append(r)
                 held += abs(r) <= args.band
@@ -83,7 +89,8 @@ def main() -> None:
         "iterations": args.iterations,
         "seeds": seeds,
         "band": args.band,
-        "starts": STARTS,
+        "starts": starts,
+        "optimizer": args.optimizer,
         "machine": machine,
         "rows": rows,
         "curves": curves,
@@ -91,7 +98,8 @@ def main() -> None:
     lines = [
         "# Entropy controllers in closed loop: tabular testbed",
         "",
-        f"`training/tabular_testbed.py`: 64 states x 8 actions, 8 samples per state per iteration, SGD, "
+        f"`training/tabular_testbed.py`: 64 states x 8 actions, 8 samples per state per iteration, "
+        f"{args.optimizer.upper() if args.optimizer == 'sgd' else 'Adam'} (step sizes {json.dumps({k: v['lr'] for k, v in starts.items()})}), "
         f"{args.iterations} iterations, seeds {seeds}. Entropy = exact mean over states; H0 = iteration 0's "
         f"(the controllers' target, tolerance 0). In band = last-10 mean within +-{args.band:.0%} of H0. "
         f"torch {machine['torch']}, {machine['date']}.",
@@ -105,7 +113,11 @@ def main() -> None:
             f"{r['tail_rel_median']:+.0%} ({', '.join(f'{x:+.0%}' for x in r['tail_rel_each'])}) | "
             f"{r['seeds_in_band']}/{r['seeds']} | {r['reward_first5_median']:.2f} -> {r['reward_last10_median']:.2f} |"
         )
-    write_results(RESULTS / "entropy_tabular", result, "\n".join(lines) + "\n")
+    write_results(
+        RESULTS / ("entropy_tabular" + ("" if args.optimizer == "sgd" else f"_{args.optimizer}")),
+        result,
+        "\n".join(lines) + "\n",
+    )
     print("\n".join(lines))
 
 

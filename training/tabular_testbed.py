@@ -20,6 +20,8 @@ from eprl.training.config import ConfigError, LearnerConfig
 from eprl.training.entropy_control import make_controller
 from eprl.training.losses import LossInputs, compute_policy_loss
 
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}  # Adam: the LM learner's optimizer (AdamW, no decay)
+
 
 def run_tabular(
     cfg: LearnerConfig,
@@ -31,11 +33,16 @@ def run_tabular(
     lr: float = 1.0,
     init_scale: float = 1.0,
     seed: int = 0,
+    optimizer: str = "sgd",
 ) -> dict[str, list[float]]:
+    """`optimizer="adam"` preconditions the step per logit: Theorem 1's first-order picture assumes the plain
+    gradient step, so a controller that cancels the predicted drop under SGD need not under Adam."""
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"tabular testbed: optimizer {optimizer!r} is not one of {sorted(OPTIMIZERS)}")
     gen = torch.Generator().manual_seed(seed)
     theta = torch.nn.Parameter(init_scale * torch.randn(states, actions, generator=gen, dtype=torch.float64))
     q = torch.rand(states, actions, generator=gen, dtype=torch.float64)  # success probability per (s, a)
-    opt = torch.optim.SGD([theta], lr=lr)
+    opt = OPTIMIZERS[optimizer]([theta], lr=lr)
     ctl = make_controller(cfg)
     group_ids = torch.arange(states).repeat_interleave(group)
     rows = torch.arange(states).repeat_interleave(group)
