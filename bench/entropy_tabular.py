@@ -25,9 +25,10 @@ from bench_io import machine as machine_info  # noqa: E402
 from bench_io import write_results
 
 from eprl.training.config import EntropyControlConfig, LearnerConfig  # noqa: E402
-from eprl.training.tabular_testbed import STARTS, run_tabular, tail_rel  # noqa: E402
+from eprl.training.tabular_testbed import OPTIMIZERS, STARTS, run_tabular, tail_rel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+OPTIMIZER_NAMES = {name: opt.__name__ for name, opt in OPTIMIZERS.items()}  # SGD, Adam
 E4 = dict(epochs=4, minibatches=4)  # 16 SGD steps per batch: ratios leave 1, the clip bounds bind
 VARIANTS: dict[str, dict] = {
     "grpo": {},
@@ -50,7 +51,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--band", type=float, default=0.10)
-    ap.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    ap.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
     ap.add_argument("--lr", type=float, default=None, help="step size (default: each start's SGD step)")
     args = ap.parse_args()
     starts = {name: {**kw, **({"lr": args.lr} if args.lr is not None else {})} for name, kw in STARTS.items()}
@@ -99,7 +100,7 @@ def main() -> None:
         "# Entropy controllers in closed loop: tabular testbed",
         "",
         f"`training/tabular_testbed.py`: 64 states x 8 actions, 8 samples per state per iteration, "
-        f"{args.optimizer.upper() if args.optimizer == 'sgd' else 'Adam'} (step sizes {json.dumps({k: v['lr'] for k, v in starts.items()})}), "
+        f"{OPTIMIZER_NAMES[args.optimizer]} (step sizes {json.dumps({k: v['lr'] for k, v in starts.items()})}), "
         f"{args.iterations} iterations, seeds {seeds}. Entropy = exact mean over states; H0 = iteration 0's "
         f"(the controllers' target, tolerance 0). In band = last-10 mean within +-{args.band:.0%} of H0. "
         f"torch {machine['torch']}, {machine['date']}.",
